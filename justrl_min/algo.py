@@ -1,0 +1,143 @@
+"""The RL math, as pure functions of tensors and floats (no config objects, no I/O).
+
+The JustRL recipe's choices, all visible here:
+
+- Advantages: GRPO-style, no critic. Per group of n samples of one prompt, A = r - mean(r), divided
+  by (std(r) + eps) when `scale_by_std` (unbiased sample std, as verl). A group whose rewards are
+  all equal carries no signal and gets A = 0.
+- Policy loss: the clipped PPO surrogate with asymmetric "clip-higher" bounds (1 - 0.2, 1 + 0.28)
+  and dual clip c = 10 on negative-advantage tokens, token-mean over every valid response token of
+  the whole mini-batch (the caller passes that count as `token_normalizer` so that micro-batch
+  accumulation reproduces the full-batch gradient).
+- No KL term and no entropy bonus by default; `kl_penalty` offers the k1/k2/k3 estimators.
+
+Shapes: B sequences, T response positions; `mask` is 1.0 on valid response tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+LOG_RATIO_CLAMP = 20.0
+KL_CLAMP = 10.0
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # where() rather than x * mask so that inf/nan under the mask cannot leak into the sum.
+    return torch.where(mask.bool(), x, torch.zeros_like(x)).sum()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is nonzero; 0 for an empty mask."""
+    return masked_sum(x, mask) / mask.sum().clamp(min=1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = True,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantages.
+
+    rewards: (N * G,) with the G samples of each prompt contiguous. Returns (N * G,).
+    The std is the unbiased sample std; a group of one sample has no baseline and gets 0.
+    """
+    assert rewards.dim() == 1 and rewards.numel() % group_size == 0, (rewards.shape, group_size)
+    grouped = rewards.reshape(-1, group_size).to(torch.float64)        # (N, G)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if group_size == 1:
+        return torch.zeros_like(rewards)
+    if scale_by_std:
+        centered = centered / (grouped.std(dim=1, keepdim=True, unbiased=True) + eps)
+    return centered.reshape(-1).to(rewards.dtype)
+
+
+class PolicyLossMetrics(NamedTuple):
+    clip_frac: torch.Tensor
+    """Fraction of valid tokens whose gradient the clip removed (either side)."""
+    clip_frac_low: torch.Tensor
+    """... removed by the lower bound (A < 0, ratio < 1 - clip_low)."""
+    clip_frac_high: torch.Tensor
+    """... removed by the upper bound (A > 0, ratio > 1 + clip_high)."""
+    dual_clip_frac: torch.Tensor
+    """Fraction of valid tokens held at the dual-clip bound -A·c."""
+    approx_kl: torch.Tensor
+    """Token-mean of k3(old || new): how far the update has moved the policy."""
+    ratio_mean: torch.Tensor
+
+
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
+                  dual_clip: float | None = None, token_normalizer: float | torch.Tensor | None = None,
+                  token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyLossMetrics]:
+    """Clipped PPO surrogate with clip-higher and optional dual clip, summed over valid tokens.
+
+    logp, old_logp, mask: (B, T); advantages: (B,) or (B, T).
+    Per token: max(-A·r, -A·clip(r, 1 - clip_low, 1 + clip_high)) with r = exp(logp - old_logp),
+    then for A < 0 and dual clip c: min(that, -A·c). The sum is divided by `token_normalizer`
+    (default: the number of valid tokens here). `token_weights` (B, T), if given, multiplies the
+    per-token loss (truncated importance sampling against the rollout engine).
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None].expand_as(logp)
+    old_logp = old_logp.detach()
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    negative = advantages < 0
+    if dual_clip is not None:
+        assert dual_clip > 1.0, dual_clip
+        dual_bound = -advantages * dual_clip
+        dual_held = negative & (per_token > dual_bound)
+        per_token = torch.where(negative, torch.minimum(per_token, dual_bound), per_token)
+    else:
+        dual_held = torch.zeros_like(negative)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    if token_normalizer is None:
+        token_normalizer = mask.sum().clamp(min=1)
+    loss = masked_sum(per_token, mask) / token_normalizer
+
+    with torch.no_grad():
+        clipped_low = negative & (ratio < 1.0 - clip_low)
+        clipped_high = (advantages > 0) & (ratio > 1.0 + clip_high)
+        metrics = PolicyLossMetrics(
+            clip_frac=masked_mean((clipped_low | clipped_high).float(), mask),
+            clip_frac_low=masked_mean(clipped_low.float(), mask),
+            clip_frac_high=masked_mean(clipped_high.float(), mask),
+            dual_clip_frac=masked_mean(dual_held.float(), mask),
+            approx_kl=masked_mean(kl_penalty(logp, old_logp, "k3"), mask),
+            ratio_mean=masked_mean(ratio, mask),
+        )
+    return loss, metrics
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from samples of pi (Schulman's k1/k2/k3).
+
+    k1 = logp - ref_logp; k2 = 0.5 (logp - ref_logp)^2; k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1,
+    clamped to [-10, 10] (k3 is unbiased and always >= 0, but explodes when ref_logp >> logp).
+    """
+    diff = logp - ref_logp
+    if kind == "k1":
+        return diff
+    if kind == "k2":
+        return 0.5 * diff.square()
+    if kind == "k3":
+        neg = -diff
+        return (torch.exp(neg) - neg - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
+    raise ValueError(f"unknown KL estimator {kind!r} (k1 | k2 | k3)")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) along the last dim, computed in float32 (or wider)."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
+
+
+def truncated_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(pi_trainer / pi_rollout, cap) per token: corrects for sampling from a slightly different
+    (e.g. vLLM) policy than the one the trainer computes. Constant with respect to the policy."""
+    return torch.exp((old_logp - rollout_logp).clamp(max=LOG_RATIO_CLAMP)).clamp(max=cap).detach()

@@ -1,0 +1,126 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is written into `checkpoints/.tmp-step_N`, every file fsynced, then renamed to
+`checkpoints/step_N`; only then does the `latest` symlink move (itself replaced atomically), and
+only then are old checkpoints pruned. A crash at any point leaves `latest` pointing at a complete
+checkpoint. `checkpoints/latest` is itself a Hugging Face model folder (`from_pretrained` works).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LATEST = "latest"
+COMPLETE_MARKER = "trainer_state.json"
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, keep: int):
+        self.folder = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def save(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Call `write(tmp_folder)` to fill a checkpoint, then publish it atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"step_{step}"
+        tmp = self.folder / f".tmp-step_{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            write(tmp)
+            if not (tmp / COMPLETE_MARKER).is_file():
+                raise RuntimeError(f"checkpoint writer did not produce {COMPLETE_MARKER}")
+            _fsync_tree(tmp)
+            if final.exists():  # re-saving the same step (e.g. a stop right after a periodic save)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        link_tmp = self.folder / f".{LATEST}.tmp"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        link_tmp.symlink_to(final.name)
+        os.replace(link_tmp, self.folder / LATEST)
+        _fsync_dir(self.folder)
+        self._prune()
+        return final
+
+    def latest(self) -> Path | None:
+        link = self.folder / LATEST
+        if link.is_symlink() or link.exists():
+            target = link.resolve()
+            if (target / COMPLETE_MARKER).is_file():
+                return target
+        # `latest` missing or dangling: fall back to the newest complete step folder.
+        complete = [p for p in self.all_steps() if (p / COMPLETE_MARKER).is_file()]
+        return complete[-1] if complete else None
+
+    def all_steps(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        steps = [p for p in self.folder.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(steps, key=lambda p: int(p.name[5:]))
+
+    def _prune(self) -> None:
+        for old in self.all_steps()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module, with_optimizer: bool) -> int:
+    """Weights in their dtype plus AdamW's two fp32 moments (and step) per parameter."""
+    params = sum(p.numel() for p in model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + (8 * params if with_optimizer else 0)
+
+
+def check_disk(run_dir: Path, needed_bytes: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / ".write_test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RuntimeError(f"run directory {run_dir} is not writable: {e}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise RuntimeError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free, one checkpoint "
+                           f"needs about {needed_bytes / 2**30:.2f} GiB: free space or set run.output_dir")

@@ -1,0 +1,349 @@
+"""One typed config tree, loaded from a YAML recipe plus `key=value` overrides.
+
+Every hyperparameter has exactly one home here. Unknown or misspelled keys are errors that name the
+key and suggest the closest valid one; values are type-checked against the dataclass annotations.
+Derived quantities (optimizer updates per step, responses per mini-batch) are computed once in
+`Config.validate` and asserted, so the trainer never re-derives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BOXED_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be turned into a valid Config."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Run directory name under `output_dir`."""
+    output_dir: str = "runs"
+    seed: int = 0
+    resume: str = "auto"
+    """auto: resume when the run directory has a checkpoint; true: require one; false: start fresh
+    (refuses a non-empty run directory unless `overwrite` is true)."""
+    overwrite: bool = False
+    device: str = "auto"
+    """auto picks cuda when available, else cpu."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    """Hub id or local folder of a causal LM; `tiny` is the embedded CPU model (justrl_min.tiny)."""
+    dtype: str = "float32"
+    """Parameter dtype for training: float32 | bfloat16 | float64."""
+    gradient_checkpointing: bool = False
+    logprob_chunk_tokens: int = 1024
+    """Tokens per chunk through the LM head when computing log-probs and entropy."""
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "tiny"
+    """Hub id, local parquet/jsonl/json file or folder, or `tiny` for the synthetic task."""
+    split: str = "train"
+    prompt_suffix: str = BOXED_SUFFIX
+    max_prompt_length: int = 1024
+    """Prompts longer than this (in tokens) are dropped at load time and counted."""
+    strip_dapo_instruction: bool = True
+    """Remove DAPO-Math-17k's own "Answer:" instruction wrapper before appending the boxed suffix."""
+    dedup: bool = False
+    """Keep one row per unique problem text (DAPO-Math-17k's hub copy repeats each ~100 times)."""
+    shuffle: bool = True
+    tiny_problems: int = 2000
+    """Size of the synthetic task when `train: tiny`."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """hf (transformers generate, any device) | vllm (GPU)."""
+    n: int = 8
+    """Samples per prompt (the group size)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_response_length: int = 15360
+    tis_cap: float = 0.0
+    """Truncated importance-sampling cap min(pi_trainer/pi_rollout, cap); 0 disables it."""
+    gpu_memory_utilization: float = 0.6
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = True
+    enforce_eager: bool = False
+    hf_batch_size: int = 64
+    """Sequences per `generate` call in the HF engine."""
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"
+    """grpo: group mean baseline (optionally divided by the group std)."""
+    scale_by_std: bool = True
+    adv_eps: float = 1e-6
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = 10.0
+    """Lower bound c on the loss of negative-advantage tokens (c > 1); null disables it."""
+    kl_coef: float = 0.0
+    """0 loads no reference model at all (the JustRL recipe)."""
+    kl_kind: str = "k3"
+    ppo_epochs: int = 1
+    entropy_coef: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    prompts_per_step: int = 256
+    mini_batch_prompts: int = 64
+    max_tokens_per_microbatch: int = 16384
+    """Token budget (prompt + response) per packed micro-batch."""
+    packing: str = "auto"
+    """auto: padding-free packing when the attention kernel supports it, else padded; or force one."""
+    lr: float = 1e-6
+    warmup_steps: int = 10
+    """Optimizer updates of linear warm-up, then constant."""
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    max_skipped_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
+
+
+@dataclass
+class RewardConfig:
+    mode: str = "symbolic"
+    """symbolic (math-verify equivalence) | exact (JustRL's strict string match of the last box)."""
+    correct: float = 1.0
+    incorrect: float = 0.0
+    timeout_s: float = 10.0
+    """Hard per-item deadline; an item past it is scored incorrect and its worker replaced."""
+    workers: int = 0
+    """Verifier processes; 0 means one per CPU core."""
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """0 disables in-training evaluation."""
+    benchmarks: list[str] = field(default_factory=list)
+    data_dir: str = ""
+    """Folder with <Benchmark>/test.parquet files; empty loads benchmarks from the hub."""
+    n: int = 32
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 31744
+    at_start: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 50
+    keep: int = 2
+    save_optimizer: bool = True
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    samples_per_step: int = 4
+    curves_at_end: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per training step: one per mini-batch, per PPO epoch."""
+        return self.algorithm.ppo_epochs * self.train.prompts_per_step // self.train.mini_batch_prompts
+
+    @property
+    def responses_per_step(self) -> int:
+        return self.train.prompts_per_step * self.rollout.n
+
+    def validate(self) -> Config:
+        t, r, a = self.train, self.rollout, self.algorithm
+        _require(t.prompts_per_step > 0 and t.mini_batch_prompts > 0, "train.prompts_per_step",
+                 "prompts_per_step and mini_batch_prompts must be positive")
+        _require(t.prompts_per_step % t.mini_batch_prompts == 0, "train.mini_batch_prompts",
+                 f"train.prompts_per_step={t.prompts_per_step} must be divisible by "
+                 f"train.mini_batch_prompts={t.mini_batch_prompts}")
+        _require(r.n >= 1, "rollout.n", "must be >= 1")
+        _require(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are taken at it)")
+        _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+        _require(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown engine {r.engine!r} (hf | vllm)")
+        _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
+        _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
+        _require(a.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", "must be k1 | k2 | k3")
+        _require(a.advantage == "grpo", "algorithm.advantage", f"unknown estimator {a.advantage!r} (grpo)")
+        _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
+        _require(self.reward.mode in ("symbolic", "exact"), "reward.mode", "must be symbolic | exact")
+        _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+        _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
+        _require(self.model.dtype in ("float32", "bfloat16", "float16", "float64"), "model.dtype",
+                 "must be float32 | bfloat16 | float16 | float64")
+        _require(t.packing in ("auto", "packed", "padded"), "train.packing", "must be auto | packed | padded")
+        _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
+        _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")
+        _require(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+        return self
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Build a Config from a YAML recipe (None: defaults) and `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    cfg = _build(Config, raw, prefix="")
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return _plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, raw[name], prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return origin(_coerce(v, args[0], key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-6 as a str
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):  # YAML reads `resume: true` as a bool
+            return str(value).lower()
+        if isinstance(value, (int, float)):
+            return str(value)
+    else:
+        raise ConfigError(f"{key}: unsupported type {hint}")
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")

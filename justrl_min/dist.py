@@ -1,0 +1,144 @@
+"""torchrun / FSDP2 glue; with one process every function is a cheap no-op.
+
+Launch: `torchrun --nproc_per_node N train.py RECIPE` (multi-node: add `--nnodes`, `--node_rank`,
+`--rdzv_endpoint`). Each rank holds whole prompt groups (all n samples of a prompt), so advantages
+need no communication; the token-mean normaliser and the metrics are all-reduced. Parameters are
+sharded with FSDP2 `fully_shard` per decoder layer plus the root; gradients are reduced in fp32
+when the parameters are bf16. NCCL on GPUs, gloo on CPU (which is how the tests run two ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (nothing to do without it)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch_dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a float64 tensor over ranks (returns a new tensor; the input is untouched)."""
+    values = values.detach().clone()
+    if info.enabled:
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    values = values.detach().clone()
+    if info.enabled:
+        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.MAX)
+    return values
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not info.enabled:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        torch_dist.barrier()
+
+
+def shard(scorer: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype) -> torch.nn.Module:
+    """FSDP2: shard each decoder layer, then the root (embeddings, final norm, LM head)."""
+    if not info.enabled:
+        return scorer
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # Reductions in fp32 even when the parameters are bf16: summing many bf16 gradients loses bits.
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in decoder_layers(scorer):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(scorer, mp_policy=mp)
+    return scorer
+
+
+def decoder_layers(scorer: torch.nn.Module) -> list[torch.nn.Module]:
+    decoder = scorer.causal_lm.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise RuntimeError(f"{type(decoder).__name__} has no `.layers`: cannot shard it per layer")
+    return list(layers)
+
+
+def full_model_state(module: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on CPU, on every rank (collective under FSDP)."""
+    if not info.enabled:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
+    if not info.enabled:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                         info: DistInfo) -> None:
+    """Load a full (unsharded) optimizer state into a possibly sharded module's optimizer."""
+    if not info.enabled:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def gathered_for_generation(scorer: torch.nn.Module, info: DistInfo, engine: str):
+    """HF `generate` runs the causal LM directly, bypassing the FSDP root's forward hooks, so the
+    root's own parameters (embeddings, final norm, LM head) are gathered around it. Decoder layers
+    gather themselves through their own hooks. vLLM holds its own full copy: nothing to do."""
+    if not info.enabled or engine != "hf":
+        yield
+        return
+    scorer.unshard()
+    try:
+        yield
+    finally:
+        scorer.reshard()

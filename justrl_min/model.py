@@ -1,0 +1,219 @@
+"""Policy / reference loading, lean per-token log-probs and entropy, and micro-batch packing.
+
+Log-probs are taken from logits divided by the rollout temperature, because that is the
+distribution the sampler drew from (a mismatch here silently biases every importance ratio).
+They are computed from the final hidden states in chunks of `chunk_tokens` rows through the LM
+head; each chunk is recomputed in the backward pass, so at most one chunk's [chunk, vocab] logits
+exist at a time instead of the full [T, vocab] tensor (~5 GB per float32 copy for T = 8k and
+Qwen2's 151,936-token vocabulary).
+
+Sequences of a micro-batch are packed padding-free into one row with position ids restarting at 0
+for each sequence; transformers then builds a block-diagonal causal mask (sdpa / eager) or calls
+the variable-length flash-attention kernel. Attention kernels without that support get
+length-sorted, right-padded rows instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from justrl_min.algo import entropy_from_logits
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def resolve_model_path(path: str) -> str:
+    """`tiny` is the embedded warm-started model, built and cached on first use."""
+    if path == "tiny":
+        from justrl_min.tiny import prepare_warm_start
+
+        return str(prepare_warm_start())
+    return path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, *, dtype: str = "float32", attn_implementation: str = "sdpa",
+                   trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+                   device: str | torch.device = "cpu", trainable: bool = True):
+    """AutoModelForCausalLM from a hub id or folder; a frozen copy when `trainable` is False."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code)
+    model.to(device)
+    model.config.use_cache = False
+    if trainable:
+        model.train()
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-batches
+
+
+@dataclass
+class MicroBatch:
+    """Sequences laid out for one forward pass, and where their response tokens sit.
+
+    Packed: input_ids/position_ids (1, L), attention_mask None. Padded: (b, L) with a mask.
+    `target_index` (n,) indexes the flattened (b * L) hidden states that predict the response
+    tokens `target_ids` (n,), sequence after sequence; `response_lengths` (b,) splits them.
+    """
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    target_index: torch.Tensor
+    target_ids: torch.Tensor
+    response_lengths: list[int]
+    sequence_indices: list[int]
+    """Which sequences of the caller's list this micro-batch holds, in order."""
+
+    @property
+    def computed_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def to(self, device) -> MicroBatch:
+        move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
+        return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
+                          move(self.target_index), move(self.target_ids), self.response_lengths,
+                          self.sequence_indices)
+
+
+def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
+    """Group sequence indices into micro-batches whose computed tokens fit `max_tokens`.
+
+    Packed: first-fit decreasing on the lengths (computed tokens = sum of lengths). Padded:
+    length-sorted runs (computed tokens = rows x longest row). A sequence longer than the budget
+    gets a micro-batch of its own. Deterministic for a given input.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    if packed:
+        room: list[int] = []
+        for i in order:
+            for g, free in enumerate(room):
+                if lengths[i] <= free:
+                    groups[g].append(i)
+                    room[g] -= lengths[i]
+                    break
+            else:
+                groups.append([i])
+                room.append(max_tokens - lengths[i])
+    else:
+        for i in order:
+            if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+    return [sorted(g) for g in groups]
+
+
+def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indices: list[int],
+                     packed: bool, pad_id: int = 0) -> MicroBatch:
+    """Lay out the sequences `indices` (prompt + response each) for one forward pass."""
+    rows = [prompts[i] + responses[i] for i in indices]
+    if packed:
+        input_ids = torch.tensor([tok for row in rows for tok in row])[None]
+        position_ids = torch.cat([torch.arange(len(row)) for row in rows])[None]
+        attention_mask = None
+        row_starts = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)[:-1].tolist()
+    else:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, :len(row)] = torch.tensor(row)
+            attention_mask[r, :len(row)] = 1
+        position_ids = torch.arange(width)[None].expand(len(rows), -1).clone()
+        row_starts = [r * width for r in range(len(rows))]
+    target_index, target_ids, response_lengths = [], [], []
+    for start, i in zip(row_starts, indices):
+        p, n = len(prompts[i]), len(responses[i])
+        # The hidden state at position t predicts token t + 1.
+        target_index.append(torch.arange(start + p - 1, start + p + n - 1))
+        target_ids.append(torch.tensor(responses[i], dtype=torch.long))
+        response_lengths.append(n)
+    return MicroBatch(input_ids, position_ids, attention_mask, torch.cat(target_index),
+                      torch.cat(target_ids), response_lengths, list(indices))
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-probs and entropy
+
+
+class TokenScorer(torch.nn.Module):
+    """Wraps a causal LM so that one forward returns per-token log-probs and entropy.
+
+    Being a module (rather than a function poking at the LM's parts) matters for FSDP2: the
+    wrapper is the root that gathers the embedding / final norm / LM head for its forward.
+    """
+
+    def __init__(self, causal_lm: torch.nn.Module):
+        super().__init__()
+        self.causal_lm = causal_lm
+
+    def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
+        backbone = self.causal_lm.get_decoder()
+        hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                          attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]    # (n, H)
+        head = self.causal_lm.get_output_embeddings()
+        logps, entropies = [], []
+        for h, ids in zip(hidden.split(chunk_tokens), batch.target_ids.split(chunk_tokens)):
+            if torch.is_grad_enabled():
+                logp, entropy = checkpoint(_chunk_logprob_entropy, h, ids, head, temperature,
+                                           use_reentrant=False)
+            else:
+                logp, entropy = _chunk_logprob_entropy(h, ids, head, temperature)
+            logps.append(logp)
+            entropies.append(entropy)
+        return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
+
+
+def _chunk_logprob_entropy(hidden: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Module,
+                           temperature: float):
+    logits = head(hidden)
+    logits = (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits) / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, target_ids[:, None]).squeeze(-1)
+    return logp, entropy_from_logits(logits)
+
+
+def unflatten(values: torch.Tensor, lengths: list[int], width: int | None = None) -> torch.Tensor:
+    """Flat per-token values (sum(lengths),) -> right-padded (len(lengths), width) with zeros."""
+    width = max(lengths, default=0) if width is None else width
+    out = values.new_zeros((len(lengths), width))
+    mask = torch.arange(width, device=values.device)[None] < torch.tensor(lengths, device=values.device)[:, None]
+    return out.masked_scatter(mask, values)
+
+
+def supports_packing(attn_implementation: str) -> bool:
+    return attn_implementation in PACKING_ATTENTION
+
+
+def model_bytes(path: str) -> int:
+    """Size of a model folder's weight files (0 for a hub id that is not a local folder)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) + \
+        sum(f.stat().st_size for f in folder.glob("*.bin"))

@@ -1,0 +1,792 @@
+"""The verifier: last-box answer extraction, scoring against the gold, and a pool with hard deadlines.
+
+The reward is the only teacher, so it must be right and it must never stall a training step.
+One step scores ~2,048 responses of up to ~60k characters; this module is built around that.
+
+Choices
+-------
+* **Last box only.** The answer is the content of the LAST ``\\boxed{...}`` / ``\\fbox{...}`` (also the
+  ``\\boxed 5`` form) in the whole response; earlier boxes are drafts. ``<think>`` tags are not
+  special: a response cut off inside an unterminated ``<think>`` block is scored on the last box it
+  wrote (JustRL's rule; truncation is tracked separately by the trainer). If the last box is cut off
+  mid-braces the response has no answer and scores 0 - an earlier box does not stand in for it.
+* **symbolic** (default): gold and answer are each parsed ONCE with math-verify, restricted to the
+  box (no fallback regexes that would fish a bare number out of prose or a hedge), and compared
+  with ``verify(gold, answer)``, gold first. One candidate per side, so "any of several parses
+  matches" cannot happen. If either side does not parse, the two are compared as text.
+  Before parsing: C0 control characters are dropped, surrounding ``$`` and a trailing ``.`` are
+  stripped, and digit groups written ``1\\,000`` / ``1{,}000`` / ``1~000`` / ``1 000`` become ``1000``.
+* **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
+  ``\\boxed{x}`` is ``x``) after deleting all whitespace (LaTeX math ignores it) and nothing else:
+  ``\\frac12`` is not ``\\frac{1}{2}``, ``1,000`` is not ``1000``.
+* **No reward for hedging.** An answer naming several values (``41, 42, 43``, ``42 \\text{ or } 43``,
+  ``2 \\pm \\sqrt 3``), an interval or union, or a tuple is incorrect unless the gold is itself a set,
+  tuple, interval or (non-assignment) relation; math-verify then compares like with like. An
+  answer that says "or" (``\\lor``, ``\\vee``) when the gold does not, or that hides digits inside
+  ``\\text{}`` next to digits outside it (``42 \\text{ (or 43)}``, whose text the LaTeX normaliser
+  would silently drop), is incorrect. A bare variable is not a number.
+* **Hostile input** is rejected before sympy evaluates anything: answers over
+  ``MAX_ANSWER_CHARS``; bracket nesting deeper than ``MAX_BRACKET_DEPTH`` (the LaTeX parser is
+  exponential in it); and, after the (lazy) parse but before any evaluation, expressions whose
+  integers would exceed ``MAX_RESULT_DIGITS`` digits (exponent towers ``9^{9^{9^{9}}}``, giant
+  factorials, huge binomials). A rejected answer can still match a gold written identically.
+
+Deadline design
+---------------
+math-verify's own timeouts use ``SIGALRM``, which works only in a process's main thread (in a
+thread it raises) and cannot interrupt C code such as a big-integer power. So:
+
+1. ``compute_score`` arms its own ``ITIMER_REAL`` deadline (``timeout_s``) around the whole
+   parse + verify when called in the main thread, and turns math-verify's timeouts off so the two
+   alarms do not fight. The timeout exception derives from ``BaseException`` so sympy's and
+   math-verify's ``except Exception`` cannot swallow it. Off the main thread there is no in-process
+   deadline (the pre-filters still apply): use ``VerifierPool`` there.
+2. ``VerifierPool`` is the hard guarantee: persistent "spawn" worker processes run the verifier in
+   their main thread (so 1. holds inside them) and report each item as it finishes. The parent
+   tracks when each worker's current item started and SIGKILLs a worker still busy
+   ``timeout_s + HARD_DEADLINE_GRACE_S`` later; the item scores 0 and counts as a timeout, the rest
+   of that worker's chunk is re-queued, and a fresh worker replaces it. A worker that dies (crash,
+   external SIGKILL) is detected through its process sentinel the same way (counted as an error).
+   Work goes out in small chunks, only to idle workers, so the parent never blocks on a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing.connection import Connection, wait
+from typing import Any, Self
+
+logger = logging.getLogger(__name__)
+
+MODES = ("symbolic", "exact")
+DEFAULT_TIMEOUT_S = 10.0
+MAX_ANSWER_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
+MAX_BRACKET_DEPTH = 8  # bare ( [ { nesting; parse time is ~0.5 s at 8 and ~40 s at 16
+MAX_RESULT_DIGITS = 4_000  # Python refuses to print ints over 4,300 digits; sympy sometimes must
+HARD_DEADLINE_GRACE_S = 0.5  # the worker's own alarm fires at timeout_s; the parent kills after this
+
+_START_METHOD = "spawn"  # fresh interpreters: safe with torch (threads, CUDA) in the parent
+_WORKER_STARTUP_TIMEOUT_S = 180.0
+_MAX_STARTUP_FAILURES = 3
+_MAX_EXAMPLES = 2
+
+
+# --------------------------------------------------------------------------- extraction
+
+_BOX_MACROS = ("\\boxed", "\\fbox")
+_BRACE_OR_ESCAPE = re.compile(r"\\[\s\S]|[{}]")  # `\{`, `\}` and `\\` are not group braces
+_BARE_BOX_TOKEN = re.compile(r"[^\s$\\{}]+")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` in ``text``, braces balanced.
+
+    ``\\boxed 5`` (no braces) yields the run of characters up to the next space, ``$`` or ``\\``.
+    ``None`` if there is no box or the last one is unbalanced (e.g. cut off by the length limit).
+    """
+    macro_end = _last_box_macro(text)
+    if macro_end is None:
+        return None
+    argument_start = macro_end
+    while argument_start < len(text) and text[argument_start].isspace():
+        argument_start += 1
+    if argument_start < len(text) and text[argument_start] == "{":
+        return _read_braced_group(text, argument_start)
+    token = _BARE_BOX_TOKEN.match(text, argument_start)
+    return token.group() if token else None  # `\boxed` at the very end has no argument
+
+
+def _last_box_macro(text: str) -> int | None:
+    """Index just past the last ``\\boxed`` / ``\\fbox`` that is the whole macro name (not ``\\fboxsep``)."""
+    best = None
+    for macro in _BOX_MACROS:
+        end = len(text)
+        while (found := text.rfind(macro, 0, end)) >= 0:
+            after = found + len(macro)
+            if after >= len(text) or not text[after].isalpha():
+                if best is None or after > best:
+                    best = after
+                break
+            end = found
+    return best
+
+
+def _read_braced_group(text: str, open_index: int) -> str | None:
+    """Content between ``text[open_index] == '{'`` and its matching ``}``; None if never closed."""
+    depth = 0
+    for match in _BRACE_OR_ESCAPE.finditer(text, open_index):
+        token = match.group()
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_index + 1 : match.start()]
+    return None
+
+
+# --------------------------------------------------------------------------- normalisation
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_DIGIT_GROUP_SEPARATOR = r"(?:\\,|\\!|\\ |\{,\}|~|,| |\u2009|\u202f)"
+_NUMBER_WITH_SEPARATORS = re.compile(
+    rf"(-?\d{{1,3}})((?:{_DIGIT_GROUP_SEPARATOR}\d{{3}})+)(\.\d+)?"
+)
+_SEPARATOR = re.compile(_DIGIT_GROUP_SEPARATOR)
+
+
+_PYTHON_POWER = re.compile(r"\*\*")
+_BARE_PI = re.compile(r"(?<![\\A-Za-z])pi\b")
+
+
+def _unbox_gold(ground_truth: str) -> str:
+    """A gold stored as ``\\boxed{204}`` is ``204``."""
+    boxed = extract_boxed(ground_truth) if "\\boxed" in ground_truth or "\\fbox" in ground_truth else None
+    return boxed if boxed is not None else ground_truth
+
+
+def _plain_gold_to_latex(gold: str) -> str:
+    """A plain-expression gold (``2**10``, ``pi/2``) gets LaTeX's ``^`` and ``\\pi``. Golds only:
+    a model's answer is judged as the LaTeX it wrote."""
+    return _BARE_PI.sub(r"\\pi", _PYTHON_POWER.sub("^", gold))
+
+
+def _clean_latex(latex: str) -> str:
+    """Invisible and cosmetic differences that the LaTeX parser would otherwise trip over."""
+    latex = _CONTROL_CHARS.sub("", latex).strip()
+    while len(latex) >= 2 and latex[0] == "$" and latex[-1] == "$" and latex[-2] != "\\":
+        latex = latex[1:-1].strip()  # $x$ or $$x$$ inside the box
+    if latex.endswith(".") and not latex.endswith("\\."):  # "42." is a sentence ending, not a decimal
+        latex = latex[:-1].rstrip()
+    whole_number = _NUMBER_WITH_SEPARATORS.fullmatch(latex)
+    if whole_number:  # only when the whole answer is one number: "1, 000" in a list stays a list
+        latex = whole_number.group(1) + _SEPARATOR.sub("", whole_number.group(2)) + (whole_number.group(3) or "")
+    return latex
+
+
+def _without_whitespace(latex: str) -> str:
+    return "".join(latex.split())
+
+
+# --------------------------------------------------------------------------- hostile-input guards
+
+_BARE_OPEN = "([{"
+_BARE_CLOSE = ")]}"
+
+
+def _bracket_depth(latex: str) -> int:
+    """Deepest nesting of ( [ { (escaped ``\\{`` counts as a bracket too); macro arguments count as well."""
+    depth = deepest = 0
+    for char in latex:
+        if char in _BARE_OPEN:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _BARE_CLOSE:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def _too_hostile_to_parse(latex: str) -> bool:
+    return len(latex) > MAX_ANSWER_CHARS or _bracket_depth(latex) > MAX_BRACKET_DEPTH
+
+
+def _log10_size(expr: Any) -> float:
+    """Upper bound on log10 of the largest integer sympy could build evaluating ``expr``.
+
+    Works on the unevaluated parse tree, before anything is computed: a power's size is its
+    exponent's value times its base's size, n! is below n**n. Symbols count like 10 (so a
+    symbolic power that ``expand`` could blow up is bounded too). ``inf`` when an exponent or a
+    factorial argument alone would exceed 10**6.
+    """
+    import sympy
+
+    if isinstance(expr, sympy.MatrixBase):
+        return max((_log10_size(element) for element in expr), default=0.0)
+    if not isinstance(expr, sympy.Basic):
+        return 0.0
+    if isinstance(expr, sympy.Rational):  # integers included: p/q needs both p and q
+        return max(_int_log10(expr.p), _int_log10(expr.q))
+    if isinstance(expr, sympy.Float):
+        return 1.0  # fixed precision: a float power overflows, it does not grow
+    if isinstance(expr, sympy.Symbol):
+        return 1.0
+    if isinstance(expr, sympy.Pow):
+        exponent_size = _log10_size(expr.exp)
+        return math.inf if exponent_size > 6 else 10.0**exponent_size * _log10_size(expr.base)
+    if isinstance(expr, (sympy.factorial, sympy.gamma, sympy.factorial2, sympy.binomial)):
+        argument_size = max(_log10_size(argument) for argument in expr.args)
+        return math.inf if argument_size > 6 else 10.0**argument_size * max(argument_size, 1.0)
+    child_sizes = [_log10_size(argument) for argument in expr.args]
+    if isinstance(expr, sympy.Mul):
+        return sum(child_sizes)
+    return max(child_sizes, default=1.0) + 1.0  # sums, functions, sets: about their largest part
+
+
+def _int_log10(value: int) -> float:
+    return math.log10(abs(value)) if value else 0.0  # math.log10 takes ints of any size
+
+
+def _too_big_to_evaluate(expr: Any) -> bool:
+    return _log10_size(expr) > MAX_RESULT_DIGITS
+
+
+# --------------------------------------------------------------------------- hedging
+
+_SAYS_OR = re.compile(r"\bor\b|\\lor\b|\\vee\b", re.IGNORECASE)
+_TEXT_GROUP = re.compile(r"\\(?:text|textrm|textit|textbf|textnormal|mbox)\s*\{[^{}]*\}")
+
+
+def _says_alternatives(latex: str) -> bool:
+    """``42 \\text{ or } 43``, ``42 \\lor 43``, or ``42 \\text{ (maybe 43)}``: a hedge in words.
+
+    The last form matters because the normaliser drops ``\\text{}`` groups that look like units,
+    which would leave a bare ``42``. Digits only inside text (``\\text{5 cm}``) are not flagged.
+    """
+    if _SAYS_OR.search(latex):
+        return True
+    text_groups = _TEXT_GROUP.findall(latex)
+    digits_in_text = any(char.isdigit() for group in text_groups for char in group)
+    digits_outside = any(char.isdigit() for char in _TEXT_GROUP.sub(" ", latex))
+    return digits_in_text and digits_outside
+
+
+def _names_several_values(expr: Any) -> bool:
+    import sympy
+
+    if isinstance(expr, (sympy.FiniteSet, sympy.Tuple)):
+        return len(expr) > 1
+    return isinstance(expr, sympy.Set)  # intervals, unions, ...: infinitely many values
+
+
+def _gold_is_many_valued(expr: Any) -> bool:
+    """Sets, tuples, intervals and relations other than an assignment ``x = 5`` may match a collection."""
+    import sympy
+    from sympy.core.relational import Relational
+
+    if isinstance(expr, (sympy.Set, sympy.Tuple, sympy.And)):
+        return True
+    if isinstance(expr, sympy.Eq):
+        return not isinstance(expr.lhs, sympy.Symbol)  # x^2 = 4 has two solutions; x = 5 has one
+    return isinstance(expr, Relational)
+
+
+# --------------------------------------------------------------------------- symbolic comparison
+
+
+class _TimeoutWarningFilter(logging.Filter):
+    """Drop math-verify's one-time "Timeout is disabled" warning: our own deadline is in charge."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+@lru_cache(maxsize=1)
+def _math_verify() -> Any:
+    """Import math-verify lazily: a parent that only drives the pool never loads sympy."""
+    import math_verify
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_TimeoutWarningFilter())
+    return math_verify
+
+
+@lru_cache(maxsize=1)
+def _box_only_extraction() -> list[Any]:
+    """Parse exactly the box we hand over: box first, no anchor-free fallbacks that could pick a
+    number out of ``\\text{...}`` when the LaTeX does not parse."""
+    math_verify = _math_verify()
+    return [math_verify.LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)]
+
+
+@lru_cache(maxsize=4096)  # golds repeat n times per step; answers like "42" repeat too
+def _parse_latex(latex: str) -> Any:
+    """The single sympy object math-verify makes of ``latex``, or None if it does not parse."""
+    parsed = _math_verify().parse(
+        "\\boxed{" + latex + "}",
+        extraction_config=_box_only_extraction(),
+        fallback_mode="no_fallback",
+        extraction_mode="first_match",
+        parsing_timeout=None,
+    )
+    return parsed[0] if parsed else None
+
+
+def _symbolic_match(answer: str, gold: str) -> bool:
+    answer, gold = _clean_latex(answer), _clean_latex(_plain_gold_to_latex(gold))
+    if not answer or not gold:
+        return False
+    if _says_alternatives(answer) and not _says_alternatives(gold):
+        return False
+    if _too_hostile_to_parse(answer) or _too_hostile_to_parse(gold):
+        return _without_whitespace(answer) == _without_whitespace(gold)
+    gold_expr, answer_expr = _parse_latex(gold), _parse_latex(answer)
+    if gold_expr is None or answer_expr is None:
+        return _without_whitespace(answer) == _without_whitespace(gold)
+    if _too_big_to_evaluate(gold_expr) or _too_big_to_evaluate(answer_expr):
+        return _without_whitespace(answer) == _without_whitespace(gold)
+    if _names_several_values(answer_expr) and not _gold_is_many_valued(gold_expr):
+        return False
+    return bool(_math_verify().verify(gold_expr, answer_expr, timeout_seconds=None))
+
+
+def _exact_match(answer: str, gold: str) -> bool:
+    answer, gold = _without_whitespace(answer), _without_whitespace(gold)
+    return bool(gold) and answer == gold
+
+
+def _judge(response: str, ground_truth: str, mode: str) -> bool:
+    """True if the last box of ``response`` is equivalent to ``ground_truth``. May raise or run long."""
+    answer = extract_boxed(response)
+    if answer is None:
+        return False
+    gold = _unbox_gold(ground_truth)
+    if mode == "exact":
+        return _exact_match(answer, gold)
+    return _symbolic_match(answer, gold)
+
+
+# Common answer shapes. ANTLR builds its parse-prediction cache lazily, per process: a fresh
+# process needs about twice the CPU per answer until it has seen the usual shapes.
+_WARM_UP_ANSWERS = (
+    "42", "-7", "3.14", "\\frac{3}{4}", "\\dfrac{2}{5}", "2\\sqrt{3}", "\\frac{\\sqrt{3}}{2}", "2\\pi",
+    "x^2+2x+1", "(x+1)^2", "x=5", "(1, 2)", "[0, 1)", "(-\\infty, 2) \\cup (3, \\infty)", "\\{1, 2, 3\\}",
+    "1, 2", "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "90^\\circ", "25\\%", "\\text{(B)}", "2^{10}",
+    "\\log_2 8", "12 \\text{ cm}",
+)
+
+
+def warm_up() -> None:
+    """Load sympy and math-verify and prime the LaTeX parser on common answer shapes (~1-2 s).
+
+    VerifierPool workers do this before they report ready; call it in a process that will use
+    compute_score directly if its first calls should be as fast as the later ones.
+    """
+    for answer in _WARM_UP_ANSWERS:
+        _judge(f"\\boxed{{{answer}}}", answer, "symbolic")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"reward mode must be one of {MODES}, got {mode!r}")
+
+
+# --------------------------------------------------------------------------- in-process deadline
+
+
+class VerifierTimeout(BaseException):
+    """Raised by the alarm; a BaseException so that library ``except Exception`` blocks let it through."""
+
+
+@contextmanager
+def _alarm_deadline(timeout_s: float | None) -> Iterator[None]:
+    """Raise VerifierTimeout in this (main) thread after ``timeout_s``; a no-op elsewhere.
+
+    Cannot interrupt C code (a big-int power): that is what VerifierPool's kill is for. An outer
+    ITIMER_REAL, if one was running, is re-armed with its remaining time.
+    """
+    if not timeout_s or timeout_s <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    armed = [True]
+
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        if armed[0]:
+            raise VerifierTimeout(f"verifier exceeded {timeout_s:g} s")
+
+    started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    if 0 < outer_delay < timeout_s:  # nested inside a shorter deadline: that one still wins
+        signal.setitimer(signal.ITIMER_REAL, outer_delay)
+    try:
+        yield
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if outer_delay > 0:
+            remaining = max(outer_delay - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, remaining, outer_interval)
+
+
+def _score_item(
+    response: str, ground_truth: str, mode: str, timeout_s: float | None
+) -> tuple[float, str, str]:
+    """(score, status, detail) with status "ok", "timeout" or "error"; never raises (bar Ctrl-C)."""
+    try:
+        with _alarm_deadline(timeout_s):
+            correct = _judge(response, ground_truth, mode)
+        return (1.0 if correct else 0.0), "ok", ""
+    except VerifierTimeout as exc:
+        return 0.0, "timeout", str(exc)
+    except Exception as exc:  # noqa: BLE001 - not swallowed: the pool counts it, compute_score logs it
+        return 0.0, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def compute_score(
+    response: str,
+    ground_truth: str,
+    mode: str = "symbolic",
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> float:
+    """1.0 if the last boxed answer in ``response`` is equivalent to ``ground_truth``, else 0.0.
+
+    ``mode`` is "symbolic" (math-verify) or "exact" (JustRL's strict string match); an unknown mode
+    is a programming error and raises ValueError. Otherwise never raises: a verifier error or a
+    timeout scores 0.0 and is logged. ``timeout_s`` is enforced with SIGALRM in the main thread only
+    (see the module docstring); VerifierPool gives a hard deadline anywhere.
+    """
+    _check_mode(mode)
+    score, status, detail = _score_item(response, ground_truth, mode, timeout_s)
+    if status != "ok":
+        logger.warning("verifier %s (scored 0): %s; gold %.60r, answer %.60r",
+                       status, detail, ground_truth, _answer_preview(response))
+    return score
+
+
+def _answer_preview(response: Any) -> str:
+    if not isinstance(response, str):
+        return repr(response)
+    boxed = extract_boxed(response)
+    return boxed if boxed is not None else "<no box> ..." + response[-40:]
+
+
+# --------------------------------------------------------------------------- process pool
+
+
+@dataclass
+class BatchScore:
+    scores: list[float]  # 1.0 correct / 0.0 incorrect, same order as the input
+    timeouts: int  # items that hit the deadline (worker alarm or parent kill)
+    errors: int  # worker crashed or the verifier raised
+    examples: list[str]  # a short description of a timed-out / errored item or two, for logging
+    slowest_s: float  # slowest item's wall time, as seen by the parent
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing.process.BaseProcess
+    conn: Connection
+    started_at: float
+    ready: bool = False
+    in_flight: deque = field(default_factory=deque)  # (index, response, gold) sent, in order
+    item_started_at: float = 0.0  # when the worker began in_flight[0]
+
+
+@dataclass
+class _Tally:
+    """What one call to VerifierPool.score has learned so far."""
+
+    responses: list[str]
+    golds: list[str]
+    scores: list[float]
+    unfinished: int
+    timeouts: int = 0
+    errors: int = 0
+    examples: list[str] = field(default_factory=list)
+    slowest_s: float = 0.0
+
+    def record(self, index: int, score: float, status: str, elapsed_s: float, detail: str) -> None:
+        self.scores[index] = score
+        self.unfinished -= 1
+        self.slowest_s = max(self.slowest_s, elapsed_s)
+        if status == "ok":
+            return
+        if status == "timeout":
+            self.timeouts += 1
+        else:
+            self.errors += 1
+        if len(self.examples) < _MAX_EXAMPLES:
+            example = (f"item {index} {status} after {elapsed_s:.1f} s: {detail}; gold "
+                       f"{self.golds[index][:60]!r}, answer {_answer_preview(self.responses[index])[:60]!r}")
+            self.examples.append(example)
+            logger.warning("verifier pool: %s", example)
+
+    def result(self) -> BatchScore:
+        return BatchScore(self.scores, self.timeouts, self.errors, self.examples, self.slowest_s)
+
+
+def _worker_main(
+    conn: Connection, mode: str, timeout_s: float, score_fn: Callable[[str, str], float] | None
+) -> None:
+    """Worker loop: receive a chunk, answer item by item (so the parent can time each one)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
+    if score_fn is None and mode == "symbolic":
+        warm_up()
+    conn.send(("ready",))
+    while True:
+        try:
+            chunk = conn.recv()
+        except EOFError:
+            return
+        if chunk is None:
+            return
+        for index, response, gold in chunk:
+            if score_fn is None:
+                score, status, detail = _score_item(response, gold, mode, timeout_s)
+            else:
+                score, status, detail = _score_with_custom_fn(score_fn, response, gold, timeout_s)
+            conn.send(("result", index, score, status, detail))
+
+
+def _score_with_custom_fn(
+    score_fn: Callable[[str, str], float], response: str, gold: str, timeout_s: float
+) -> tuple[float, str, str]:
+    try:
+        with _alarm_deadline(timeout_s):
+            return float(score_fn(response, gold)), "ok", ""
+    except VerifierTimeout as exc:
+        return 0.0, "timeout", str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which counts and logs it
+        return 0.0, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _stop_workers(workers: list[_Worker]) -> None:
+    """Ask every worker to exit, give them a moment, then kill and reap what is left."""
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass  # already dead; reaped below
+    give_up_at = time.monotonic() + 1.0
+    for worker in workers:
+        worker.process.join(timeout=max(give_up_at - time.monotonic(), 0.0))
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+    workers.clear()
+
+
+def _auto_chunk_size(items: int, workers: int) -> int:
+    """~4 chunks per worker per batch, at most 8 items: small enough to balance the tail."""
+    return max(1, min(8, items // (4 * workers)))
+
+
+class VerifierPool:
+    """Persistent worker processes that score batches with a hard per-item deadline.
+
+    Create once per run and reuse every step (workers take ~1-2 s to start and load sympy); close
+    it, or use it as a context manager. ``workers`` None/0 means ``os.cpu_count()``. ``score_fn``
+    replaces ``compute_score(mode=...)`` in the workers: a picklable top-level
+    ``fn(response, ground_truth) -> float`` run under the same deadline (tests; custom rewards).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        mode: str = "symbolic",
+        *,
+        chunk_size: int | None = None,
+        score_fn: Callable[[str, str], float] | None = None,
+    ) -> None:
+        _check_mode(mode)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.num_workers = workers or os.cpu_count() or 1
+        self.timeout_s = float(timeout_s)
+        self.mode = mode
+        self._chunk_size = chunk_size
+        self._score_fn = score_fn
+        self._context = mp.get_context(_START_METHOD)
+        self._workers: list[_Worker] = []
+        self._startup_failures = 0
+        self._closed = False
+        # Reaps the workers even if close() is never called (garbage collection or interpreter exit).
+        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
+        for _ in range(self.num_workers):
+            self._workers.append(self._start_worker())
+
+    # ---- public API
+
+    def score(self, responses: Sequence[str], ground_truths: Sequence[str]) -> BatchScore:
+        if self._closed:
+            raise RuntimeError("VerifierPool is closed")
+        if len(responses) != len(ground_truths):
+            raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
+        tally = _Tally(list(responses), list(ground_truths), [0.0] * len(responses), len(responses))
+        pending = deque((i, r, g) for i, (r, g) in enumerate(zip(tally.responses, tally.golds, strict=True)))
+        chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)
+        while tally.unfinished:
+            self._dispatch(pending, chunk_size)
+            self._handle_events(wait(self._event_sources(), self._seconds_to_next_deadline()), pending, tally)
+            self._kill_overdue(pending, tally)
+            self._replace_stalled_starters()
+        if tally.timeouts or tally.errors:
+            logger.warning("verifier pool: %d items, %d timeouts, %d errors, slowest %.1f s",
+                           len(tally.scores), tally.timeouts, tally.errors, tally.slowest_s)
+        return tally.result()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (for monitoring and tests)."""
+        return [worker.process.pid for worker in self._workers]
+
+    def close(self) -> None:
+        """Stop and reap every worker; safe to call twice."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self.close()
+
+    # ---- workers
+
+    def _start_worker(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(child_end, self.mode, self.timeout_s, self._score_fn),
+            name="justrl-verifier",
+            daemon=True,  # never outlive the trainer
+        )
+        process.start()
+        child_end.close()  # so the parent sees EOF when the child dies
+        return _Worker(process=process, conn=parent_end, started_at=time.monotonic())
+
+    def _replace(self, worker: _Worker, *, kill: bool) -> None:
+        if kill:
+            worker.process.kill()
+        worker.process.join(timeout=5.0)
+        worker.conn.close()
+        if not worker.ready:
+            self._startup_failures += 1
+            if self._startup_failures > _MAX_STARTUP_FAILURES:
+                raise RuntimeError(f"verifier workers keep failing to start (exit code {worker.process.exitcode})")
+        position = self._workers.index(worker)
+        self._workers[position] = self._start_worker()
+
+    def _requeue_rest(self, worker: _Worker, pending: deque) -> None:
+        """Items sent to a lost worker but not started go back to the front of the queue, in order."""
+        pending.extendleft(reversed(worker.in_flight))
+        worker.in_flight.clear()
+
+    # ---- the event loop
+
+    def _dispatch(self, pending: deque, chunk_size: int) -> None:
+        """Send a chunk to each idle worker. Idle workers are blocked in recv(), so send() cannot stall."""
+        for worker in list(self._workers):
+            if not pending or not worker.ready or worker.in_flight:
+                continue
+            chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
+            try:
+                worker.conn.send(chunk)
+            except OSError:  # died while idle: nothing of this chunk was started
+                pending.extendleft(reversed(chunk))
+                logger.warning("verifier worker %s died while idle; replacing it", worker.process.pid)
+                self._replace(worker, kill=True)
+                continue
+            worker.in_flight.extend(chunk)
+            worker.item_started_at = time.monotonic()
+
+    def _event_sources(self) -> list[Any]:
+        return [source for worker in self._workers for source in (worker.conn, worker.process.sentinel)]
+
+    def _seconds_to_next_deadline(self) -> float:
+        now = time.monotonic()
+        deadlines = [worker.item_started_at + self.timeout_s + HARD_DEADLINE_GRACE_S - now
+                     for worker in self._workers if worker.in_flight]
+        return max(min(deadlines, default=1.0), 0.0)
+
+    def _handle_events(self, ready: list[Any], pending: deque, tally: _Tally) -> None:
+        for worker in list(self._workers):
+            if worker.conn in ready or worker.process.sentinel in ready:
+                alive = self._drain(worker, tally)
+                if not alive or worker.process.sentinel in ready:
+                    self._on_worker_death(worker, pending, tally)
+
+    def _drain(self, worker: _Worker, tally: _Tally) -> bool:
+        """Read every message the worker has sent; False once its end of the pipe is gone."""
+        try:
+            while worker.conn.poll():
+                message = worker.conn.recv()
+                if message[0] == "ready":
+                    worker.ready = True
+                    self._startup_failures = 0
+                else:
+                    self._on_result(worker, message, tally)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _on_result(self, worker: _Worker, message: tuple, tally: _Tally) -> None:
+        _, index, score, status, detail = message
+        expected_index = worker.in_flight.popleft()[0]
+        assert index == expected_index, f"worker answered item {index}, expected {expected_index}"
+        now = time.monotonic()
+        tally.record(index, score, status, now - worker.item_started_at, detail)
+        worker.item_started_at = now
+
+    def _on_worker_death(self, worker: _Worker, pending: deque, tally: _Tally) -> None:
+        exitcode = worker.process.exitcode
+        if worker.in_flight:
+            index = worker.in_flight.popleft()[0]
+            elapsed = time.monotonic() - worker.item_started_at
+            tally.record(index, 0.0, "error", elapsed, f"worker pid {worker.process.pid} died (exit code {exitcode})")
+            self._requeue_rest(worker, pending)
+        else:
+            logger.warning("verifier worker pid %s exited (code %s) while idle; replacing it",
+                           worker.process.pid, exitcode)
+        self._replace(worker, kill=False)
+
+    def _kill_overdue(self, pending: deque, tally: _Tally) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if not worker.in_flight:
+                continue
+            elapsed = now - worker.item_started_at
+            if elapsed < self.timeout_s + HARD_DEADLINE_GRACE_S:
+                continue
+            if not self._drain(worker, tally) or not worker.in_flight:  # answered just in time, or died:
+                continue  # the next loop turn sees the result or the dead sentinel
+            elapsed = time.monotonic() - worker.item_started_at
+            if elapsed < self.timeout_s + HARD_DEADLINE_GRACE_S:
+                continue
+            index = worker.in_flight.popleft()[0]
+            tally.record(index, 0.0, "timeout", elapsed, f"killed worker pid {worker.process.pid} past the deadline")
+            self._requeue_rest(worker, pending)
+            self._replace(worker, kill=True)
+
+    def _replace_stalled_starters(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if not worker.ready and now - worker.started_at > _WORKER_STARTUP_TIMEOUT_S:
+                logger.warning("verifier worker pid %s did not start in %.0f s; replacing it",
+                               worker.process.pid, _WORKER_STARTUP_TIMEOUT_S)
+                self._replace(worker, kill=True)
+
+
+def score_batch(
+    responses: Sequence[str],
+    ground_truths: Sequence[str],
+    *,
+    mode: str = "symbolic",
+    workers: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[float]:
+    """One-shot scoring in a temporary VerifierPool; scores in input order.
+
+    Pays the workers' start-up every call: a training loop should keep one VerifierPool instead.
+    """
+    if not responses:
+        _check_mode(mode)
+        return []
+    with VerifierPool(workers=workers, timeout_s=timeout_s, mode=mode) as pool:
+        return pool.score(responses, ground_truths).scores

@@ -1,0 +1,319 @@
+"""Rollout engines behind one small interface.
+
+    engine.generate(prompt_token_ids, n, sampling) -> Rollouts
+    engine.load_weights(named_tensors)       # push the trainer's new weights
+    engine.sleep() / engine.wake_up()        # free / reclaim accelerator memory around training
+
+`HFEngine` samples with `transformers` `generate` on any device and shares the policy module with
+the trainer, so `load_weights` has nothing to copy. `VLLMEngine` (GPU) owns a colocated vLLM
+instance whose weights are refreshed after every optimizer step. Responses are returned with each
+prompt's n samples contiguous, which is the layout `algo.group_advantages` expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sampling:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None = None
+
+
+@dataclass
+class Rollouts:
+    prompt_ids: list[list[int]]
+    """One entry per response: each prompt repeated n times, groups contiguous."""
+    response_ids: list[list[int]]
+    """Generated tokens, EOS included when the model produced it."""
+    rollout_logprobs: list[list[float]] | None
+    """The engine's log-probs of the sampled tokens, or None when it does not report them."""
+    truncated: list[bool]
+    """True when generation stopped at max_tokens rather than at EOS."""
+    group_size: int
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+
+class HFEngine:
+    """Sampling with `model.generate`, in batches of `batch_size` sequences, left-padded."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @torch.no_grad()
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts:
+        expanded = [list(p) for p in prompt_token_ids for _ in range(n)]
+        generator_seed = sampling.seed
+        responses: list[list[int]] = []
+        logprobs: list[list[float]] = []
+        truncated: list[bool] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(expanded), self.batch_size):
+                if generator_seed is not None:
+                    # One seed per chunk keeps a step's samples reproducible whatever ran before.
+                    torch.manual_seed(generator_seed + start)
+                chunk = expanded[start:start + self.batch_size]
+                out_ids, out_logprobs, out_truncated = self._generate_chunk(chunk, sampling)
+                responses += out_ids
+                logprobs += out_logprobs
+                truncated += out_truncated
+        finally:
+            self.model.train(was_training)
+        return Rollouts(prompt_ids=expanded, response_ids=responses, rollout_logprobs=logprobs,
+                        truncated=truncated, group_size=n)
+
+    def _generate_chunk(self, prompts: list[list[int]], sampling: Sampling):
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention_mask[i, width - len(p):] = 1
+        out = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+            max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            output_scores=True, return_dict_in_generate=True,
+        )
+        generated = out.sequences[:, width:].cpu()                            # (B, L)
+        # `scores` are the processed logits the sampler drew from (temperature, top-p applied);
+        # reduced one step at a time so no (B, L, vocab) tensor is ever held.
+        sampled_logprobs = torch.stack([
+            step.float().log_softmax(-1).gather(-1, out.sequences[:, width + t, None]).squeeze(-1)
+            for t, step in enumerate(out.scores)
+        ], dim=1).cpu()                                                      # (B, L)
+        ids, logprobs, truncated = [], [], []
+        for row, row_logprobs in zip(generated.tolist(), sampled_logprobs.tolist()):
+            length = _response_length(row, self.eos_ids)
+            ids.append(row[:length])
+            logprobs.append(row_logprobs[:length])
+            truncated.append(length == sampling.max_tokens and row[length - 1] not in self.eos_ids)
+        return ids, logprobs, truncated
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Nothing to copy: the engine samples from the trainer's own module."""
+
+    def sleep(self) -> None:
+        pass
+
+    def wake_up(self) -> None:
+        pass
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def _response_length(row: list[int], eos_ids: list[int]) -> int:
+    """Length up to and including the first EOS (generate pads finished rows after it)."""
+    for i, token in enumerate(row):
+        if token in eos_ids:
+            return i + 1
+    return len(row)
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM (GPU). Written against vllm==0.32.0; tests/test_vllm_contract.py checks every vLLM name used
+# here against the installed package, and docs/vllm_contract.md records why each call was chosen.
+#
+# One engine per training rank, in the trainer's own process and on its GPU:
+# - In-process. Single process: the `uni` executor with VLLM_ENABLE_V1_MULTIPROCESSING=0, so the
+#   engine core and its worker live in this process. Under torchrun: the `external_launcher`
+#   executor, which reuses the trainer's process group and sets that variable itself; with tensor
+#   parallel 1 every rank is an independent engine ("external data parallel" in vLLM's terms).
+#   Being in-process is what lets `load_weights` hand the worker the trainer's tensors without a
+#   copy through a socket.
+# - Weights: `collective_rpc("reload_weights", weights_iterator=...)`, the worker's in-place
+#   reload. It takes checkpoint-format (Hugging Face) names, fuses q/k/v and gate/up itself, reruns
+#   the post-load processing layer by layer and copies into the existing storage, so CUDA graphs
+#   and the sleep allocator's mappings stay valid. The `update_weights` / weight-transfer engines
+#   serve a trainer in another process (NCCL, CUDA IPC); same-process needs none of that.
+# - Sleep level 2: discard weights and KV cache instead of copying the weights to host memory (level
+#   1). Every wake is followed by `load_weights`, so a backup would be copied out and back only to
+#   be overwritten; level 2 saves that transfer and the pinned host copy per rank.
+# - Log-probs: `logprobs_mode="processed_logprobs"` and `logprobs=0` return, per generated token,
+#   the log-prob of the sampled token under the distribution it was drawn from (after temperature
+#   and top-p), which is the behaviour policy the TIS correction divides by. At temperature 1 and
+#   top-p 1 (the JustRL recipe) processed and raw log-probs are identical.
+
+_VLLM_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def vllm_engine_kwargs(model_path: str, *, tensor_parallel_size: int, gpu_memory_utilization: float,
+                       enable_sleep_mode: bool, dtype: str, max_model_len: int, seed: int,
+                       enforce_eager: bool, distributed: bool) -> dict:
+    """Keyword arguments for `vllm.LLM` (all of them `EngineArgs` fields); pure, no vLLM import."""
+    if dtype not in _VLLM_DTYPES:
+        raise ValueError(f"vLLM serves {' | '.join(_VLLM_DTYPES)}, not model.dtype={dtype}")
+    if tensor_parallel_size != 1:
+        # With TP > 1 every rank of a TP group must submit identical prompts in lock-step, while the
+        # trainer gives each rank its own prompts; a 1.5B model fits one GPU anyway.
+        raise ValueError(f"rollout.tensor_parallel_size={tensor_parallel_size}: only 1 is "
+                         "supported (one colocated engine per training rank)")
+    return {
+        "model": model_path,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enable_sleep_mode": enable_sleep_mode,
+        "dtype": _VLLM_DTYPES[dtype],
+        "max_model_len": max_model_len,
+        "seed": seed,
+        "enforce_eager": enforce_eager,
+        "distributed_executor_backend": "external_launcher" if distributed else "uni",
+        "logprobs_mode": "processed_logprobs",
+        "enable_prefix_caching": True,  # the n samples of a prompt share its KV blocks
+    }
+
+
+def vllm_sampling_params(sampling: Sampling, n: int):
+    """`vllm.SamplingParams` for n samples per prompt, returning token ids and sampled log-probs."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=0,                    # off, as in HFEngine
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,         # vLLM gives sample j of the prompt seed + j
+        logprobs=0,                 # only the sampled token's log-prob
+        flat_logprobs=True,         # a few flat lists per response rather than a dict per token
+        detokenize=False,           # the trainer decodes; EOS stopping works on ids
+    )
+
+
+class VLLMEngine:
+    """A colocated `vllm.LLM`: generate, sleep while the trainer runs, then take new weights."""
+
+    SLEEP_LEVEL = 2
+
+    def __init__(self, model_path: str, *, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.6, enable_sleep_mode: bool = True,
+                 dtype: str = "bfloat16", max_model_len: int = 16384, seed: int = 0,
+                 enforce_eager: bool = False, distributed: bool = False):
+        import os
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout.engine=vllm needs a CUDA GPU and none is visible; on CPU "
+                               "use rollout.engine=hf (or the recipes/tiny_cpu.yaml recipe)")
+        try:
+            import vllm
+        except ImportError as e:
+            raise RuntimeError("rollout.engine=vllm needs vLLM: pip install -r "
+                               "requirements-gpu.txt (or use rollout.engine=hf)") from e
+        # Ranks sample different prompts, so their engines get different seeds (TP is 1).
+        self.dp_rank = _dist_rank() // tensor_parallel_size if distributed else 0
+        kwargs = vllm_engine_kwargs(
+            model_path, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
+            dtype=dtype, max_model_len=max_model_len, seed=seed + self.dp_rank,
+            enforce_eager=enforce_eager, distributed=distributed)
+        # The engine core must run in this process for load_weights to reach the worker directly
+        # (external_launcher sets this itself; uni needs it said). Note that vLLM then seeds this
+        # process's global torch / numpy / random generators with `seed` during construction.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.llm = vllm.LLM(**kwargs)
+        self.enable_sleep_mode = enable_sleep_mode
+        self._asleep: set[str] = set()      # of {"weights", "kv_cache"}
+        self._weights_discarded = False     # level-2 sleep: no valid weights until load_weights
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts:
+        if self._weights_discarded:
+            raise RuntimeError("VLLMEngine.generate after sleep() without load_weights(): level-2 "
+                               "sleep discards the weights, push the trainer's weights first")
+        self._wake({"weights", "kv_cache"})
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
+        if sampling.seed is None:
+            params = vllm_sampling_params(sampling, n)
+        else:
+            import dataclasses
+            import random
+
+            # One seed per prompt (vLLM adds the sample index), distinct across prompts and ranks.
+            rng = random.Random(f"{sampling.seed}:{self.dp_rank}")
+            params = [vllm_sampling_params(dataclasses.replace(sampling, seed=rng.getrandbits(31)),
+                                           n) for _ in prompts]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+
+        expanded, responses, logprobs, truncated = [], [], [], []
+        for prompt, request in zip(prompt_token_ids, outputs, strict=True):
+            completions = sorted(request.outputs, key=lambda c: c.index)
+            assert len(completions) == n, f"asked for {n} samples, got {len(completions)}"
+            for c in completions:
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM request ended with finish_reason={c.finish_reason!r}")
+                expanded.append(list(prompt))
+                responses.append(list(c.token_ids))
+                logprobs.append(_sampled_logprobs(c))
+                truncated.append(c.finish_reason == "length")
+        return Rollouts(prompt_ids=expanded, response_ids=responses, rollout_logprobs=logprobs,
+                        truncated=truncated, group_size=n)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy full (gathered) Hugging Face-named tensors into the engine, in place.
+
+        Consumed lazily, one tensor at a time, so an FSDP trainer can gather each parameter as it is
+        needed. Leaves the KV cache asleep; `generate` wakes it.
+        """
+        self._wake({"weights"})
+        self.llm.collective_rpc("reload_weights", kwargs={
+            "weights_iterator": iter(named_tensors), "is_checkpoint_format": True})
+        self._weights_discarded = False
+        # Cached prefixes were computed by the old weights (sleep clears them too; an engine that
+        # never slept still holds them).
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Release the engine's GPU memory (weights and KV cache) for the trainer."""
+        if not self.enable_sleep_mode or self._asleep:
+            return
+        self.llm.sleep(level=self.SLEEP_LEVEL)
+        self._asleep = {"weights", "kv_cache"}
+        self._weights_discarded = self.SLEEP_LEVEL >= 2
+
+    def wake_up(self) -> None:
+        self._wake({"weights", "kv_cache"})
+
+    def _wake(self, tags: set[str]) -> None:
+        # Weights first: a caller that loads new weights wakes only those.
+        todo = [t for t in ("weights", "kv_cache") if t in tags and t in self._asleep]
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self._asleep -= set(todo)
+
+
+def _sampled_logprobs(completion) -> list[float]:
+    """Log-prob of each sampled token from a vLLM CompletionOutput requested with logprobs=0."""
+    lp = completion.logprobs
+    if hasattr(lp, "start_indices"):  # FlatLogprobs: the sampled token is first at each position
+        values = [lp.logprobs[i] for i in lp.start_indices]
+    else:                             # list of {token_id: Logprob}, one per position
+        values = [pos[tok].logprob for tok, pos in zip(completion.token_ids, lp, strict=True)]
+    assert len(values) == len(completion.token_ids), "one log-prob per generated token"
+    return values
+
+
+def _dist_rank() -> int:
+    import os
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))

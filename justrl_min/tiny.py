@@ -1,0 +1,185 @@
+"""The embedded default: a tiny causal LM, its tokenizer and a synthetic math task, all local.
+
+Everything here is a real Hugging Face object (a `Qwen2ForCausalLM` of ~1.6M parameters and a
+byte-level `PreTrainedTokenizerFast` with a chat template), saved to a folder and loaded back
+with `from_pretrained`, so the CPU demo exercises exactly the code a 1.5B model goes through.
+
+The task: "What is 3+4?" with gold "7". A randomly initialised model never writes a `\\boxed{}`
+answer, so RL would see no reward at all. `prepare_warm_start` gives it a deterministic warm start:
+a short supervised pass on *imperfect* worked solutions in which the boxed answer is right only
+`SFT_CORRECT_FRACTION` of the time (otherwise off by a small amount). The model learns the format and
+a blurred notion of addition (about 15-25% of its samples are right); the RL run then has to
+sharpen it using the verifier's reward alone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SFT_CORRECT_FRACTION = 0.3
+WARM_START_VERSION = 2  # bump when the model, task or SFT recipe changes, to invalidate caches
+VOCAB_SIZE = 320  # 256 bytes + specials, with room for the ones AutoTokenizer adds on reload
+
+
+@dataclass(frozen=True)
+class TinyProblem:
+    question: str
+    answer: str
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) plus chat specials.
+
+    Byte-level like Qwen2's own tokenizer, so `AutoTokenizer` (which rebuilds a `Qwen2Tokenizer`
+    for a qwen2 model folder) reproduces exactly these ids after a save / load round trip.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(byte_chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core)
+    tokenizer.add_special_tokens({"pad_token": "<pad>", "eos_token": "<|end|>",
+                                  "additional_special_tokens": ["<|user|>", "<|assistant|>", "<|system|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(tokenizer, seed: int = 0, *, hidden: int = 128, layers: int = 2):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_random_model(folder: str | Path, seed: int = 0, **model_kwargs) -> Path:
+    """A randomly initialised tiny model + tokenizer as a Hugging Face folder (for fast tests)."""
+    folder = Path(folder)
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, seed, **model_kwargs).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# The synthetic task
+
+
+def make_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyProblem]:
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(count):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        problems.append(TinyProblem(question=f"What is {a}+{b}?", answer=str(a + b)))
+    return problems
+
+
+def solution_text(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+def imperfect_answer(problem: TinyProblem, rng: random.Random) -> str:
+    if rng.random() < SFT_CORRECT_FRACTION:
+        return problem.answer
+    return str(int(problem.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Warm start
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    root = os.environ.get("JUSTRL_CACHE") or Path.home() / ".cache" / "justrl_min"
+    return Path(root) / f"tiny-warm-v{WARM_START_VERSION}"
+
+
+def prepare_warm_start(folder: str | Path | None = None, *, steps: int = 800, seed: int = 0,
+                       log=print) -> Path:
+    """Train the tiny model on imperfect solutions once and cache it as a Hugging Face folder.
+
+    Deterministic (fixed seeds) and idempotent: a complete folder (marked by `warm_start.json`) is
+    returned as is. About 1-2 minutes on 2 CPU cores.
+    """
+    folder = Path(folder) if folder is not None else default_cache_dir()
+    marker = folder / "warm_start.json"
+    if marker.is_file():
+        return folder
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed)
+    rng = random.Random(seed)
+    problems = make_problems(20_000, seed=seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    batch_size = 64
+    prompt_cache: dict[str, list[int]] = {}
+    log(f"tiny warm start: {steps} supervised steps on imperfect solutions -> {folder}")
+    model.train()
+    for step in range(steps):
+        batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
+        input_ids, labels = _sft_batch(tokenizer, batch, rng, prompt_cache)
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  sft step {step:4d}  loss {loss.item():.4f}")
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
+                                                      "version": WARM_START_VERSION}))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def prompt_token_ids(tokenizer, question: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _sft_batch(tokenizer, problems: list[TinyProblem], rng: random.Random,
+               prompt_cache: dict[str, list[int]]):
+    """Token ids and labels (-100 on the prompt) for prompt + imperfect solution + EOS."""
+    rows, label_rows = [], []
+    for problem in problems:
+        if problem.question not in prompt_cache:
+            prompt_cache[problem.question] = prompt_token_ids(tokenizer, problem.question)
+        prompt_ids = prompt_cache[problem.question]
+        answer_ids = tokenizer(solution_text(imperfect_answer(problem, rng)),
+                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + answer_ids)
+        label_rows.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, (row, label_row) in enumerate(zip(rows, label_rows)):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        labels[i, :len(row)] = torch.tensor(label_row)
+    return input_ids, labels

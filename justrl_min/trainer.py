@@ -1,0 +1,518 @@
+"""The JustRL loop: sample -> score -> advantages -> update -> sync -> log, with fixed hyperparameters.
+
+Each step: B prompts, n samples each; the verifier's correct/incorrect mapped to reward values;
+group-mean (optionally std-scaled) advantages; one no-grad pass for the old log-probs (and the
+reference's, only when kl_coef > 0); then per mini-batch, micro-batches packed by token budget,
+clipped PPO loss token-meaned over the whole mini-batch (across micro-batches and ranks), one
+optimizer step. No critic, no KL, no entropy bonus, no length penalty, no dynamic sampling by default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from justrl_min import algo, dist
+from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes, rng_state, set_rng_state
+from justrl_min.config import Config, ConfigError, config_to_dict, save_config
+from justrl_min.data import EpochSampler, load_problems, tokenize_problems
+from justrl_min.model import (
+    DTYPES,
+    TokenScorer,
+    build_microbatch,
+    load_causal_lm,
+    load_tokenizer,
+    plan_microbatches,
+    supports_packing,
+    unflatten,
+)
+from justrl_min.reward import VerifierPool
+from justrl_min.rollout import HFEngine, Rollouts, Sampling
+from justrl_min.tracking import Tracker
+
+ADVANTAGE_ESTIMATORS = {"grpo": algo.group_advantages}
+
+
+@dataclass
+class Batch:
+    """One rank's share of a step, right-padded per response: tensors are (R, T)."""
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    mask: torch.Tensor
+    advantages: torch.Tensor                 # (R,)
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    tis_weights: torch.Tensor | None
+    rollout_logp: torch.Tensor | None        # the engine's own log-probs, when it reports them
+    pad_id: int
+
+
+class StopRequested:
+    """SIGTERM / SIGINT: finish the step, checkpoint, exit 0. A second signal exits at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step "
+              f"(send again to exit immediately)", flush=True)
+
+
+def train(cfg: Config) -> Path:
+    device = resolve_device(cfg)
+    info = dist.init(device.type)
+    try:
+        return _train(cfg, device, info)
+    finally:
+        dist.shutdown(info)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    cuda = torch.cuda.is_available()
+    if cfg.rollout.engine == "vllm" and not cuda:
+        raise ConfigError("rollout.engine=vllm needs a CUDA GPU and none is visible. On a CPU machine "
+                          "run `python train.py recipes/tiny_cpu.yaml`, or add `rollout.engine=hf` "
+                          "(slow for 1.5B models).")
+    if cfg.run.device == "auto":
+        return torch.device("cuda" if cuda else "cpu")
+    return torch.device(cfg.run.device)
+
+
+def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
+    t, a = cfg.train, cfg.algorithm
+    if t.prompts_per_step % info.world_size or t.mini_batch_prompts % info.world_size:
+        raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} and train.mini_batch_prompts="
+                          f"{t.mini_batch_prompts} must be divisible by the world size {info.world_size}")
+    run_dir = cfg.run_dir
+    checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep)
+    resume_from = _resume_point(cfg, checkpointer) if info.is_main else None
+    resume_from = dist.broadcast_object(resume_from, info)
+    seed_everything(cfg.run.seed + info.rank)
+
+    # ---- data, models, optimizer, engine, verifier
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    problems = load_problems(cfg.data.train, split=cfg.data.split, seed=cfg.run.seed,
+                             strip_dapo_instruction=cfg.data.strip_dapo_instruction,
+                             dedup=cfg.data.dedup, tiny_problems=cfg.data.tiny_problems)
+    prompt_set = tokenize_problems(problems, tokenizer, cfg.data.prompt_suffix, cfg.data.max_prompt_length)
+    policy_path = str(resume_from) if resume_from else cfg.model.path
+    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                            trust_remote_code=cfg.model.trust_remote_code, device=device,
+                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    if info.is_main:
+        check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer))
+    scorer = dist.shard(TokenScorer(policy), info, DTYPES[cfg.model.dtype])
+    reference = None
+    if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
+        reference = dist.shard(TokenScorer(load_causal_lm(
+            cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False)), info,
+            DTYPES[cfg.model.dtype])
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
+    engine = build_engine(cfg, policy, tokenizer, info)
+    sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+    start_step, skipped_total = 0, 0
+    if resume_from:
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        start_step, skipped_total = state["step"], state["skipped_steps"]
+        sampler.load_state_dict(state["sampler"])
+        scheduler.load_state_dict(state["scheduler"])
+        optimizer_state = torch.load(resume_from / "optimizer.pt", weights_only=False) \
+            if (resume_from / "optimizer.pt").is_file() else None
+        if optimizer_state is not None:
+            dist.load_optimizer_state(scorer, optimizer, optimizer_state, info)
+        set_rng_state(torch.load(resume_from / f"rng_rank{info.rank}.pt", weights_only=False))
+        _truncate_metrics(run_dir, start_step) if info.is_main else None
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    tracker = Tracker(run_dir, total_steps=t.steps, start_step=start_step, tensorboard=cfg.log.tensorboard,
+                      hparams=_flat(config_to_dict(cfg)), enabled=info.is_main)
+    if resume_from:
+        tracker.message(f"resumed from {resume_from} at step {start_step}")
+    if prompt_set.dropped_too_long:
+        tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
+                        f"data.max_prompt_length={cfg.data.max_prompt_length}")
+    stop = StopRequested()
+    stop.install()
+    packed = supports_packing(cfg.model.attn_implementation) if t.packing == "auto" else t.packing == "packed"
+    consecutive_skips = 0
+
+    def save(step: int) -> None:
+        _save_checkpoint(checkpointer, step, cfg, scorer, policy, tokenizer, optimizer, scheduler, sampler,
+                         skipped_total, info)
+
+    with VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
+                      mode=cfg.reward.mode) as pool:
+        for step in range(start_step + 1, t.steps + 1):
+            step_started = time.monotonic()
+            indices = sampler.next_batch(t.prompts_per_step)
+            share = t.prompts_per_step // info.world_size
+            indices = indices[info.rank * share:(info.rank + 1) * share]  # whole groups per rank
+
+            # ---- sample
+            t0 = time.monotonic()
+            sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_response_length,
+                                seed=_generation_seed(cfg.run.seed, step, info.rank))
+            engine.wake_up()
+            with dist.gathered_for_generation(scorer, info, cfg.rollout.engine):
+                rollouts = engine.generate([prompt_set.prompt_ids[i] for i in indices], cfg.rollout.n, sampling)
+            engine.sleep()
+            rollout_s = time.monotonic() - t0
+
+            # ---- score
+            t0 = time.monotonic()
+            texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+            golds = [prompt_set.problems[i].answer for i in indices for _ in range(cfg.rollout.n)]
+            scored = pool.score(texts, golds)
+            correct = torch.tensor(scored.scores, dtype=torch.float64)
+            rewards = torch.where(correct > 0, cfg.reward.correct, cfg.reward.incorrect)
+            if scored.examples:
+                tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
+                                f"e.g. {scored.examples[0]}")
+            reward_s = time.monotonic() - t0
+
+            # ---- advantages and old log-probs
+            t0 = time.monotonic()
+            advantages = ADVANTAGE_ESTIMATORS[a.advantage](rewards, cfg.rollout.n, a.scale_by_std, a.adv_eps)
+            batch, entropy = prepare_batch(cfg, rollouts, advantages.float(), scorer, reference, packed,
+                                           tokenizer.pad_token_id, device)
+
+            # ---- update
+            update = update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
+            if update.skipped:
+                skipped_total += update.skipped
+                consecutive_skips += update.skipped
+                _record_skip(run_dir, step, update, rewards, info)
+                if consecutive_skips >= t.max_skipped_steps:
+                    raise RuntimeError(
+                        f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient "
+                        f"norm (last at step {step}; summaries in {run_dir / 'skipped'}). Lower train.lr or "
+                        f"check the data; resume from {checkpointer.latest()}.")
+            else:
+                consecutive_skips = 0
+            engine.load_weights(_weights_for_engine(cfg, scorer, info))
+            update_s = time.monotonic() - t0
+
+            # ---- log
+            metrics = step_metrics(cfg, rollouts, rewards, correct, entropy, batch, update, info)
+            metrics.update({
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/skipped_steps": skipped_total,
+                "train/reward_timeouts": _sum(scored.timeouts, info),
+                "train/reward_errors": _sum(scored.errors, info),
+                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
+                "time/step_s": time.monotonic() - step_started,
+            })
+            metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
+            tracker.log(step, metrics)
+            if info.is_main and cfg.log.samples_per_step:
+                tracker.write_samples(step, [
+                    {"prompt": tokenizer.decode(rollouts.prompt_ids[i]), "response": texts[i],
+                     "gold": golds[i], "reward": float(rewards[i]), "truncated": rollouts.truncated[i]}
+                    for i in range(0, len(texts), max(1, len(texts) // cfg.log.samples_per_step))
+                ][:cfg.log.samples_per_step])
+
+            # ---- evaluate, checkpoint, stop
+            if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
+                tracker.log(step, run_eval(cfg, engine, tokenizer, pool, scorer, info))
+            stopping = bool(_sum(int(stop.requested), info))
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
+                save(step)
+            if stopping:
+                tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
+                                f"python train.py {run_dir / 'config.yaml'} run.resume=true")
+                break
+    tracker.close()
+    if info.is_main and cfg.log.curves_at_end and not stop.requested:
+        from justrl_min.curves import plot_runs
+
+        plot_runs([run_dir], run_dir / "curves.png")
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# Step pieces
+
+
+def build_engine(cfg: Config, policy, tokenizer, info: dist.DistInfo):
+    if cfg.rollout.engine == "hf":
+        return HFEngine(policy, tokenizer, batch_size=cfg.rollout.hf_batch_size)
+    from justrl_min.rollout import VLLMEngine
+
+    return VLLMEngine(
+        cfg.model.path if cfg.model.path != "tiny" else str(policy.name_or_path),
+        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        enable_sleep_mode=cfg.rollout.enable_sleep_mode, dtype=cfg.model.dtype,
+        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_response_length,
+        seed=cfg.run.seed + info.rank, enforce_eager=cfg.rollout.enforce_eager, distributed=info.enabled)
+
+
+def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):
+    if cfg.rollout.engine == "hf":
+        return ()  # the HF engine samples from the trainer's own module
+    state = dist.full_model_state(scorer, info)
+    return ((name.removeprefix("causal_lm."), tensor) for name, tensor in state.items())
+
+
+@torch.no_grad()
+def prepare_batch(cfg: Config, rollouts: Rollouts, advantages: torch.Tensor, scorer, reference, packed: bool,
+                  pad_id: int, device: torch.device) -> tuple[Batch, torch.Tensor]:
+    """Old (and reference) log-probs of every response in one no-grad pass; also the entropy."""
+    lengths = [len(r) for r in rollouts.response_ids]
+    width = max(lengths, default=1)
+    mask = unflatten(torch.ones(sum(lengths)), lengths, width)
+    old_logp, ref_logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
+    seq_lengths = [len(p) + n for p, n in zip(rollouts.prompt_ids, lengths)]
+    for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
+        micro = build_microbatch(rollouts.prompt_ids, rollouts.response_ids, group, packed, pad_id).to(device)
+        logp, ent = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+        old_logp[group] = unflatten(logp.float().cpu(), micro.response_lengths, width)
+        entropy[group] = unflatten(ent.float().cpu(), micro.response_lengths, width)
+        if reference is not None:
+            logp, _ = reference(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+            ref_logp[group] = unflatten(logp.float().cpu(), micro.response_lengths, width)
+    tis_weights = None
+    if rollouts.rollout_logprobs is not None:
+        rollout_logp = unflatten(torch.tensor([x for row in rollouts.rollout_logprobs for x in row]), lengths, width)
+        if cfg.rollout.tis_cap > 0:
+            tis_weights = algo.truncated_is_weights(old_logp, rollout_logp, cfg.rollout.tis_cap)
+    else:
+        rollout_logp = None
+    batch = Batch(rollouts.prompt_ids, rollouts.response_ids, mask, advantages, old_logp,
+                  ref_logp if reference is not None else None, tis_weights, rollout_logp, pad_id)
+    return batch, entropy
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    kl: float = 0.0
+    grad_norm: float = 0.0
+    clip_frac: float = 0.0
+    clip_frac_low: float = 0.0
+    clip_frac_high: float = 0.0
+    dual_clip_frac: float = 0.0
+    approx_kl: float = 0.0
+    updates: int = 0
+    skipped: int = 0
+    nonfinite_loss: bool = False
+
+
+def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packed: bool,
+                  device: torch.device, info: dist.DistInfo) -> UpdateStats:
+    """ppo_epochs passes over the rank's responses in mini-batches of whole prompt groups."""
+    a, n = cfg.algorithm, cfg.rollout.n
+    stats = UpdateStats()
+    per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * n
+    token_weighted: dict[str, float] = {}
+    for _ in range(a.ppo_epochs):
+        for start in range(0, len(batch.responses), per_rank_mini):
+            rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
+            # Token-mean over the whole mini-batch on every rank: the normaliser is global.
+            normalizer = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
+            seq_lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
+            loss_sum, kl_sum, nonfinite = 0.0, 0.0, False
+            for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
+                idx = [rows[g] for g in group]
+                micro = build_microbatch(batch.prompts, batch.responses, idx, packed, batch.pad_id).to(device)
+                logp, entropy = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+                width = max(micro.response_lengths)
+                logp = unflatten(logp.float(), micro.response_lengths, width)
+                mask = batch.mask[idx, :width].to(device)
+                loss, metrics = algo.ppo_clip_loss(
+                    logp, batch.old_logp[idx, :width].to(device), batch.advantages[idx].to(device), mask,
+                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
+                    token_normalizer=normalizer,
+                    token_weights=batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None)
+                if batch.ref_logp is not None:
+                    kl = algo.kl_penalty(logp, batch.ref_logp[idx, :width].to(device), a.kl_kind)
+                    kl_term = algo.masked_sum(kl, mask) / normalizer
+                    loss = loss + a.kl_coef * kl_term
+                    kl_sum += kl_term.item()
+                if a.entropy_coef:
+                    loss = loss - a.entropy_coef * algo.masked_sum(
+                        unflatten(entropy.float(), micro.response_lengths, width), mask) / normalizer
+                nonfinite |= not math.isfinite(loss.item())
+                # FSDP averages gradients over ranks; scaling by the world size makes that a sum.
+                (loss * info.world_size).backward()
+                loss_sum += loss.item()
+                tokens = mask.sum().item()
+                for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl"):
+                    token_weighted[key] = token_weighted.get(key, 0.0) + getattr(metrics, key).item() * tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), cfg.train.grad_clip)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            nonfinite = bool(_sum(int(nonfinite), info)) or not math.isfinite(grad_norm)
+            if nonfinite:  # skip the step rather than poison the weights and Adam's moments
+                optimizer.zero_grad(set_to_none=True)
+                stats.skipped += 1
+                stats.nonfinite_loss = True
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                stats.updates += 1
+            stats.loss += loss_sum
+            stats.kl += kl_sum
+            stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
+    total_tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * a.ppo_epochs
+    passes = max(1, stats.updates + stats.skipped)
+    stats.loss /= passes
+    stats.kl /= passes
+    stats.grad_norm /= passes
+    for key, value in token_weighted.items():
+        setattr(stats, key, dist.all_reduce_sum(torch.tensor(value, dtype=torch.float64), info).item() / total_tokens)
+    return stats
+
+
+def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, batch: Batch, update: UpdateStats,
+                 info: dist.DistInfo) -> dict[str, float]:
+    """Flat, namespaced step metrics, reduced over ranks (sums of sums, never means of means)."""
+    n = cfg.rollout.n
+    lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float64)
+    group_correct = correct.reshape(-1, n).mean(1)
+    sums = torch.tensor([rewards.sum(), correct.sum(), len(lengths), lengths.sum(),
+                         float(sum(rollouts.truncated)), (group_correct == 0).sum(), (group_correct == 1).sum(),
+                         len(group_correct), algo.masked_sum(entropy, batch.mask), batch.mask.sum(),
+                         sum(len(p) for p in rollouts.prompt_ids) + lengths.sum()], dtype=torch.float64)
+    s = dist.all_reduce_sum(sums, info).tolist()
+    metrics = {
+        "train/reward_mean": s[0] / s[2], "train/accuracy": s[1] / s[2],
+        "train/response_length_mean": s[3] / s[2],
+        "train/response_length_max": dist.all_reduce_max(lengths.max(), info).item(),
+        "train/truncated_frac": s[4] / s[2], "train/solve_none_frac": s[5] / s[7],
+        "train/solve_all_frac": s[6] / s[7], "train/entropy": s[8] / s[9],
+        "train/loss": update.loss, "train/grad_norm": update.grad_norm, "train/clip_frac": update.clip_frac,
+        "train/clip_frac_low": update.clip_frac_low, "train/clip_frac_high": update.clip_frac_high,
+        "train/dual_clip_frac": update.dual_clip_frac, "train/approx_kl": update.approx_kl, "_tokens": s[10],
+    }
+    if batch.ref_logp is not None:
+        metrics["train/kl"] = update.kl
+    if batch.rollout_logp is not None:
+        diff = (batch.old_logp - batch.rollout_logp).abs()
+        d = dist.all_reduce_sum(torch.tensor([algo.masked_sum(diff, batch.mask).item()], dtype=torch.float64), info)
+        metrics["train/rollout_logp_diff_mean"] = d.item() / s[9]
+        masked_max = torch.where(batch.mask.bool(), diff, torch.zeros_like(diff)).max()
+        metrics["train/rollout_logp_diff_max"] = dist.all_reduce_max(masked_max.double(), info).item()
+    return metrics
+
+
+def run_eval(cfg: Config, engine, tokenizer, pool, scorer, info: dist.DistInfo) -> dict[str, float]:
+    from justrl_min import evaluate
+
+    sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
+    engine.wake_up()
+    with dist.gathered_for_generation(scorer, info, cfg.rollout.engine):
+        results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n,
+                                               sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool)
+    engine.sleep()
+    return evaluate.flat_metrics(results)
+
+
+# --------------------------------------------------------------------------------------------------
+# Run directory, checkpoints, helpers
+
+
+def _resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
+    latest = checkpointer.latest()
+    if cfg.run.resume == "true" and latest is None:
+        raise ConfigError(f"run.resume=true but {checkpointer.folder} has no complete checkpoint")
+    if cfg.run.resume == "false":
+        run_dir = cfg.run_dir
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+            raise ConfigError(f"run directory {run_dir} is not empty and run.resume=false: pick another "
+                              f"run.name, or add run.overwrite=true to replace it")
+        if run_dir.exists() and cfg.run.overwrite:
+            import shutil
+
+            shutil.rmtree(run_dir)
+        return None
+    return latest
+
+
+def _save_checkpoint(checkpointer: Checkpointer, step: int, cfg: Config, scorer, policy, tokenizer, optimizer,
+                     scheduler, sampler: EpochSampler, skipped_total: int, info: dist.DistInfo) -> None:
+    model_state = dist.full_model_state(scorer, info)
+    optimizer_state = dist.full_optimizer_state(scorer, optimizer, info) if cfg.checkpoint.save_optimizer else None
+    rng = rng_state()
+    rank_dir = checkpointer.folder / f".rng-step_{step}"
+    rank_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(rng, rank_dir / f"rng_rank{info.rank}.pt")
+    dist.barrier(info)
+    if info.is_main:
+        def write(folder: Path) -> None:
+            policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v for k, v in model_state.items()})
+            tokenizer.save_pretrained(folder)
+            if optimizer_state is not None:
+                torch.save(optimizer_state, folder / "optimizer.pt")
+            for f in rank_dir.iterdir():
+                os.replace(f, folder / f.name)
+            save_config(cfg, folder / "config.yaml")
+            (folder / "trainer_state.json").write_text(json.dumps({
+                "step": step, "skipped_steps": skipped_total, "sampler": sampler.state_dict(),
+                "scheduler": scheduler.state_dict()}, indent=1))
+
+        checkpointer.save(step, write)
+        rank_dir.rmdir()
+    dist.barrier(info)
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from: those steps are about to be redone."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()
+                 and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _record_skip(run_dir: Path, step: int, update: UpdateStats, rewards, info: dist.DistInfo) -> None:
+    if not info.is_main:
+        return
+    folder = run_dir / "skipped"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"step_{step}.json").write_text(json.dumps({
+        "step": step, "skipped_updates": update.skipped, "loss": update.loss,
+        "reward_mean": rewards.mean().item(), "rewards": rewards.tolist()}))
+
+
+def _generation_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 10_007 + rank * 101) % 2**31
+
+
+def _sum(value: int | float, info: dist.DistInfo) -> float:
+    return dist.all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), info).item()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

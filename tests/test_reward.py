@@ -1,0 +1,389 @@
+"""The verifier as a table of strings, hostile inputs with a wall-clock bound, and the pool's deadlines.
+
+Expected values are the mathematically right answer. Where the verifier is knowingly wrong the
+case is an ``xfail(strict=True)`` with the reason, so fixing it later flips the test.
+"""
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from justrl_min.reward import (
+    BatchScore,
+    VerifierPool,
+    compute_score,
+    extract_boxed,
+    score_batch,
+)
+
+
+def known_limitation(reason):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+# A realistic chain of thought: prose, inline LaTeX and plenty of numbers (42 among them) before the box.
+LONG_COT = (
+    "Let me think step by step. We have $x^2 - 5x + 6 = 0$, so $x = 2$ or $x = 3$; "
+    "maybe the answer is 42? No: checking $\\frac{42}{2} = 21$ and $\\sqrt{289} = 17$ again. "
+) * 150
+
+
+# --------------------------------------------------------------------------- extract_boxed
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("no box here, the answer is 42", None),
+        ("\\boxed{42}", "42"),
+        ("first \\boxed{1}, then \\boxed{2}", "2"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces are set braces, not groups
+        ("\\boxed{a\\}b}", "a\\}b"),
+        ("\\boxed{\\begin{pmatrix}1\\\\2\\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{1} then \\fbox{2}", "2"),
+        ("\\fbox{1} then \\boxed{2}", "2"),
+        ("\\boxed 5", "5"),
+        ("$\\boxed 12$.", "12"),
+        ("\\boxed {42}", "42"),
+        ("\\boxed{}", ""),
+        ("\\boxed{\\boxed{4}}", "4"),
+        ("\\boxed{3} and \\fboxsep=2pt", "3"),  # \fboxsep is another macro
+        ("\\boxed{42", None),  # cut off mid-box
+        ("\\boxed{1} and later \\boxed{2", None),  # the last box is unbalanced: no answer
+        ("ends with \\boxed", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_extract_boxed_on_a_long_response_reads_only_the_last_box():
+    assert extract_boxed(LONG_COT + "\\boxed{17}") == "17"
+
+
+# --------------------------------------------------------------------------- compute_score, symbolic
+
+SYMBOLIC_CASES = [
+    # fractions, decimals, radicals, pi
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{0.5}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{\\dfrac{3}{4}}", "\\frac34", 1.0),
+    ("\\boxed{1/2}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{1.50}", "1.5", 1.0),
+    ("\\boxed{0.33}", "\\frac{1}{3}", 0.0),
+    ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 1.0),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", 1.0),
+    ("\\boxed{\\sqrt{3}}", "\\sqrt{2}", 0.0),
+    ("\\boxed{2\\pi}", "2\\pi", 1.0),
+    ("\\boxed{3.14}", "\\pi", 0.0),
+    ("\\boxed{\\frac{\\pi}{2}}", "pi/2", 1.0),  # plain-expression gold
+    ("\\boxed{1024}", "2**10", 1.0),
+    ("\\boxed{-3}", "-3", 1.0),
+    ("\\boxed{3}", "-3", 0.0),
+    # algebraic equivalence
+    ("\\boxed{(x+1)^2}", "x^2+2x+1", 1.0),
+    ("\\boxed{x^2+1}", "x^2+2x+1", 0.0),
+    ("\\boxed{2a+2b}", "2(a+b)", 1.0),
+    # equations
+    ("\\boxed{x=5}", "5", 1.0),
+    ("\\boxed{5}", "x=5", 1.0),
+    ("\\boxed{x=4}", "5", 0.0),
+    ("\\boxed{y=2x+3}", "y=2x+3", 1.0),
+    # sets, tuples, intervals, matrices
+    ("\\boxed{\\{1,2,3\\}}", "\\{3,2,1\\}", 1.0),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2,3\\}", 0.0),
+    ("\\boxed{(3,-1)}", "(3, -1)", 1.0),
+    ("\\boxed{(2,1)}", "(1,2)", 0.0),  # an ordered pair, order matters
+    ("\\boxed{[0,1)}", "[0,1)", 1.0),
+    ("\\boxed{[0,1]}", "[0,1)", 0.0),
+    ("\\boxed{(-\\infty, 2)}", "x<2", 1.0),
+    ("\\boxed{(-\\infty,-1)\\cup(1,\\infty)}", "(-\\infty,-1)\\cup(1,\\infty)", 1.0),
+    ("\\boxed{\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", 1.0),
+    ("\\boxed{\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", 0.0),
+    # units, degrees, percent, text, multiple choice
+    ("\\boxed{10 \\text{ cm}}", "10", 1.0),
+    ("\\boxed{\\$5}", "5", 1.0),
+    ("\\boxed{90^\\circ}", "90", 1.0),
+    ("\\boxed{45^{\\circ}}", "90", 0.0),
+    ("\\boxed{25\\%}", "25", 1.0),
+    ("\\boxed{\\text{Monday}}", "\\text{Monday}", 1.0),
+    ("\\boxed{\\text{Tuesday}}", "\\text{Monday}", 0.0),
+    ("\\boxed{\\text{(B)}}", "B", 1.0),
+    ("\\boxed{\\textbf{(D)}}", "D", 1.0),
+    ("\\boxed{B}", "C", 0.0),
+    # thousands separators
+    ("\\boxed{1,000}", "1000", 1.0),
+    ("\\boxed{1\\,000}", "1000", 1.0),
+    ("\\boxed{1{,}000{,}000}", "1000000", 1.0),
+    ("\\boxed{1000}", "1,000", 1.0),
+    # several boxes: the last one wins
+    ("First guess \\boxed{41}. Rechecking the arithmetic... \\boxed{42}", "42", 1.0),
+    ("\\boxed{42} hmm, no, actually \\boxed{41}", "42", 0.0),
+    # a long chain of thought that mentions the gold before a different final box
+    (LONG_COT + "Therefore the answer is \\boxed{17}.", "17", 1.0),
+    (LONG_COT + "Therefore the answer is \\boxed{17}.", "42", 0.0),
+    # <think> blocks: only the last box counts, wherever it is
+    ("<think>maybe \\boxed{41}</think>The answer is \\boxed{42}.", "42", 1.0),
+    ("<think>I get \\boxed{42}</think>Final answer: \\boxed{41}", "42", 0.0),
+    ("<think>long reasoning... so \\boxed{42}", "42", 1.0),  # unterminated think: its last box counts
+    ("<think>so \\boxed{42} ... but let me recheck \\boxed{4", "42", 0.0),  # truncated inside the last box
+    # hedging is never rewarded
+    ("\\boxed{41, 42, 43}", "42", 0.0),
+    ("\\boxed{42 \\text{ or } 43}", "42", 0.0),
+    ("\\boxed{42 or 43}", "42", 0.0),
+    ("\\boxed{42 \\text{ (or 43)}}", "42", 0.0),
+    ("\\boxed{42 \\lor 43}", "42", 0.0),
+    ("\\boxed{x = 42 \\text{ or } x = 43}", "42", 0.0),
+    ("\\boxed{x=4, x=5}", "x=5", 0.0),
+    ("\\boxed{\\{41, 42\\}}", "42", 0.0),
+    ("\\boxed{[40, 45]}", "42", 0.0),
+    ("\\boxed{(41, 43)}", "42", 0.0),
+    ("\\boxed{2 \\pm \\sqrt{3}}", "2+\\sqrt{3}", 0.0),
+    ("\\boxed{x}", "42", 0.0),
+    ("\\boxed{n}", "5", 0.0),
+    # ...unless the gold is itself that kind of object
+    ("\\boxed{2 \\pm \\sqrt{3}}", "2 \\pm \\sqrt{3}", 1.0),
+    ("\\boxed{\\{5, 4\\}}", "4, 5", 1.0),
+    ("\\boxed{-2, 2}", "x^2 = 4", 1.0),
+    # empty box, no box, and the accepted box spellings
+    ("\\boxed{}", "42", 0.0),
+    ("\\boxed{ }", "42", 0.0),
+    ("The answer is 42.", "42", 0.0),
+    ("\\boxed{42}", "\\boxed{42}", 1.0),  # a gold stored boxed is its content
+    ("\\fbox{42}", "42", 1.0),
+    ("so the answer is \\boxed 42", "42", 1.0),
+    ("$\\boxed{\\frac{1}{2}}$.", "1/2", 1.0),
+    ("\\boxed{42.}", "42", 1.0),
+    ("\\boxed{\\mathbf{42}}", "42", 1.0),
+    # known limitations: the right answer is on the left, the verifier disagrees
+    pytest.param("\\boxed{\\sin 60^\\circ}", "\\frac{\\sqrt{3}}{2}", 1.0,
+                 marks=known_limitation("math-verify reads 60^\\circ inside sin as 60 radians")),
+    pytest.param("\\boxed{42 \\text{ (in base 10)}}", "42", 1.0,
+                 marks=known_limitation("digits inside \\text{} next to digits outside it are treated as a hedge")),
+    pytest.param("\\boxed{" + "(" * 10 + "42" + ")" * 10 + "}", "42", 1.0,
+                 marks=known_limitation("bracket nesting past MAX_BRACKET_DEPTH is compared as text only")),
+    pytest.param("\\boxed{10^{10^{10}} - 10^{10^{10}}}", "0", 1.0,
+                 marks=known_limitation("numbers past MAX_RESULT_DIGITS are never evaluated")),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "expected"), SYMBOLIC_CASES)
+def test_compute_score_symbolic(response, gold, expected):
+    assert compute_score(response, gold) == expected
+
+
+def test_the_table_is_large_enough():
+    assert len(SYMBOLIC_CASES) >= 60
+
+
+# --------------------------------------------------------------------------- compute_score, exact
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        ("\\boxed{42}", "42", 1.0),
+        ("\\boxed{ 4 2 }", "42", 1.0),  # whitespace is deleted on both sides, nothing else changes
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0),
+        ("\\boxed{\\frac12}", "\\frac{1}{2}", 0.0),
+        ("\\boxed{0.5}", "\\frac{1}{2}", 0.0),
+        ("\\boxed{1,000}", "1000", 0.0),
+        ("\\boxed{42}", "\\boxed{42}", 1.0),
+        ("\\boxed{41} no wait \\boxed{42}", "42", 1.0),
+        ("\\boxed{42} no wait \\boxed{41}", "42", 0.0),
+        ("\\boxed{}", "", 0.0),
+        ("The answer is 42", "42", 0.0),
+    ],
+)
+def test_compute_score_exact(response, gold, expected):
+    assert compute_score(response, gold, mode="exact") == expected
+
+
+def test_unknown_mode_is_a_programming_error():
+    with pytest.raises(ValueError, match="mode"):
+        compute_score("\\boxed{1}", "1", mode="fuzzy")
+
+
+def test_compute_score_works_off_the_main_thread():
+    # The classic failure: signal-based timeouts raise in threads and every reward becomes 0.
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        scores = list(executor.map(compute_score, ["\\boxed{\\frac{1}{2}}", "\\boxed{3}"], ["0.5", "4"]))
+    assert scores == [1.0, 0.0]
+
+
+def test_compute_score_reports_errors_instead_of_raising(caplog):
+    assert compute_score(None, "42") == 0.0  # type: ignore[arg-type]
+    assert "verifier error" in caplog.text
+
+
+# --------------------------------------------------------------------------- hostile inputs, through the pool
+
+HOSTILE_TIMEOUT_S = 2.0
+
+HOSTILE_CASES = [
+    ("unbalanced box", "so the answer is \\boxed{42", "42", 0.0),
+    ("unbalanced inside", "\\boxed{\\frac{1}{2}", "\\frac{1}{2}", 0.0),
+    ("only opening braces", "\\boxed{" + "{" * 60_000, "42", 0.0),
+    ("exponent tower", "\\boxed{9^{9^{9^{9}}}}", "42", 0.0),
+    ("exponent tower equal to its gold", "\\boxed{9^{9^{9^{9}}}}", "9^{9^{9^{9}}}", 1.0),
+    ("power with a huge exponent", "\\boxed{2^{10^{10}}}", "1024", 0.0),
+    ("factorial of a factorial", "\\boxed{(10!)!}", "3628800", 0.0),
+    ("giant factorial equal to its gold", "\\boxed{100000!}", "100000!", 1.0),
+    ("symbolic power that expand would explode", "\\boxed{(x+1)^{10^{10}}}", "x", 0.0),
+    ("giant binomial", "\\boxed{\\binom{10^{10}}{10^{5}}}", "1", 0.0),
+    ("gamma of a huge number", "\\boxed{\\Gamma(10^{10})}", "1", 0.0),
+    ("300 nested parentheses", "\\boxed{" + "(" * 300 + "1+1" + ")" * 300 + "}", "3", 0.0),
+    ("40 nested braces", "\\boxed{" + "{" * 40 + "7" + "}" * 40 + "}", "8", 0.0),
+    ("5,000-digit literal", "\\boxed{" + "9" * 5_000 + "}", "42", 0.0),
+    ("control characters in the reasoning", "\x00\x07\x1b[31m thinking \x0c\x7f... \\boxed{42}", "42", 1.0),
+    ("control characters as the answer", "\\boxed{\x1b[0m}", "42", 0.0),
+    ("unknown macro", "\\boxed{\\foo{42}}", "42", 0.0),
+    ("unknown bare macro", "\\boxed{\\weirdmacro}", "42", 0.0),
+    ("60k-character response", LONG_COT[:60_000] + "\\boxed{42}", "42", 1.0),
+    ("60k characters, no box", "x" * 60_000, "42", 0.0),
+    ("5,000 boxes", "\\boxed{1} " * 5_000 + "\\boxed{42}", "42", 1.0),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_pool():
+    with VerifierPool(workers=2, timeout_s=HOSTILE_TIMEOUT_S) as pool:
+        pool.score(["\\boxed{1}"], ["1"])  # wait for the workers to start
+        yield pool
+
+
+@pytest.mark.parametrize(("name", "response", "gold", "expected"), HOSTILE_CASES, ids=[c[0] for c in HOSTILE_CASES])
+def test_hostile_input_is_scored_within_the_deadline(hostile_pool, name, response, gold, expected):
+    started = time.monotonic()
+    result = hostile_pool.score([response], [gold])
+    elapsed = time.monotonic() - started
+    assert elapsed < HOSTILE_TIMEOUT_S + 1.0, f"{name} took {elapsed:.1f} s"
+    assert result.scores == [expected]
+    assert result.errors == 0
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def _scripted_score(response: str, gold: str) -> float:
+    """Test stand-in for the verifier, run in the workers (picklable: top level of this module).
+
+    Golds act as scripts: HANG_IN_C blocks SIGALRM and sleeps, like C code the worker's own alarm
+    cannot interrupt, so only the parent's kill stops it; SLEEP is interruptible by that alarm; DIE
+    kills its own worker; SLOW takes 0.2 s. Anything else is scored by compute_score.
+    """
+    if gold == "HANG_IN_C":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(60)
+    if gold == "SLEEP":
+        time.sleep(60)
+    if gold == "DIE":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if gold == "SLOW":
+        time.sleep(0.2)
+        return 1.0
+    return compute_score(response, gold, timeout_s=None)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_keeps_input_order():
+    responses = [f"\\boxed{{{i}}}" for i in range(40)]
+    golds = [str(i) if i % 3 else str(i + 1) for i in range(40)]
+    with VerifierPool(workers=2, timeout_s=5.0, chunk_size=3) as pool:
+        result = pool.score(responses, golds)
+    assert isinstance(result, BatchScore)
+    assert result.scores == [0.0 if i % 3 == 0 else 1.0 for i in range(40)]
+    assert (result.timeouts, result.errors, result.examples) == (0, 0, [])
+
+
+def test_pool_kills_a_worker_stuck_past_the_deadline_and_replaces_it():
+    timeout_s = 1.0
+    responses = ["\\boxed{1}"] * 6
+    golds = ["1", "1", "HANG_IN_C", "1", "1", "1"]
+    with VerifierPool(workers=1, timeout_s=timeout_s, chunk_size=6, score_fn=_scripted_score) as pool:
+        pool.score(["\\boxed{1}"], ["1"])
+        (stuck_pid,) = pool.worker_pids()
+        started = time.monotonic()
+        result = pool.score(responses, golds)
+        elapsed = time.monotonic() - started
+        assert result.scores == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]  # the rest of the chunk was re-queued
+        assert (result.timeouts, result.errors) == (1, 0)
+        assert "item 2 timeout" in result.examples[0]
+        assert result.slowest_s < timeout_s + 1.0
+        assert not _is_running(stuck_pid)
+        assert pool.worker_pids() != [stuck_pid]
+        assert pool.score(["\\boxed{7}"], ["7"]).scores == [1.0]  # the replacement works
+    # Killing costs the deadline plus one worker start-up (spawn), not more.
+    assert elapsed < timeout_s + 10.0
+
+
+def test_pool_worker_alarm_stops_interruptible_work_without_a_kill():
+    with VerifierPool(workers=1, timeout_s=0.5, score_fn=_scripted_score) as pool:
+        pool.score(["\\boxed{1}"], ["1"])
+        pids = pool.worker_pids()
+        result = pool.score(["\\boxed{1}", "\\boxed{1}", "\\boxed{2}"], ["1", "SLEEP", "2"])
+        assert result.scores == [1.0, 0.0, 1.0]
+        assert (result.timeouts, result.errors) == (1, 0)
+        assert pool.worker_pids() == pids
+
+
+def test_pool_counts_a_crashed_worker_as_an_error_and_finishes_the_batch():
+    golds = ["1", "DIE", "1", "1", "1"]
+    with VerifierPool(workers=1, timeout_s=5.0, chunk_size=5, score_fn=_scripted_score) as pool:
+        result = pool.score(["\\boxed{1}"] * 5, golds)
+    assert result.scores == [1.0, 0.0, 1.0, 1.0, 1.0]
+    assert (result.timeouts, result.errors) == (0, 1)
+    assert "item 1 error" in result.examples[0]
+
+
+def test_pool_survives_a_worker_killed_from_outside_mid_batch():
+    with VerifierPool(workers=2, timeout_s=5.0, chunk_size=2, score_fn=_scripted_score) as pool:
+        pool.score(["\\boxed{1}"] * 2, ["1"] * 2)
+        victim = pool.worker_pids()[0]
+        killer = threading.Timer(0.5, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        result = pool.score(["busy"] * 16, ["SLOW"] * 16)  # 16 x 0.2 s over two workers
+        killer.join()
+        assert result.errors == 1  # the item the victim was working on
+        assert sum(result.scores) == 15.0
+        assert victim not in pool.worker_pids()
+        assert not _is_running(victim)
+
+
+def test_close_leaves_no_child_processes_and_is_idempotent():
+    pool = VerifierPool(workers=2, timeout_s=5.0)
+    pool.score(["\\boxed{1}"], ["1"])
+    pids = pool.worker_pids()
+    pool.close()
+    pool.close()
+    assert not any(_is_running(pid) for pid in pids)  # reaped: not even zombies
+    assert not [child for child in multiprocessing.active_children() if child.pid in pids]
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.score(["\\boxed{1}"], ["1"])
+
+
+def test_pool_rejects_mismatched_lengths():
+    with VerifierPool(workers=1, timeout_s=5.0, score_fn=_scripted_score) as pool:
+        with pytest.raises(ValueError, match="ground truths"):
+            pool.score(["\\boxed{1}"], [])
+        assert pool.score([], []).scores == []
+
+
+def test_score_batch_is_a_one_shot_pool_that_keeps_order():
+    responses = ["\\boxed{\\frac{1}{2}}", "\\boxed{41, 42, 43}", "no box", "\\boxed{x=5}"]
+    assert score_batch(responses, ["0.5", "42", "42", "5"], workers=2, timeout_s=5.0) == [1.0, 0.0, 0.0, 1.0]
+    assert score_batch(["\\boxed{0.5}"], ["\\frac{1}{2}"], mode="exact", workers=1) == [0.0]
