@@ -182,16 +182,12 @@ def pool_step(pool: VerifierPool, responses: list[str], golds: list[str]) -> Ste
                       result.scores, result.slowest_s, result.timeouts, result.errors)
 
 
-def run_pool(steps, workers: int, timeout_s: float, chunk_size: int | None) -> tuple[float, list[StepTiming], float]:
-    """Start-up seconds (until every worker has warmed up), per-step timings, workers' CPU seconds."""
-    children_before = cpu_seconds(resource.RUSAGE_CHILDREN)
+def start_pool(workers: int, timeout_s: float, chunk_size: int | None) -> tuple[VerifierPool, float]:
+    """A pool whose workers are all up and warmed, and how long that took."""
     started = time.perf_counter()
     pool = VerifierPool(workers=workers, timeout_s=timeout_s, chunk_size=chunk_size)
-    pool.score(["\\boxed{1}"] * workers, ["1"] * workers)  # returns once the workers are up
-    startup_s = time.perf_counter() - started
-    timings = [pool_step(pool, responses, golds) for responses, golds, _ in steps]
-    pool.close()  # reaps the workers, so their CPU time shows up in RUSAGE_CHILDREN
-    return startup_s, timings, cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
+    pool.score(["\\boxed{1}"] * workers, ["1"] * workers)
+    return pool, time.perf_counter() - started
 
 
 def describe(timing: StepTiming) -> str:
@@ -203,47 +199,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--timeout-s", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=3, help="training steps to time, each a new batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    steps = [make_batch(args.seed + step) for step in range(2)]  # step 1 warms the caches, step 2 is steady state
-    for number, (responses, _, intended) in enumerate(steps, start=1):
-        lengths = sorted(len(r) for r in responses)
-        print(f"step {number} batch: {len(responses)} responses, {sum(lengths) / 1e6:.1f} M chars, length "
-              f"min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}, hostile {intended.count(None)}")
-    print(f"CPU scaling ceiling now ({args.workers} processes of a pure-Python loop vs one): "
+    steps = [make_batch(args.seed + step) for step in range(args.steps)]
+    responses, _, intended = steps[0]
+    lengths = sorted(len(r) for r in responses)
+    print(f"{args.steps} steps of {len(responses)} responses; step 1: {sum(lengths) / 1e6:.1f} M chars, length "
+          f"min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}, hostile {intended.count(None)}")
+    print(f"CPU scaling ceiling before ({args.workers} processes of a pure-Python loop vs one): "
           f"{cpu_scaling_ceiling(args.workers):.2f}x; load average {os.getloadavg()[0]:.2f}")
 
-    pool_runs = {}
-    for label, chunk_size in (("auto chunks", None), ("1 item per send", 1)):
-        startup_s, timings, workers_cpu_s = run_pool(steps, args.workers, args.timeout_s, chunk_size)
-        pool_runs[label] = timings
-        print(f"pool, {args.workers} workers, {label}: start-up {startup_s:.2f} s; workers' CPU over their life "
-              f"{workers_cpu_s:.2f} s")
-        for number, timing in enumerate(timings, start=1):
-            print(f"  step {number}: {describe(timing)}")
-
+    # Interleaved, step by step, so that both sides see the same load on a shared machine.
+    children_before = cpu_seconds(resource.RUSAGE_CHILDREN)
+    chunked_pool, chunked_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=None)
+    single_pool, single_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=1)
     warm_up()  # what each pool worker does before it reports ready
-    serial = [serial_step(responses, golds, args.timeout_s) for responses, golds, _ in steps]
+    pooled, serial, single = [], [], []
+    for responses, golds, _ in steps:
+        pooled.append(pool_step(chunked_pool, responses, golds))
+        serial.append(serial_step(responses, golds, args.timeout_s))
+        if not single:  # one step is enough to see what sending items one by one costs
+            single.append(pool_step(single_pool, responses, golds))
+    chunked_pool.close()
+    single_pool.close()
+    workers_cpu_s = cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
+
+    print(f"pool start-up until all {args.workers} workers are warm: {chunked_startup_s:.2f} s "
+          f"(second pool {single_startup_s:.2f} s); both pools' workers' CPU over their life {workers_cpu_s:.2f} s")
+    print(f"pool, {args.workers} workers, auto chunks:")
+    for number, timing in enumerate(pooled, start=1):
+        print(f"  step {number}: {describe(timing)}")
+    print(f"pool, {args.workers} workers, 1 item per send:")
+    print(f"  step 1: {describe(single[0])}")
     print("serial compute_score loop in the main thread (SIGALRM deadline armed), after warm_up():")
     for number, timing in enumerate(serial, start=1):
         print(f"  step {number}: {describe(timing)}")
     print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers):.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
 
-    for number in (1, 2):
-        ratios = ", ".join(f"{label} {serial[number - 1].wall_s / timings[number - 1].wall_s:.2f}x"
-                           for label, timings in pool_runs.items())
-        print(f"speed-up serial / pool, step {number}: {ratios}")
+    ratios = ", ".join(f"step {number} {serial_timing.wall_s / pool_timing.wall_s:.2f}x"
+                       for number, (serial_timing, pool_timing) in enumerate(zip(serial, pooled, strict=True), 1))
+    print(f"speed-up serial / pool (auto chunks): {ratios}; "
+          f"all steps {sum(s.wall_s for s in serial) / sum(p.wall_s for p in pooled):.2f}x")
+    print(f"speed-up serial / pool (1 item per send), step 1: {serial[0].wall_s / single[0].wall_s:.2f}x")
     limit = args.timeout_s + 1.0
-    slowest_pool = max(t.slowest_s for timings in pool_runs.values() for t in timings)
+    slowest_pool = max(t.slowest_s for t in pooled + single)
     print(f"slowest item anywhere vs timeout + 1 s ({limit:.0f} s): pool {slowest_pool:.2f} s, "
           f"serial {max(t.slowest_s for t in serial):.2f} s")
-    chunked = pool_runs["auto chunks"]
-    disagreements = sum(a != b for step in (0, 1)
-                        for a, b in zip(chunked[step].scores, serial[step].scores, strict=True))
-    labelled = [(score, label) for step in (0, 1)
-                for score, label in zip(chunked[step].scores, steps[step][2], strict=True) if label is not None]
+    disagreements = sum(a != b for p, s in zip(pooled, serial, strict=True)
+                        for a, b in zip(p.scores, s.scores, strict=True))
+    labelled = [(score, label) for timing, (_, _, labels) in zip(pooled, steps, strict=True)
+                for score, label in zip(timing.scores, labels, strict=True) if label is not None]
     mislabelled = sum(score != label for score, label in labelled)
     mean_reward = sum(score for score, _ in labelled) / len(labelled)
     print(f"pool vs serial disagreements: {disagreements}; mean reward (non-hostile) {mean_reward:.3f}; "

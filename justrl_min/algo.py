@@ -47,7 +47,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
     if group_size == 1:
         return torch.zeros_like(rewards)
     if scale_by_std:
-        centered = centered / (grouped.std(dim=1, keepdim=True, unbiased=True) + eps)
+        std = grouped.std(dim=1, keepdim=True, unbiased=True)
+        # Equal rewards give 0 / (0 + eps) = 0 already; the where() keeps that true for eps = 0.
+        centered = torch.where(std > 0, centered / (std + eps), torch.zeros_like(centered))
     return centered.reshape(-1).to(rewards.dtype)
 
 

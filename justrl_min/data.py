@@ -27,7 +27,7 @@ DAPO_PREFIX = re.compile(
     r"^\s*Solve the following math problem step by step\. The last line of your response should be "
     r"of the form Answer: \$Answer \(without quotes\) where \$Answer is the answer to the problem\.\s*",
 )
-DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\s*$")
+DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*$")
 
 
 class DataError(ValueError):

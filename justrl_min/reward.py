@@ -65,7 +65,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from multiprocessing.connection import Connection, wait
 from typing import Any, Self
 
@@ -347,15 +347,14 @@ def _exact_match(answer: str, gold: str) -> bool:
     return bool(gold) and answer == gold
 
 
-def _judge(response: str, ground_truth: str, mode: str) -> bool:
-    """True if the last box of ``response`` is equivalent to ``ground_truth``. May raise or run long."""
+def _judge(response: str, ground_truth: str, mode: str) -> float:
+    """1.0 if the last box of ``response`` is equivalent to ``ground_truth``, else 0.0. May raise or run long."""
     answer = extract_boxed(response)
     if answer is None:
-        return False
+        return 0.0
     gold = _unbox_gold(ground_truth)
-    if mode == "exact":
-        return _exact_match(answer, gold)
-    return _symbolic_match(answer, gold)
+    correct = _exact_match(answer, gold) if mode == "exact" else _symbolic_match(answer, gold)
+    return 1.0 if correct else 0.0
 
 
 # Common answer shapes. ANTLR builds its parse-prediction cache lazily, per process: a fresh
@@ -423,13 +422,12 @@ def _alarm_deadline(timeout_s: float | None) -> Iterator[None]:
 
 
 def _score_item(
-    response: str, ground_truth: str, mode: str, timeout_s: float | None
+    score: Callable[[str, str], float], response: str, ground_truth: str, timeout_s: float | None
 ) -> tuple[float, str, str]:
     """(score, status, detail) with status "ok", "timeout" or "error"; never raises (bar Ctrl-C)."""
     try:
         with _alarm_deadline(timeout_s):
-            correct = _judge(response, ground_truth, mode)
-        return (1.0 if correct else 0.0), "ok", ""
+            return float(score(response, ground_truth)), "ok", ""
     except VerifierTimeout as exc:
         return 0.0, "timeout", str(exc)
     except Exception as exc:  # noqa: BLE001 - not swallowed: the pool counts it, compute_score logs it
@@ -451,7 +449,7 @@ def compute_score(
     (see the module docstring); VerifierPool gives a hard deadline anywhere.
     """
     _check_mode(mode)
-    score, status, detail = _score_item(response, ground_truth, mode, timeout_s)
+    score, status, detail = _score_item(partial(_judge, mode=mode), response, ground_truth, timeout_s)
     if status != "ok":
         logger.warning("verifier %s (scored 0): %s; gold %.60r, answer %.60r",
                        status, detail, ground_truth, _answer_preview(response))
@@ -527,6 +525,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
     if score_fn is None and mode == "symbolic":
         warm_up()
+    score = score_fn if score_fn is not None else partial(_judge, mode=mode)
     conn.send(("ready",))
     while True:
         try:
@@ -536,23 +535,7 @@ def _worker_main(
         if chunk is None:
             return
         for index, response, gold in chunk:
-            if score_fn is None:
-                score, status, detail = _score_item(response, gold, mode, timeout_s)
-            else:
-                score, status, detail = _score_with_custom_fn(score_fn, response, gold, timeout_s)
-            conn.send(("result", index, score, status, detail))
-
-
-def _score_with_custom_fn(
-    score_fn: Callable[[str, str], float], response: str, gold: str, timeout_s: float
-) -> tuple[float, str, str]:
-    try:
-        with _alarm_deadline(timeout_s):
-            return float(score_fn(response, gold)), "ok", ""
-    except VerifierTimeout as exc:
-        return 0.0, "timeout", str(exc)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which counts and logs it
-        return 0.0, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
+            conn.send(("result", index, *_score_item(score, response, gold, timeout_s)))
 
 
 def _stop_workers(workers: list[_Worker]) -> None:
@@ -577,13 +560,28 @@ def _auto_chunk_size(items: int, workers: int) -> int:
     return max(1, min(8, items // (4 * workers)))
 
 
+def _take_chunk(pending: deque, size: int, finish_gold_run: bool) -> list:
+    """Up to ``size`` items; with ``finish_gold_run``, extended (to at most 2x) so that the samples of
+    one problem go to one worker: a cold gold costs a worker as much as several answers to parse."""
+    chunk = [pending.popleft()]
+    while pending and len(chunk) < size:
+        chunk.append(pending.popleft())
+    while finish_gold_run and pending and len(chunk) < 2 * size and pending[0][2] == chunk[-1][2]:
+        chunk.append(pending.popleft())
+    return chunk
+
+
 class VerifierPool:
     """Persistent worker processes that score batches with a hard per-item deadline.
 
-    Create once per run and reuse every step (workers take ~1-2 s to start and load sympy); close
-    it, or use it as a context manager. ``workers`` None/0 means ``os.cpu_count()``. ``score_fn``
-    replaces ``compute_score(mode=...)`` in the workers: a picklable top-level
-    ``fn(response, ground_truth) -> float`` run under the same deadline (tests; custom rewards).
+    Create once per run and reuse every step: a worker takes ~1.5-3 s to start (interpreter, sympy,
+    ``warm_up()``), and it gets faster over its first few thousand answers as the LaTeX parser's
+    cache fills. Close it, or use it as a context manager. ``workers`` None/0 means
+    ``os.cpu_count()``. ``chunk_size`` None sends ~4 chunks per worker per batch (at most 8 items),
+    each finished to the end of its run of identical golds so that one problem's samples share a
+    worker and its parsed gold. ``score_fn`` replaces ``compute_score(mode=...)`` in the workers: a
+    picklable top-level ``fn(response, ground_truth) -> float`` run under the same deadline (tests;
+    custom rewards).
     """
 
     def __init__(
@@ -615,6 +613,8 @@ class VerifierPool:
     # ---- public API
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str]) -> BatchScore:
+        """Score ``responses[i]`` against ``ground_truths[i]``; returns when every item is scored,
+        timed out or errored. One call at a time: the pool is not meant to be shared by threads."""
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
         if len(responses) != len(ground_truths):
@@ -622,8 +622,9 @@ class VerifierPool:
         tally = _Tally(list(responses), list(ground_truths), [0.0] * len(responses), len(responses))
         pending = deque((i, r, g) for i, (r, g) in enumerate(zip(tally.responses, tally.golds, strict=True)))
         chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)
+        finish_gold_runs = self._chunk_size is None
         while tally.unfinished:
-            self._dispatch(pending, chunk_size)
+            self._dispatch(pending, chunk_size, finish_gold_runs)
             self._handle_events(wait(self._event_sources(), self._seconds_to_next_deadline()), pending, tally)
             self._kill_overdue(pending, tally)
             self._replace_stalled_starters()
@@ -680,12 +681,12 @@ class VerifierPool:
 
     # ---- the event loop
 
-    def _dispatch(self, pending: deque, chunk_size: int) -> None:
+    def _dispatch(self, pending: deque, chunk_size: int, finish_gold_runs: bool) -> None:
         """Send a chunk to each idle worker. Idle workers are blocked in recv(), so send() cannot stall."""
         for worker in list(self._workers):
             if not pending or not worker.ready or worker.in_flight:
                 continue
-            chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
+            chunk = _take_chunk(pending, chunk_size, finish_gold_runs)
             try:
                 worker.conn.send(chunk)
             except OSError:  # died while idle: nothing of this chunk was started

@@ -61,10 +61,16 @@ class StopRequested:
 
     def __init__(self):
         self.requested = False
+        self.previous = {}
 
-    def install(self) -> None:
+    def __enter__(self) -> StopRequested:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
@@ -103,7 +109,6 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep)
     resume_from = _resume_point(cfg, checkpointer) if info.is_main else None
     resume_from = dist.broadcast_object(resume_from, info)
-    seed_everything(cfg.run.seed + info.rank)
 
     # ---- data, models, optimizer, engine, verifier
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
@@ -127,6 +132,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     engine = build_engine(cfg, policy, tokenizer, info)
+    seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
     sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     start_step, skipped_total = 0, 0
     if resume_from:
@@ -150,8 +156,6 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
-    stop = StopRequested()
-    stop.install()
     packed = supports_packing(cfg.model.attn_implementation) if t.packing == "auto" else t.packing == "packed"
     consecutive_skips = 0
 
@@ -159,8 +163,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
         _save_checkpoint(checkpointer, step, cfg, scorer, policy, tokenizer, optimizer, scheduler, sampler,
                          skipped_total, info)
 
-    with VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
-                      mode=cfg.reward.mode) as pool:
+    with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
+                                               mode=cfg.reward.mode) as pool:
         for step in range(start_step + 1, t.steps + 1):
             step_started = time.monotonic()
             indices = sampler.next_batch(t.prompts_per_step)
@@ -196,6 +200,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                                            tokenizer.pad_token_id, device)
 
             # ---- update
+            lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
             update = update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
             if update.skipped:
                 skipped_total += update.skipped
@@ -214,7 +219,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             # ---- log
             metrics = step_metrics(cfg, rollouts, rewards, correct, entropy, batch, update, info)
             metrics.update({
-                "train/lr": scheduler.get_last_lr()[0],
+                "train/lr": lr,
                 "train/skipped_steps": skipped_total,
                 "train/reward_timeouts": _sum(scored.timeouts, info),
                 "train/reward_errors": _sum(scored.errors, info),
@@ -257,13 +262,14 @@ def build_engine(cfg: Config, policy, tokenizer, info: dist.DistInfo):
         return HFEngine(policy, tokenizer, batch_size=cfg.rollout.hf_batch_size)
     from justrl_min.rollout import VLLMEngine
 
+    longest = max(cfg.rollout.max_response_length, cfg.eval.max_tokens if cfg.eval.every_steps else 0)
     return VLLMEngine(
-        cfg.model.path if cfg.model.path != "tiny" else str(policy.name_or_path),
+        policy.name_or_path,  # the folder the policy was loaded from: a checkpoint when resuming
         tensor_parallel_size=cfg.rollout.tensor_parallel_size,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         enable_sleep_mode=cfg.rollout.enable_sleep_mode, dtype=cfg.model.dtype,
-        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_response_length,
-        seed=cfg.run.seed + info.rank, enforce_eager=cfg.rollout.enforce_eager, distributed=info.enabled)
+        max_model_len=cfg.data.max_prompt_length + longest,
+        seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=info.enabled)
 
 
 def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):
@@ -314,73 +320,94 @@ class UpdateStats:
     approx_kl: float = 0.0
     updates: int = 0
     skipped: int = 0
-    nonfinite_loss: bool = False
 
 
 def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packed: bool,
                   device: torch.device, info: dist.DistInfo) -> UpdateStats:
     """ppo_epochs passes over the rank's responses in mini-batches of whole prompt groups."""
-    a, n = cfg.algorithm, cfg.rollout.n
     stats = UpdateStats()
-    per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * n
+    per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
     token_weighted: dict[str, float] = {}
-    for _ in range(a.ppo_epochs):
+    for _ in range(cfg.algorithm.ppo_epochs):
         for start in range(0, len(batch.responses), per_rank_mini):
             rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
-            # Token-mean over the whole mini-batch on every rank: the normaliser is global.
-            normalizer = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
-            seq_lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
-            loss_sum, kl_sum, nonfinite = 0.0, 0.0, False
-            for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
-                idx = [rows[g] for g in group]
-                micro = build_microbatch(batch.prompts, batch.responses, idx, packed, batch.pad_id).to(device)
-                logp, entropy = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
-                width = max(micro.response_lengths)
-                logp = unflatten(logp.float(), micro.response_lengths, width)
-                mask = batch.mask[idx, :width].to(device)
-                loss, metrics = algo.ppo_clip_loss(
-                    logp, batch.old_logp[idx, :width].to(device), batch.advantages[idx].to(device), mask,
-                    clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-                    token_normalizer=normalizer,
-                    token_weights=batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None)
-                if batch.ref_logp is not None:
-                    kl = algo.kl_penalty(logp, batch.ref_logp[idx, :width].to(device), a.kl_kind)
-                    kl_term = algo.masked_sum(kl, mask) / normalizer
-                    loss = loss + a.kl_coef * kl_term
-                    kl_sum += kl_term.item()
-                if a.entropy_coef:
-                    loss = loss - a.entropy_coef * algo.masked_sum(
-                        unflatten(entropy.float(), micro.response_lengths, width), mask) / normalizer
-                nonfinite |= not math.isfinite(loss.item())
-                # FSDP averages gradients over ranks; scaling by the world size makes that a sum.
-                (loss * info.world_size).backward()
-                loss_sum += loss.item()
-                tokens = mask.sum().item()
-                for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl"):
-                    token_weighted[key] = token_weighted.get(key, 0.0) + getattr(metrics, key).item() * tokens
+            mini = minibatch_backward(cfg, batch, rows, scorer, packed, device, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), cfg.train.grad_clip)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            nonfinite = bool(_sum(int(nonfinite), info)) or not math.isfinite(grad_norm)
-            if nonfinite:  # skip the step rather than poison the weights and Adam's moments
+            if mini.nonfinite or not math.isfinite(grad_norm):
+                # Skip rather than poison the weights and Adam's moments.
                 optimizer.zero_grad(set_to_none=True)
                 stats.skipped += 1
-                stats.nonfinite_loss = True
             else:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 stats.updates += 1
-            stats.loss += loss_sum
-            stats.kl += kl_sum
+            stats.loss += mini.loss
+            stats.kl += mini.kl
             stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
-    total_tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * a.ppo_epochs
+            for key, value in mini.token_weighted.items():
+                token_weighted[key] = token_weighted.get(key, 0.0) + value
+    total_tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs
     passes = max(1, stats.updates + stats.skipped)
-    stats.loss /= passes
-    stats.kl /= passes
-    stats.grad_norm /= passes
+    stats.loss, stats.kl, stats.grad_norm = stats.loss / passes, stats.kl / passes, stats.grad_norm / passes
     for key, value in token_weighted.items():
-        setattr(stats, key, dist.all_reduce_sum(torch.tensor(value, dtype=torch.float64), info).item() / total_tokens)
+        total = dist.all_reduce_sum(torch.tensor(value, dtype=torch.float64), info).item()
+        setattr(stats, key, total / max(total_tokens, 1.0))
     return stats
+
+
+@dataclass
+class MiniBatchResult:
+    loss: float
+    kl: float
+    nonfinite: bool
+    token_weighted: dict[str, float]
+    """Loss diagnostics times valid tokens, summed over micro-batches (divided later)."""
+
+
+def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packed: bool, device: torch.device,
+                       info: dist.DistInfo) -> MiniBatchResult:
+    """Accumulate the gradient of one mini-batch's loss over its micro-batches.
+
+    The loss is token-mean over every valid response token of the mini-batch on all ranks, so
+    whatever the micro-batch split and world size, the accumulated gradient equals that of the
+    whole mini-batch in one piece.
+    """
+    a = cfg.algorithm
+    normalizer = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
+    seq_lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
+    loss_sum, kl_sum, nonfinite = 0.0, 0.0, False
+    token_weighted: dict[str, float] = {}
+    for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
+        idx = [rows[g] for g in group]
+        micro = build_microbatch(batch.prompts, batch.responses, idx, packed, batch.pad_id).to(device)
+        logp, entropy = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+        width = max(micro.response_lengths)
+        logp = unflatten(logp, micro.response_lengths, width)                           # (b, T)
+        mask = batch.mask[idx, :width].to(device)
+        tis = batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None
+        loss, metrics = algo.ppo_clip_loss(
+            logp, batch.old_logp[idx, :width].to(device), batch.advantages[idx].to(device), mask,
+            clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, token_normalizer=normalizer,
+            token_weights=tis)
+        if batch.ref_logp is not None:
+            kl = algo.kl_penalty(logp, batch.ref_logp[idx, :width].to(device), a.kl_kind)
+            kl_term = algo.masked_sum(kl, mask) / normalizer
+            loss = loss + a.kl_coef * kl_term
+            kl_sum += kl_term.item()
+        if a.entropy_coef:
+            entropy = unflatten(entropy, micro.response_lengths, width)
+            loss = loss - a.entropy_coef * algo.masked_sum(entropy, mask) / normalizer
+        nonfinite |= not math.isfinite(loss.item())
+        # FSDP averages gradients over ranks; scaling by the world size turns that into a sum.
+        (loss * info.world_size).backward()
+        loss_sum += loss.item()
+        tokens = mask.sum().item()
+        for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl"):
+            token_weighted[key] = token_weighted.get(key, 0.0) + getattr(metrics, key).item() * tokens
+    nonfinite = bool(_sum(int(nonfinite), info))
+    return MiniBatchResult(_sum(loss_sum, info), _sum(kl_sum, info), nonfinite, token_weighted)
 
 
 def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, batch: Batch, update: UpdateStats,

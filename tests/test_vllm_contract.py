@@ -111,6 +111,29 @@ def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed)
     assert kwargs["max_model_len"] == cfg.data.max_prompt_length + cfg.rollout.max_response_length
 
 
+@pytest.mark.parametrize("recipe", ["justrl-overrides", *GPU_RECIPES])
+def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(recipe, monkeypatch):
+    trainer = pytest.importorskip("justrl_min.trainer")
+    if not hasattr(trainer, "build_engine"):
+        pytest.skip("justrl_min.trainer.build_engine not written yet")
+    cfg = _recipe(recipe)
+    seen = {}
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            bound = inspect.signature(VLLMEngine).bind(*args, **kwargs)
+            bound.apply_defaults()
+            seen.update(bound.arguments)
+
+    monkeypatch.setattr(rollout, "VLLMEngine", Recorder)
+    info = trainer.dist.DistInfo(rank=3, world_size=8, local_rank=3)
+    trainer.build_engine(cfg, SimpleNamespace(name_or_path="policy"), None, info)
+    engine_kwargs = vllm_engine_kwargs(**seen)
+    EngineArgs(**engine_kwargs)
+    assert engine_kwargs["distributed_executor_backend"] == "external_launcher"
+    assert engine_kwargs["model"] == cfg.model.path
+
+
 def test_processed_logprobs_mode_is_after_temperature_and_top_p():
     assert "processed_logprobs" in PROCESSED_LOGPROBS_MODES
     doc = inspect.getsource(vllm.config.ModelConfig)
