@@ -1,17 +1,23 @@
 """Reward throughput: one training step's worth of responses through VerifierPool vs a serial loop.
 
 Generates 2,048 responses (256 problems x 8 samples) of 2k-60k characters of chain-of-thought-like
-text with the answer boxed at the end: integers, fractions, radicals, expressions and pairs, about
-half correct (often written in an equivalent but different form), a few hedges, and ~1% hostile
+text with the answer boxed at the end: integers, fractions, radicals, expressions, multiples of pi
+and pairs, about half correct (often written in an equivalent but different form), a few hedges, ~1% hostile
 answers (exponent towers, deep nesting, unbalanced boxes, giant literals, control characters).
 
 Both sides do the same work: the serial loop calls ``compute_score`` in the main thread (its SIGALRM
 deadline armed) after ``warm_up()``; the pool runs the very same function in worker processes that
-ran ``warm_up()`` at start. Two steps are timed, with different batches: the LaTeX parser keeps
-getting faster as its per-process prediction cache fills, so step 1 is the cold first step of a run
-and step 2 is closer to the steady state of a run that reuses one pool every step.
+ran ``warm_up()`` at start. Several steps are timed, each a new batch, pool and serial interleaved
+step by step so that both see the same load: the LaTeX parser keeps getting faster as its
+per-process prediction cache fills (each worker fills its own), so step 1 is the cold first step of
+a run and the last steps are closer to the steady state of a run that reuses one pool every step.
 
-    python bench/reward_throughput.py [--workers N] [--timeout-s S] [--seed K]
+On a machine shared with other jobs wall times swing; the workers' CPU seconds (read from /proc)
+give a load-independent view: ``serial CPU / busiest worker's CPU`` is the speed-up the pool would
+reach on otherwise idle cores, and ``serial CPU / all workers' CPU`` is how much work the split
+costs.
+
+    python bench/reward_throughput.py [--workers N] [--timeout-s S] [--steps K] [--seed K]
 """
 
 from __future__ import annotations
@@ -44,26 +50,36 @@ class Problem:
     wrong_forms: list[str]
 
 
+SQUARE_FREE = [2, 3, 5, 6, 7, 10, 11, 13, 14, 15, 17, 19, 21, 22, 23]
+
+
 def make_problem(rng: random.Random) -> Problem:
-    kind = rng.choice(["integer", "integer", "integer", "fraction", "radical", "expression", "pair"])
+    """A gold, the forms a correct sample writes it in, and wrong answers. Values range widely, as in
+    real data: across problems answers rarely repeat, within a problem the correct ones do."""
+    kind = rng.choice(["integer", "integer", "integer", "fraction", "radical", "expression", "pair", "pi"])
     if kind == "integer":
-        n = rng.randint(0, 2_000)
-        forms = [str(n), f"{n:,}" if n >= 1_000 else str(n)]
-        return Problem(str(n), forms, [str(n + rng.choice([-2, -1, 1, 3, 10])), f"{n}, {n + 1}"])
+        n = rng.randint(0, 100_000)
+        forms = [str(n), str(n), f"{n:,}".replace(",", "{,}")]
+        return Problem(str(n), forms, [str(n + rng.randint(1, 500)), str(rng.randint(0, 100_000)), f"{n}, {n + 1}"])
     if kind == "fraction":
-        p, q = rng.randint(1, 30), rng.randint(31, 60)
-        return Problem(f"\\frac{{{p}}}{{{q}}}", [f"\\frac{{{p}}}{{{q}}}", f"\\dfrac{{{2 * p}}}{{{2 * q}}}", f"{p}/{q}"],
-                       [f"\\frac{{{q}}}{{{p}}}", f"\\frac{{{p + 1}}}{{{q}}}"])
+        p, q = rng.randint(1, 200), rng.randint(201, 400)
+        k = rng.randint(2, 5)
+        return Problem(f"\\frac{{{p}}}{{{q}}}", [f"\\frac{{{p}}}{{{q}}}", f"\\dfrac{{{k * p}}}{{{k * q}}}", f"{p}/{q}"],
+                       [f"\\frac{{{q}}}{{{p}}}", f"\\frac{{{p + rng.randint(1, 9)}}}{{{q}}}"])
     if kind == "radical":
-        b = rng.choice([2, 3, 5, 6, 7])
-        a = rng.choice([k for k in range(2, 10) if k != b])  # so that b*sqrt(a) really is wrong
+        b = rng.choice(SQUARE_FREE)
+        a = rng.choice([k for k in range(2, 30) if k != b])  # so that b*sqrt(a) really is wrong
         return Problem(f"{a}\\sqrt{{{b}}}", [f"{a}\\sqrt{{{b}}}", f"\\sqrt{{{a * a * b}}}"],
-                       [f"{b}\\sqrt{{{a}}}", f"{a + 1}\\sqrt{{{b}}}"])
+                       [f"{b}\\sqrt{{{a}}}", f"{a + rng.randint(1, 5)}\\sqrt{{{b}}}"])
     if kind == "expression":
-        a = rng.randint(1, 9)
-        return Problem(f"x^2+{2 * a}x+{a * a}", [f"(x+{a})^2", f"x^2+{2 * a}x+{a * a}"],
-                       [f"(x-{a})^2", f"x^2+{a}x+{a * a}"])
-    a, b = rng.randint(-9, 9), rng.randint(10, 20)
+        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        return Problem(f"x^2+{a + b}x+{a * b}", [f"(x+{a})(x+{b})", f"x^2+{a + b}x+{a * b}"],
+                       [f"(x-{a})(x+{b})", f"x^2+{a + b}x+{a * b + rng.randint(1, 9)}"])
+    if kind == "pi":
+        p, q = rng.randint(1, 50), rng.randint(2, 60)
+        return Problem(f"\\frac{{{p}\\pi}}{{{q}}}", [f"\\frac{{{p}\\pi}}{{{q}}}", f"\\frac{{{p}}}{{{q}}}\\pi"],
+                       [f"\\frac{{{q}\\pi}}{{{p}}}", f"\\frac{{{p + 1}\\pi}}{{{q}}}"])
+    a, b = rng.randint(-50, 50), rng.randint(51, 99)
     return Problem(f"({a}, {b})", [f"({a}, {b})", f"\\left({a},{b}\\right)"], [f"({b}, {a})", f"({a}, {b + 1})"])
 
 
@@ -150,36 +166,60 @@ def cpu_scaling_ceiling(workers: int) -> float:
     return serial_s / (time.perf_counter() - started)
 
 
-def cpu_seconds(who: int) -> float:
-    usage = resource.getrusage(who)
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(") ", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
 class StepTiming:
     wall_s: float
-    cpu_s: float  # the scoring process(es): serial loop, or the pool's parent (workers are below)
     scores: list[float]
     slowest_s: float
+    cpu_s: float  # serial: the loop's CPU; pool: the parent's CPU while it waits on the workers
+    worker_cpu_s: tuple[float, ...] = ()  # pool only: each worker's CPU during the step
     timeouts: int = 0
     errors: int = 0
+
+    def describe(self) -> str:
+        text = (f"{self.wall_s:6.2f} s  slowest item {self.slowest_s:.2f} s, timeouts {self.timeouts}, "
+                f"errors {self.errors}; CPU s: {'parent' if self.worker_cpu_s else 'loop'} {self.cpu_s:.2f}")
+        if self.worker_cpu_s:
+            text += ", workers " + " + ".join(f"{cpu:.2f}" for cpu in self.worker_cpu_s)
+        return text
 
 
 def serial_step(responses: list[str], golds: list[str], timeout_s: float) -> StepTiming:
     scores, slowest = [], 0.0
-    cpu_before, started = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
+    cpu_before, started = own_cpu_s(), time.perf_counter()
     for response, gold in zip(responses, golds, strict=True):
         item_started = time.perf_counter()
         scores.append(compute_score(response, gold, timeout_s=timeout_s))
         slowest = max(slowest, time.perf_counter() - item_started)
-    return StepTiming(time.perf_counter() - started, cpu_seconds(resource.RUSAGE_SELF) - cpu_before, scores, slowest)
+    return StepTiming(time.perf_counter() - started, scores, slowest, own_cpu_s() - cpu_before)
 
 
 def pool_step(pool: VerifierPool, responses: list[str], golds: list[str]) -> StepTiming:
-    cpu_before, started = cpu_seconds(resource.RUSAGE_SELF), time.perf_counter()
+    pids = pool.worker_pids()
+    workers_before = [process_cpu_s(pid) for pid in pids]
+    cpu_before, started = own_cpu_s(), time.perf_counter()
     result = pool.score(responses, golds)
-    return StepTiming(time.perf_counter() - started, cpu_seconds(resource.RUSAGE_SELF) - cpu_before,
-                      result.scores, result.slowest_s, result.timeouts, result.errors)
+    wall_s, cpu_s = time.perf_counter() - started, own_cpu_s() - cpu_before
+    if pool.worker_pids() != pids:  # a worker was replaced: its CPU cannot be attributed; say so
+        worker_cpu_s = ()
+    else:
+        worker_cpu_s = tuple(process_cpu_s(pid) - before for pid, before in zip(pids, workers_before, strict=True))
+    return StepTiming(wall_s, result.scores, result.slowest_s, cpu_s, worker_cpu_s, result.timeouts, result.errors)
 
 
 def start_pool(workers: int, timeout_s: float, chunk_size: int | None) -> tuple[VerifierPool, float]:
@@ -190,16 +230,11 @@ def start_pool(workers: int, timeout_s: float, chunk_size: int | None) -> tuple[
     return pool, time.perf_counter() - started
 
 
-def describe(timing: StepTiming) -> str:
-    return (f"{timing.wall_s:6.2f} s (slowest item {timing.slowest_s:.2f} s, timeouts {timing.timeouts}, "
-            f"errors {timing.errors}, scoring-process CPU {timing.cpu_s:.2f} s)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--timeout-s", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=3, help="training steps to time, each a new batch")
+    parser.add_argument("--steps", type=int, default=4, help="training steps to time, each a new batch")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -211,42 +246,44 @@ def main() -> None:
     print(f"CPU scaling ceiling before ({args.workers} processes of a pure-Python loop vs one): "
           f"{cpu_scaling_ceiling(args.workers):.2f}x; load average {os.getloadavg()[0]:.2f}")
 
-    # Interleaved, step by step, so that both sides see the same load on a shared machine.
-    children_before = cpu_seconds(resource.RUSAGE_CHILDREN)
     chunked_pool, chunked_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=None)
     single_pool, single_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=1)
-    warm_up()  # what each pool worker does before it reports ready
+    print(f"pool start-up, until all {args.workers} workers are warm: {chunked_startup_s:.2f} s "
+          f"(second pool {single_startup_s:.2f} s)")
+    warm_up()  # what each pool worker did before it reported ready
     pooled, serial, single = [], [], []
-    for responses, golds, _ in steps:
+    for responses, golds, _ in steps:  # interleaved, so that both sides see the same load
         pooled.append(pool_step(chunked_pool, responses, golds))
         serial.append(serial_step(responses, golds, args.timeout_s))
-        if not single:  # one step is enough to see what sending items one by one costs
+        if not single:  # one step shows what sending items one at a time costs
             single.append(pool_step(single_pool, responses, golds))
     chunked_pool.close()
     single_pool.close()
-    workers_cpu_s = cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
 
-    print(f"pool start-up until all {args.workers} workers are warm: {chunked_startup_s:.2f} s "
-          f"(second pool {single_startup_s:.2f} s); both pools' workers' CPU over their life {workers_cpu_s:.2f} s")
-    print(f"pool, {args.workers} workers, auto chunks:")
+    print(f"pool, {args.workers} workers, auto chunks (gold-aligned, <= 8 items):")
     for number, timing in enumerate(pooled, start=1):
-        print(f"  step {number}: {describe(timing)}")
+        print(f"  step {number}: {timing.describe()}")
     print(f"pool, {args.workers} workers, 1 item per send:")
-    print(f"  step 1: {describe(single[0])}")
+    print(f"  step 1: {single[0].describe()}")
     print("serial compute_score loop in the main thread (SIGALRM deadline armed), after warm_up():")
     for number, timing in enumerate(serial, start=1):
-        print(f"  step {number}: {describe(timing)}")
+        print(f"  step {number}: {timing.describe()}")
     print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers):.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
 
-    ratios = ", ".join(f"step {number} {serial_timing.wall_s / pool_timing.wall_s:.2f}x"
-                       for number, (serial_timing, pool_timing) in enumerate(zip(serial, pooled, strict=True), 1))
-    print(f"speed-up serial / pool (auto chunks): {ratios}; "
-          f"all steps {sum(s.wall_s for s in serial) / sum(p.wall_s for p in pooled):.2f}x")
-    print(f"speed-up serial / pool (1 item per send), step 1: {serial[0].wall_s / single[0].wall_s:.2f}x")
+    print("speed-up, serial / pool (auto chunks):")
+    for number, (serial_timing, pool_timing) in enumerate(zip(serial, pooled, strict=True), start=1):
+        line = f"  step {number}: wall {serial_timing.wall_s / pool_timing.wall_s:.2f}x"
+        if pool_timing.worker_cpu_s:
+            line += (f"; on idle cores (serial CPU / busiest worker's CPU) "
+                     f"{serial_timing.cpu_s / max(pool_timing.worker_cpu_s):.2f}x; work split cost "
+                     f"(all workers' CPU / serial CPU) {sum(pool_timing.worker_cpu_s) / serial_timing.cpu_s:.2f}x")
+        print(line)
+    print(f"  all steps: wall {sum(t.wall_s for t in serial) / sum(t.wall_s for t in pooled):.2f}x; "
+          f"1 item per send, step 1: wall {serial[0].wall_s / single[0].wall_s:.2f}x")
     limit = args.timeout_s + 1.0
-    slowest_pool = max(t.slowest_s for t in pooled + single)
-    print(f"slowest item anywhere vs timeout + 1 s ({limit:.0f} s): pool {slowest_pool:.2f} s, "
+    slowest_pooled = max(t.slowest_s for t in pooled + single)
+    print(f"slowest item anywhere vs timeout + 1 s ({limit:.0f} s): pool {slowest_pooled:.2f} s, "
           f"serial {max(t.slowest_s for t in serial):.2f} s")
     disagreements = sum(a != b for p, s in zip(pooled, serial, strict=True)
                         for a, b in zip(p.scores, s.scores, strict=True))

@@ -85,10 +85,19 @@ def shard(scorer: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype) -> 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Reductions in fp32 even when the parameters are bf16: summing many bf16 gradients loses bits.
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    reduce_dtype = torch.float64 if param_dtype == torch.float64 else torch.float32
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for layer in decoder_layers(scorer):
         fully_shard(layer, mp_policy=mp)
     fully_shard(scorer, mp_policy=mp)
+    # FSDP2 initialises lazily on the root's first forward; HF `generate` would otherwise reach the
+    # layers first (it bypasses the root), which FSDP rejects. One token through the root settles it.
+    from justrl_min.model import build_microbatch
+
+    device = next(scorer.parameters()).device
+    with torch.no_grad():
+        scorer(build_microbatch([[0]], [[0]], [0], packed=True).to(device), 1.0, 1)
+    scorer.reshard()  # the root keeps its parameters gathered after a forward; the optimizer needs shards
     return scorer
 
 

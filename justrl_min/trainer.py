@@ -202,17 +202,15 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             # ---- update
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
             update = update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
+            skipped_total += update.skipped
+            consecutive_skips = consecutive_skips + update.skipped if not update.updates else update.trailing_skips
             if update.skipped:
-                skipped_total += update.skipped
-                consecutive_skips += update.skipped
                 _record_skip(run_dir, step, update, rewards, info)
-                if consecutive_skips >= t.max_skipped_steps:
-                    raise RuntimeError(
-                        f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient "
-                        f"norm (last at step {step}; summaries in {run_dir / 'skipped'}). Lower train.lr or "
-                        f"check the data; resume from {checkpointer.latest()}.")
-            else:
-                consecutive_skips = 0
+            if consecutive_skips >= t.max_skipped_steps:
+                raise RuntimeError(
+                    f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient norm "
+                    f"(last at step {step}; batch summaries in {run_dir / 'skipped'}). Lower train.lr or check "
+                    f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")
             engine.load_weights(_weights_for_engine(cfg, scorer, info))
             update_s = time.monotonic() - t0
 
@@ -320,6 +318,8 @@ class UpdateStats:
     approx_kl: float = 0.0
     updates: int = 0
     skipped: int = 0
+    trailing_skips: int = 0
+    """Skipped optimizer steps since the last one taken (to count consecutive skips across steps)."""
 
 
 def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packed: bool,
@@ -338,7 +338,9 @@ def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packe
                 # Skip rather than poison the weights and Adam's moments.
                 optimizer.zero_grad(set_to_none=True)
                 stats.skipped += 1
+                stats.trailing_skips += 1
             else:
+                stats.trailing_skips = 0
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()

@@ -79,9 +79,10 @@ def test_reference_model_only_with_kl(warm_model, tmp_path, monkeypatch):
                         or real(*a, **k))
     run_dir = tmp_path / "kl"
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
-                              overrides(warm_model, run_dir, "train.steps=1", "algorithm.kl_coef=0.1")))
+                              overrides(warm_model, run_dir, "train.steps=1", "algorithm.kl_coef=0.1",
+                                                        "train.mini_batch_prompts=8")))
     assert loads == [True, False]
-    # The first step's policy equals the reference: KL is 0 (up to float noise), and is logged.
+    # One update, made before the policy moved: the policy equals the reference, so KL is 0.
     assert read_metrics(run_dir)[0]["train/kl"] == pytest.approx(0.0, abs=1e-6)
     loads.clear()
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", overrides(warm_model, tmp_path / "nokl", "train.steps=1")))
@@ -110,9 +111,11 @@ def test_nan_loss_skips_the_step_and_training_goes_on(warm_model, tmp_path, monk
 def test_consecutive_nonfinite_steps_stop_with_a_message(warm_model, tmp_path, monkeypatch):
     real = algo.ppo_clip_loss
     monkeypatch.setattr(algo, "ppo_clip_loss", lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **k)))
-    with pytest.raises(RuntimeError, match="3 consecutive optimizer steps had a non-finite loss"):
+    # Two optimizer steps per training step: the third consecutive skip falls in step 2, checked at its end.
+    with pytest.raises(RuntimeError, match="4 consecutive optimizer steps had a non-finite loss"):
         trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
                                   overrides(warm_model, tmp_path / "nan2", "train.max_skipped_steps=3")))
+    assert len(read_metrics(tmp_path / "nan2")) == 1
 
 
 def test_resume_after_sigkill_replays_the_same_run(warm_model, tmp_path):

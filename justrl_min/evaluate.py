@@ -1,0 +1,330 @@
+"""Benchmark evaluation with the JustRL paper's protocol, and the metrics it reports.
+
+Protocol (paper, section 4 of docs/DESIGN): avg@32 on AIME24, AIME25, AMC23, HMMT25, BRUMO25 and
+CMIMC25, avg@4 on MATH-500, Minerva and OlympiadBench; temperature 0.7, top-p 0.9, up to 31,744 new
+tokens; the prompt is `"{problem} Please reason step by step, and put your final answer within
+\\boxed{}."` (one space, unlike the training suffix's blank line) through the chat template. Responses
+are scored by the training verifier (the `VerifierPool` passed in), so eval and reward never disagree
+about what "correct" means.
+
+Metrics per benchmark, each a fraction in [0, 1] averaged over problems:
+
+- `avg@n`: mean correctness of the n samples (the paper's number).
+- `pass@k` for k in {1, 4, n} (those <= n): the unbiased estimator 1 - C(n-c, k) / C(n, k) of the
+  chance that at least one of k samples is correct, given c correct out of n. pass@1 equals avg@n.
+- `maj@n`: majority vote over the extracted answers (equal after `normalize_answer`; samples without
+  a box do not vote; ties go to the answer seen first), correct when the voted answer is.
+- `response_length_mean` (tokens, over all samples) and `truncated_frac` (stopped at max_tokens).
+
+`results["overall"]["avg"]` is the mean of the per-benchmark avg@n, the paper's "Avg" column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems
+from justrl_min.reward import extract_boxed
+from justrl_min.rollout import Sampling
+
+EVAL_SUFFIX = " Please reason step by step, and put your final answer within \\boxed{}."
+LOCAL_FILE = "test.parquet"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    """Column header in the results table, as the paper writes it."""
+    hub_id: str
+    split: str
+    folder: str
+    """Folder under a data dir holding `test.parquet` (the JustRL repository's layout)."""
+    n: int
+    """Samples per problem in the paper's protocol."""
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    """Column names in the hub copy (the local JustRL files are verl / MathArena schema)."""
+
+
+# Hub field names as published: math-ai's copies call the statement `question`, and OlympiadBench
+# keeps its gold as a one-element list in `final_answer`.
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("aime24", "AIME24", "HuggingFaceH4/aime_2024", "train", "AIME24", 32),
+    Benchmark("aime25", "AIME25", "MathArena/aime_2025", "train", "AIME25", 32),
+    Benchmark("amc23", "AMC23", "math-ai/amc23", "test", "AMC23", 32, problem_field="question"),
+    Benchmark("math500", "MATH-500", "HuggingFaceH4/MATH-500", "test", "MATH-500", 4),
+    Benchmark("minerva", "Minerva", "math-ai/minervamath", "test", "Minerva", 4, problem_field="question"),
+    Benchmark("olympiadbench", "OlympiadBench", "math-ai/olympiadbench", "test", "Olympiad-Bench", 4,
+              problem_field="question", answer_field="final_answer"),
+    Benchmark("hmmt25", "HMMT25", "MathArena/hmmt_feb_2025", "train", "HMMT25", 32),
+    Benchmark("brumo25", "BRUMO25", "MathArena/brumo_2025", "train", "BRUMO25", 32),
+    Benchmark("cmimc25", "CMIMC25", "MathArena/cmimc_2025", "train", "CMIMC25", 32),
+)}
+
+
+def resolve_benchmarks(names: str | Sequence[str]) -> list[str]:
+    """`"all"`, `"aime24,amc23"` or a list of names -> registry names, in the order given."""
+    if isinstance(names, str):
+        names = [names]
+    wanted = [part.strip().lower() for name in names for part in name.split(",") if part.strip()]
+    if not wanted:
+        raise ValueError(f"no benchmark named; choose from: all, {', '.join(BENCHMARKS)}")
+    if "all" in wanted:
+        return list(BENCHMARKS)
+    unknown = [name for name in wanted if name not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark {', '.join(map(repr, unknown))}; "
+                         f"valid names: all, {', '.join(BENCHMARKS)}")
+    return list(dict.fromkeys(wanted))
+
+
+def load_benchmark(name: str, data_dir: str | Path | None = None, max_problems: int | None = None) -> list[Problem]:
+    """A benchmark's problems from `data_dir/<folder>/test.parquet`, or from the hub without one."""
+    bench = BENCHMARKS[name]
+    if data_dir:
+        path = Path(data_dir).expanduser() / bench.folder / LOCAL_FILE
+        if not path.is_file():
+            raise DataError(f"benchmark {name}: data file not found: {path} (expected "
+                            f"<data-dir>/{bench.folder}/{LOCAL_FILE}; omit the data dir to load {bench.hub_id})")
+        problems = load_problems(str(path), split="test", strip_dapo_instruction=False)
+    elif (bench.problem_field, bench.answer_field) == ("problem", "answer"):
+        problems = load_problems(bench.hub_id, split=bench.split, strip_dapo_instruction=False)
+    else:
+        problems = _load_renamed_hub(bench)
+    return problems[:max_problems] if max_problems else problems
+
+
+def _load_renamed_hub(bench: Benchmark) -> list[Problem]:
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(bench.hub_id, split=bench.split)
+    except Exception as e:  # network, auth, missing split: all fatal, all need the id named
+        raise DataError(f"cannot load hub dataset {bench.hub_id!r} split {bench.split!r}: {e}. "
+                        f"Pass a data dir with {bench.folder}/{LOCAL_FILE} instead.") from None
+    problems = []
+    for i, row in enumerate(rows):
+        if bench.problem_field not in row or bench.answer_field not in row:
+            raise DataError(f"{bench.hub_id} row {i}: expected columns {bench.problem_field!r} and "
+                            f"{bench.answer_field!r}, found {sorted(row)}")
+        gold = clean_gold(row[bench.answer_field])
+        if not gold:
+            raise DataError(f"{bench.hub_id} row {i}: no gold answer")
+        problems.append(Problem(str(row.get("id", i)), row[bench.problem_field], gold))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics (pure)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from c correct of n samples: 1 - C(n-c, k) / C(n, k).
+
+    As a product, 1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    miss = 1.0
+    for i in range(n - c + 1, n + 1):
+        miss *= 1.0 - k / i
+    return 1.0 - miss
+
+
+def pass_ks(n: int) -> list[int]:
+    """The k reported for n samples: 1, 4 and n, those not above n."""
+    return sorted({k for k in (1, 4, n) if k <= n})
+
+
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+")
+_LATEX_SYNONYMS = ((r"\dfrac", r"\frac"), (r"\tfrac", r"\frac"), ("^\\circ", ""), ("^{\\circ}", ""))
+
+
+def normalize_answer(answer: str) -> str:
+    """A voting key: the same answer written with different spacing or cosmetic LaTeX maps to one string.
+
+    Only cosmetic differences are removed (spaces, `\\left`/`\\right`, thin spaces, `\\dfrac`, degree
+    signs, surrounding `$`, a trailing period); mathematical equivalence is the verifier's job.
+    """
+    text = answer.strip().strip("$").strip()
+    text = text[:-1] if text.endswith(".") else text
+    for old, new in _LATEX_SYNONYMS:
+        text = text.replace(old, new)
+    return _LATEX_NOISE.sub("", text)
+
+
+def majority_vote(answers: Sequence[str | None], scores: Sequence[float]) -> float:
+    """maj@n of one problem: the score of the most frequent answer (0 when no sample has one).
+
+    Answers are grouped by `normalize_answer`; samples without an answer (None) do not vote; a tie
+    goes to the group seen first. Members of a group are the same answer, so they score alike
+    unless the verifier timed out on some: the group counts as correct if any member was scored so.
+    """
+    assert len(answers) == len(scores)
+    groups: dict[str, list[float]] = {}  # insertion order = first occurrence
+    for answer, score in zip(answers, scores):
+        if answer is not None:
+            groups.setdefault(normalize_answer(answer), []).append(score)
+    if not groups:
+        return 0.0
+    winner = max(groups.values(), key=len)  # max keeps the first of equal-length groups
+    return float(max(winner) > 0)
+
+
+def problem_metrics(scores: Sequence[float], answers: Sequence[str | None]) -> dict[str, float]:
+    """avg@n, pass@k and maj@n of one problem's n samples (scores 1.0 correct / 0.0 incorrect)."""
+    n = len(scores)
+    correct = sum(1 for s in scores if s > 0)
+    metrics = {f"avg@{n}": correct / n}
+    metrics.update({f"pass@{k}": pass_at_k(n, correct, k) for k in pass_ks(n)})
+    metrics[f"maj@{n}"] = majority_vote(answers, scores)
+    return metrics
+
+
+def metric_names(n: int) -> list[str]:
+    """Keys every benchmark result has for n samples per problem, beyond the counts."""
+    return [f"avg@{n}", *(f"pass@{k}" for k in pass_ks(n)), f"maj@{n}", "response_length_mean", "truncated_frac"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an evaluation
+
+
+def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
+                        sampling: Sampling, data_dir: str | Path | None = None, pool,
+                        out_dir: str | Path | None = None, max_problems: int | None = None,
+                        problem_sets: dict[str, list[Problem]] | None = None) -> dict[str, Any]:
+    """Generate n samples per problem for each benchmark, score them, and aggregate.
+
+    `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`. `problem_sets`
+    (already loaded problems by name) skips loading. With `out_dir`, writes `results.json` and one
+    `samples.jsonl` row per sample. Returns {"config", "benchmarks": {name: metrics}, "overall"}.
+    """
+    names = resolve_benchmarks(names)
+    results: dict[str, Any] = {
+        "config": {"n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                   "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
+                   "prompt_suffix": EVAL_SUFFIX, "verifier_mode": getattr(pool, "mode", None)},
+        "benchmarks": {},
+    }
+    samples_file = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        samples_file = open(out_dir / "samples.jsonl", "w")
+    try:
+        for name in names:
+            problems = (problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems)
+            problems = problems[:max_problems] if max_problems else problems
+            metrics, samples = _evaluate_one(engine, tokenizer, name, problems, n or BENCHMARKS[name].n,
+                                             sampling, pool)
+            results["benchmarks"][name] = metrics
+            if samples_file is not None:
+                samples_file.writelines(json.dumps(s) + "\n" for s in samples)
+                samples_file.flush()
+    finally:
+        if samples_file is not None:
+            samples_file.close()
+    results["overall"] = _overall(results["benchmarks"])
+    if out_dir is not None:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _evaluate_one(engine, tokenizer, name: str, problems: list[Problem], n: int, sampling: Sampling,
+                  pool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    started = time.monotonic()
+    prompt_ids = [build_prompt_ids(tokenizer, p.problem, EVAL_SUFFIX) for p in problems]
+    rollouts = engine.generate(prompt_ids, n, sampling)
+    assert len(rollouts) == n * len(problems), f"{name}: asked for {n * len(problems)} samples, got {len(rollouts)}"
+    generated = time.monotonic()
+    texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    golds = [p.answer for p in problems for _ in range(n)]
+    scored = pool.score(texts, golds)
+    answers = [extract_boxed(t) for t in texts]
+
+    per_problem = []
+    samples = []
+    for i, problem in enumerate(problems):
+        group = slice(i * n, (i + 1) * n)  # the engine returns each prompt's n samples contiguously
+        per_problem.append(problem_metrics(scored.scores[group], answers[group]))
+        for j in range(n):
+            s = i * n + j
+            samples.append({"benchmark": name, "problem_id": problem.uid, "sample": j, "response": texts[s],
+                            "answer": answers[s], "gold": problem.answer, "score": scored.scores[s],
+                            "tokens": len(rollouts.response_ids[s]), "truncated": rollouts.truncated[s]})
+    lengths = [len(r) for r in rollouts.response_ids]
+    metrics: dict[str, Any] = {"n": n, "problems": len(problems), "samples": len(texts)}
+    metrics.update({key: sum(m[key] for m in per_problem) / len(per_problem) for key in per_problem[0]})
+    metrics["response_length_mean"] = sum(lengths) / len(lengths)
+    metrics["truncated_frac"] = sum(rollouts.truncated) / len(lengths)
+    metrics.update({"verifier_timeouts": scored.timeouts, "verifier_errors": scored.errors,
+                    "generate_s": generated - started, "score_s": time.monotonic() - generated})
+    return metrics, samples
+
+
+def _overall(benchmarks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The paper's Avg (mean of per-benchmark avg@n) and sample-weighted length / truncation."""
+    if not benchmarks:
+        return {}
+    samples = sum(m["samples"] for m in benchmarks.values())
+    return {
+        "avg": sum(m[f"avg@{m['n']}"] for m in benchmarks.values()) / len(benchmarks),
+        "benchmarks": len(benchmarks),
+        "problems": sum(m["problems"] for m in benchmarks.values()),
+        "samples": samples,
+        "response_length_mean": sum(m["response_length_mean"] * m["samples"] for m in benchmarks.values()) / samples,
+        "truncated_frac": sum(m["truncated_frac"] * m["samples"] for m in benchmarks.values()) / samples,
+    }
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Namespaced scalars for the trainer's logger: `eval/<benchmark>/avg@n`, `.../pass@k`, `.../maj@n`,
+    `.../response_length_mean`, `.../truncated_frac`, and `eval/overall/avg`."""
+    flat = {}
+    for name, m in results["benchmarks"].items():
+        for key in metric_names(m["n"]):
+            flat[f"eval/{name}/{key}"] = float(m[key])
+    if results.get("overall"):
+        flat["eval/overall/avg"] = float(results["overall"]["avg"])
+    return flat
+
+
+def format_table(results: dict[str, Any], label: str | None = None) -> str:
+    """The paper's layout: one column per benchmark plus Avg; rows avg@n (the paper's number), maj@n,
+    pass@n, mean length and truncation. Percentages with two decimals, as a Markdown table."""
+    benches = results["benchmarks"]
+    header = [label or "", *(BENCHMARKS[name].title if name in BENCHMARKS else name for name in benches), "Avg"]
+
+    def row(title: str, key_of, scale: float = 100.0, fmt: str = "{:.2f}") -> list[str]:
+        values = [m[key_of(m)] * scale for m in benches.values()]
+        return [title, *(fmt.format(v) for v in values), fmt.format(sum(values) / len(values))]
+
+    rows = [
+        ["n", *(str(m["n"]) for m in benches.values()), ""],
+        row("avg@n", lambda m: f"avg@{m['n']}"),
+        row("maj@n", lambda m: f"maj@{m['n']}"),
+        row("pass@n", lambda m: f"pass@{m['n']}"),
+        row("length", lambda _m: "response_length_mean", scale=1.0, fmt="{:.0f}"),
+        row("trunc %", lambda _m: "truncated_frac"),
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["| " + " | ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(r, widths)))
+             + " |" for r in [header, *rows]]
+    lines.insert(1, "|" + "|".join(("-" * (w + 1) + ":") if c else ("-" * (w + 2)) for c, w in enumerate(widths)) + "|")
+    return "\n".join(lines)
+
+
+def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer) -> int:
+    """Token count of the longest eval prompt (sizes a vLLM engine's context)."""
+    return max((len(build_prompt_ids(tokenizer, p.problem, EVAL_SUFFIX)) for ps in problem_sets.values() for p in ps),
+               default=0)

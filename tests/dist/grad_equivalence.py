@@ -1,0 +1,74 @@
+"""Run under `torchrun --nproc_per_node 2`: FSDP2 (gloo, CPU) loss and gradients on a global batch
+split by rank must equal one process computing the whole batch. Rank 0 writes the comparison."""
+
+import json
+import sys
+
+import torch
+import torch.distributed as torch_dist
+
+from justrl_min import dist, tiny
+from justrl_min.config import load_recipe
+from justrl_min.model import TokenScorer, unflatten
+from justrl_min.trainer import Batch, minibatch_backward
+
+
+def global_batch(n_prompts: int, group: int) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    prompts, responses = [], []
+    for _ in range(n_prompts):
+        prompt = torch.randint(0, 255, (int(torch.randint(3, 8, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(group):
+            prompts.append(prompt)
+            responses.append(torch.randint(0, 255, (int(torch.randint(1, 10, (1,), generator=g)),),
+                                           generator=g).tolist())
+    lengths = [len(r) for r in responses]
+    width = max(lengths)
+    mask = unflatten(torch.ones(sum(lengths)), lengths, width)
+    old_logp = unflatten(-torch.rand(sum(lengths), generator=g, dtype=torch.float64) * 4, lengths, width)
+    advantages = torch.randn(len(responses), generator=g, dtype=torch.float64)
+    return Batch(prompts, responses, mask, advantages, old_logp, None, None, None, pad_id=0)
+
+
+def shard_rows(batch: Batch, rows: list[int]) -> Batch:
+    width = max(len(batch.responses[i]) for i in rows)
+    return Batch([batch.prompts[i] for i in rows], [batch.responses[i] for i in rows], batch.mask[rows, :width],
+                 batch.advantages[rows], batch.old_logp[rows, :width], None, None, None, batch.pad_id)
+
+
+def main(out_path: str) -> None:
+    info = dist.init("cpu")
+    cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", "rollout.temperature=0.9",
+                             "model.logprob_chunk_tokens=7", "rollout.n=4", "train.mini_batch_prompts=4",
+                             "train.prompts_per_step=4"])
+    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
+    reference = TokenScorer(model)
+    reference_copy = {k: v.clone() for k, v in reference.state_dict().items()}
+    batch = global_batch(n_prompts=4, group=4)
+
+    # One process, whole batch.
+    whole = minibatch_backward(cfg, batch, list(range(16)), reference, True, torch.device("cpu"), dist.DistInfo())
+    whole_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
+
+    # Two ranks, FSDP2, each with its own whole prompt groups.
+    sharded_model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
+    scorer = TokenScorer(sharded_model)
+    scorer.load_state_dict(reference_copy)
+    scorer = dist.shard(scorer, info, torch.float64)
+    rows = list(range(info.rank * 8, (info.rank + 1) * 8))
+    local = shard_rows(batch, rows)
+    split = minibatch_backward(cfg, local, list(range(8)), scorer, True, torch.device("cpu"), info)
+    split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters()}
+
+    if info.rank == 0:
+        diffs = {n: (whole_grads[n] - split_grads[n]).abs().max().item() for n in whole_grads}
+        scale = max(g.abs().max().item() for g in whole_grads.values())
+        with open(out_path, "w") as f:
+            json.dump({"loss_whole": whole.loss, "loss_split": split.loss, "max_grad_diff": max(diffs.values()),
+                       "grad_scale": scale, "params": len(diffs), "world_size": info.world_size}, f)
+    torch_dist.barrier()
+    dist.shutdown(info)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
