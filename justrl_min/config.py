@@ -45,7 +45,11 @@ class ModelConfig:
     path: str = "tiny"
     """Hub id or local folder of a causal LM; `tiny` is the embedded CPU model (justrl_min.tiny)."""
     dtype: str = "float32"
-    """Parameter dtype for training: float32 | bfloat16 | float64."""
+    """Dtype the trainer stores parameters, gradients and optimizer state in. Keep float32 for
+    real runs: an lr of 1e-6 moves a weight by far less than one bf16 step, so bf16 master weights
+    would silently drop most updates."""
+    compute_dtype: str = ""
+    """Dtype of the forward/backward math (bfloat16 on GPUs) and of the vLLM engine; empty = dtype."""
     gradient_checkpointing: bool = False
     logprob_chunk_tokens: int = 1024
     """Tokens per chunk through the LM head when computing log-probs and entropy."""
@@ -210,8 +214,9 @@ class Config:
         _require(self.reward.mode in ("symbolic", "exact"), "reward.mode", "must be symbolic | exact")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
         _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
-        _require(self.model.dtype in ("float32", "bfloat16", "float16", "float64"), "model.dtype",
-                 "must be float32 | bfloat16 | float16 | float64")
+        for key in ("dtype", "compute_dtype"):
+            _require(getattr(self.model, key) in ("float32", "bfloat16", "float16", "float64", "")
+                     and self.model.dtype, f"model.{key}", "must be float32 | bfloat16 | float16 | float64")
         _require(t.packing in ("auto", "packed", "padded"), "train.packing", "must be auto | packed | padded")
         _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
         _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")

@@ -155,8 +155,9 @@ def normalize_answer(answer: str) -> str:
     Only cosmetic differences are removed (spaces, `\\left`/`\\right`, thin spaces, `\\dfrac`, degree
     signs, surrounding `$`, a trailing period); mathematical equivalence is the verifier's job.
     """
-    text = answer.strip().strip("$").strip()
-    text = text[:-1] if text.endswith(".") else text
+    text = answer.strip()
+    for _ in range(2):  # "$x$." and "$x.$"
+        text = text.removesuffix(".").strip().strip("$").strip()
     for old, new in _LATEX_SYNONYMS:
         text = text.replace(old, new)
     return _LATEX_NOISE.sub("", text)
@@ -165,15 +166,16 @@ def normalize_answer(answer: str) -> str:
 def majority_vote(answers: Sequence[str | None], scores: Sequence[float]) -> float:
     """maj@n of one problem: the score of the most frequent answer (0 when no sample has one).
 
-    Answers are grouped by `normalize_answer`; samples without an answer (None) do not vote; a tie
-    goes to the group seen first. Members of a group are the same answer, so they score alike
-    unless the verifier timed out on some: the group counts as correct if any member was scored so.
+    Answers are grouped by `normalize_answer`; samples without an answer (None, or an empty box) do
+    not vote; a tie goes to the group seen first. Members of a group are the same answer, so they
+    score alike unless the verifier timed out on some: the group counts as correct if any member
+    was scored so.
     """
-    assert len(answers) == len(scores)
     groups: dict[str, list[float]] = {}  # insertion order = first occurrence
-    for answer, score in zip(answers, scores):
-        if answer is not None:
-            groups.setdefault(normalize_answer(answer), []).append(score)
+    for answer, score in zip(answers, scores, strict=True):
+        key = normalize_answer(answer) if answer is not None else ""
+        if key:
+            groups.setdefault(key, []).append(score)
     if not groups:
         return 0.0
     winner = max(groups.values(), key=len)  # max keeps the first of equal-length groups
@@ -318,10 +320,14 @@ def format_table(results: dict[str, Any], label: str | None = None) -> str:
         row("trunc %", lambda _m: "truncated_frac"),
     ]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    lines = ["| " + " | ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(r, widths)))
-             + " |" for r in [header, *rows]]
-    lines.insert(1, "|" + "|".join(("-" * (w + 1) + ":") if c else ("-" * (w + 2)) for c, w in enumerate(widths)) + "|")
-    return "\n".join(lines)
+
+    def line(cells: list[str]) -> str:  # first column left-aligned, numbers right-aligned
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in pairs]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if c == 0 else "-" * (w + 1) + ":" for c, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
 def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer) -> int:

@@ -168,11 +168,19 @@ class TokenScorer(torch.nn.Module):
     wrapper is the root that gathers the embedding / final norm / LM head for its forward.
     """
 
-    def __init__(self, causal_lm: torch.nn.Module):
+    def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.causal_lm = causal_lm
+        self.autocast_dtype = autocast_dtype
+        """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
 
     def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
+        if self.autocast_dtype is None:
+            return self._forward(batch, temperature, chunk_tokens)
+        with torch.autocast(batch.input_ids.device.type, dtype=self.autocast_dtype):
+            return self._forward(batch, temperature, chunk_tokens)
+
+    def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         backbone = self.causal_lm.get_decoder()
         hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
                           attention_mask=batch.attention_mask, use_cache=False).last_hidden_state

@@ -122,13 +122,16 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                             gradient_checkpointing=cfg.model.gradient_checkpointing)
     if info.is_main:
         check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer))
-    scorer = dist.shard(TokenScorer(policy), info, DTYPES[cfg.model.dtype])
+    compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
+    # FSDP's mixed-precision policy casts for the forward; a single process uses autocast instead.
+    autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] and not info.enabled else None
+    scorer = dist.shard(TokenScorer(policy, autocast), info, compute_dtype)
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = dist.shard(TokenScorer(load_causal_lm(
             cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False)), info,
-            DTYPES[cfg.model.dtype])
+            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False), autocast), info,
+            compute_dtype)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     engine = build_engine(cfg, policy, tokenizer, info)
@@ -260,14 +263,19 @@ def build_engine(cfg: Config, policy, tokenizer, info: dist.DistInfo):
         return HFEngine(policy, tokenizer, batch_size=cfg.rollout.hf_batch_size)
     from justrl_min.rollout import VLLMEngine
 
+    # The folder the policy was loaded from: a checkpoint when resuming.
+    return VLLMEngine(policy.name_or_path, **vllm_settings(cfg, distributed=info.enabled))
+
+
+def vllm_settings(cfg: Config, distributed: bool) -> dict:
+    """VLLMEngine keyword arguments from the recipe (one place, shared with the contract test)."""
     longest = max(cfg.rollout.max_response_length, cfg.eval.max_tokens if cfg.eval.every_steps else 0)
-    return VLLMEngine(
-        policy.name_or_path,  # the folder the policy was loaded from: a checkpoint when resuming
-        tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        enable_sleep_mode=cfg.rollout.enable_sleep_mode, dtype=cfg.model.dtype,
-        max_model_len=cfg.data.max_prompt_length + longest,
-        seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=info.enabled)
+    return dict(tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+                gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                enable_sleep_mode=cfg.rollout.enable_sleep_mode,
+                dtype=cfg.model.compute_dtype or cfg.model.dtype,
+                max_model_len=cfg.data.max_prompt_length + longest,
+                seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=distributed)
 
 
 def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):

@@ -182,3 +182,15 @@ def test_gpu_recipe_on_cpu_stops_with_the_fix(tmp_path):
     assert result.returncode == 2
     assert "rollout.engine=vllm needs a CUDA GPU" in result.stderr and "recipes/tiny_cpu.yaml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bf16_compute_keeps_fp32_master_weights(warm_model, tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "bf16"
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
+                              overrides(warm_model, run_dir, "train.steps=1", "model.compute_dtype=bfloat16")))
+    metrics = read_metrics(run_dir)[0]
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/grad_norm"] > 0
+    weights = load_file(run_dir / "checkpoints" / "latest" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}

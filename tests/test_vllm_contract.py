@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = ["recipes/deepseek_1p5b.yaml", "recipes/nemotron_1p5b.yaml"]
 JUSTRL_OVERRIDES = [  # DESIGN.md section 4, for when the recipe files are not there
     "rollout.engine=vllm", "model.path=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-    "model.dtype=bfloat16", "rollout.n=8", "rollout.temperature=1.0", "rollout.top_p=1.0",
+    "model.dtype=float32", "model.compute_dtype=bfloat16", "rollout.n=8", "rollout.temperature=1.0", "rollout.top_p=1.0",
     "rollout.max_response_length=15360", "data.max_prompt_length=1024",
     "eval.n=32", "eval.temperature=0.7", "eval.top_p=0.9",
 ]
@@ -74,12 +74,9 @@ def _recipe(name):
 
 
 def _engine_kwargs(cfg, distributed=True):
-    return vllm_engine_kwargs(
-        cfg.model.path, tensor_parallel_size=cfg.rollout.tensor_parallel_size,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-        enable_sleep_mode=cfg.rollout.enable_sleep_mode, dtype=cfg.model.dtype,
-        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_response_length,
-        seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=distributed)
+    from justrl_min.trainer import vllm_settings
+
+    return vllm_engine_kwargs(cfg.model.path, **vllm_settings(cfg, distributed))
 
 
 def _literal_values(hint) -> set:
@@ -108,7 +105,8 @@ def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed)
     assert kwargs["logprobs_mode"] in _literal_values(LogprobsMode)
     assert kwargs["distributed_executor_backend"] in _literal_values(DistributedExecutorBackend)
     assert kwargs["distributed_executor_backend"] == ("external_launcher" if distributed else "uni")
-    assert kwargs["max_model_len"] == cfg.data.max_prompt_length + cfg.rollout.max_response_length
+    longest = max(cfg.rollout.max_response_length, cfg.eval.max_tokens if cfg.eval.every_steps else 0)
+    assert kwargs["max_model_len"] == cfg.data.max_prompt_length + longest  # room for in-training eval too
 
 
 @pytest.mark.parametrize("recipe", ["justrl-overrides", *GPU_RECIPES])
@@ -127,11 +125,13 @@ def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(rec
 
     monkeypatch.setattr(rollout, "VLLMEngine", Recorder)
     info = trainer.dist.DistInfo(rank=3, world_size=8, local_rank=3)
-    trainer.build_engine(cfg, SimpleNamespace(name_or_path="policy"), None, info)
+    # The engine loads from the folder the policy came from (a checkpoint folder when resuming).
+    trainer.build_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, info)
     engine_kwargs = vllm_engine_kwargs(**seen)
     EngineArgs(**engine_kwargs)
     assert engine_kwargs["distributed_executor_backend"] == "external_launcher"
     assert engine_kwargs["model"] == cfg.model.path
+    assert engine_kwargs["dtype"] == "bfloat16"
 
 
 def test_processed_logprobs_mode_is_after_temperature_and_top_p():

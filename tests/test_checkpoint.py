@@ -1,0 +1,62 @@
+"""Atomic checkpoints: a failure mid-save leaves `latest` loadable; pruning; the disk pre-check."""
+
+import json
+
+import pytest
+
+from justrl_min import tiny
+from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes
+
+
+def write_model_checkpoint(step: int, fail_after_weights: bool = False):
+    def write(folder):
+        tiny.save_random_model(folder, seed=step, hidden=16, layers=1)
+        if fail_after_weights:
+            raise OSError("disk full (injected)")
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+    return write
+
+
+def test_failure_mid_save_leaves_latest_loadable(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    ckpt = Checkpointer(tmp_path, keep=2)
+    ckpt.save(1, write_model_checkpoint(1))
+    with pytest.raises(OSError, match="injected"):
+        ckpt.save(2, write_model_checkpoint(2, fail_after_weights=True))
+    assert ckpt.latest().name == "step_1"
+    assert not list(ckpt.folder.glob(".tmp-*")), "partial checkpoint left behind"
+    AutoModelForCausalLM.from_pretrained(ckpt.folder / "latest")
+
+
+def test_a_writer_that_forgets_the_state_file_does_not_publish(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=2)
+    with pytest.raises(RuntimeError, match="trainer_state.json"):
+        ckpt.save(1, lambda folder: (folder / "model.safetensors").write_text("x"))
+    assert ckpt.latest() is None
+
+
+def test_keep_prunes_oldest_and_latest_moves(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, lambda folder, s=step: (folder / "trainer_state.json").write_text(json.dumps({"step": s})))
+    assert [p.name for p in ckpt.all_steps()] == ["step_2", "step_3"]
+    assert (ckpt.folder / "latest").resolve().name == "step_3" and ckpt.latest().name == "step_3"
+
+
+def test_dangling_latest_falls_back_to_newest_complete(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=3)
+    ckpt.save(1, lambda folder: (folder / "trainer_state.json").write_text("{}"))
+    (ckpt.folder / "latest").unlink()
+    (ckpt.folder / "latest").symlink_to("step_9")
+    assert ckpt.latest().name == "step_1"
+
+
+def test_disk_check_names_the_directory(tmp_path):
+    model = tiny.build_model(tiny.build_tokenizer(), hidden=16, layers=1)
+    needed = estimate_checkpoint_bytes(model, with_optimizer=True)
+    params = sum(p.numel() for p in model.parameters())
+    assert needed == params * 4 + params * 8  # fp32 weights + AdamW's two fp32 moments
+    check_disk(tmp_path / "run", needed)
+    with pytest.raises(RuntimeError, match=r"run directory .*run has .* GiB free, one checkpoint needs"):
+        check_disk(tmp_path / "run", 10**18)
