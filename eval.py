@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     with VerifierPool(workers=args.workers or None, timeout_s=args.verifier_timeout, mode=args.reward_mode) as pool:
         results = evaluate.evaluate_benchmarks(engine, tokenizer, names, n=args.n, sampling=sampling, pool=pool,
+                                               data_dir=args.data_dir,
                                                out_dir=out, max_problems=args.max_problems,
-                                               problem_sets=problem_sets)
+                                               problem_sets=problem_sets,
+                                               meta={"model": args.model, "engine": engine_kind, "dtype": dtype})
     print(evaluate.format_table(results, label=_model_tag(args.model)))
     print(f"results: {out / 'results.json'}   samples: {out / 'samples.jsonl'}")
     return 0

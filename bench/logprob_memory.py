@@ -31,11 +31,13 @@ glibc raises its mmap threshold after frees, up to 32 MiB, and then keeps such b
 With ``--device cuda``, torch.cuda's max_memory_allocated minus memory_allocated before the
 computation is used instead.
 
-RAM. The naive variant at T = 8192 needs several copies of the 4.6 GiB logits alive at once
-(log_softmax output, its exp, their product, and their gradients in the backward): about 17 GiB,
-more than this bench may take beside other work (``--mem-limit-gib``, default 11). So the naive
-variant is measured at two smaller T (``--naive-tokens``), a straight line peak = a + b*T is fitted
-(exact for this computation up to allocator noise: every big tensor is T x V or V x H), and it is
+RAM. The naive variant at T = 8192 needs five T x V float32 buffers alive at once (an op-by-op
+RSS trace shows its peak in the backward of exp: log_softmax output and its exp saved by autograd,
+the incoming gradients of both, and the new product), 5 x 4.64 = 23 GiB: more than this machine
+has free beside other work, and more than this bench may take (``--mem-limit-gib``, default 11).
+So the naive variant is measured at two smaller T (``--naive-tokens``), a straight line
+peak = a + b*T is fitted (its peak is made of T x V buffers only, so the line is exact up to
+allocator noise, and the fitted slope, printed in V-float32 rows per token, shows it), and it is
 measured at the full T only if the line predicts it fits the limit; otherwise its value at the full
 T is printed as an EXTRAPOLATION, labelled so. The naive peak measured at the largest T that fitted,
 divided by the chunked peak at the full T, is printed too: a measured lower bound of the ratio.
@@ -295,6 +297,9 @@ def main(argv=None):
     print()
     print(f"Result at T={T}, chunk {args.chunk_tokens}:")
     print(f"  chunked peak {_gib(ch['peak'])} (measured), time {ch['total_s']:.1f} s (measured)")
+    chunk_copy = args.chunk_tokens * V * 4
+    print(f"           = one W-sized gradient buffer {_gib(V * H * 4)} + "
+          f"{(ch['peak'] - V * H * 4) / chunk_copy:.1f} x one chunk's logits ({_gib(chunk_copy)})")
     print(f"  naive   peak {_gib(naive_peak)} ({label}), time {naive_time:.1f} s ({label})")
     ratio = naive_peak / ch["peak"]
     print(f"  ratio naive/chunked peak: {ratio:.1f}x ({label} naive / measured chunked); "

@@ -76,7 +76,7 @@ def make_problem(rng: random.Random) -> Problem:
         return Problem(f"x^2+{a + b}x+{a * b}", [f"(x+{a})(x+{b})", f"x^2+{a + b}x+{a * b}"],
                        [f"(x-{a})(x+{b})", f"x^2+{a + b}x+{a * b + rng.randint(1, 9)}"])
     if kind == "pi":
-        p, q = rng.randint(1, 50), rng.randint(2, 60)
+        p, q = rng.randint(1, 50), rng.randint(51, 99)  # p != q, so that q*pi/p really is wrong
         return Problem(f"\\frac{{{p}\\pi}}{{{q}}}", [f"\\frac{{{p}\\pi}}{{{q}}}", f"\\frac{{{p}}}{{{q}}}\\pi"],
                        [f"\\frac{{{q}\\pi}}{{{p}}}", f"\\frac{{{p + 1}\\pi}}{{{q}}}"])
     a, b = rng.randint(-50, 50), rng.randint(51, 99)

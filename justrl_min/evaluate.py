@@ -204,18 +204,21 @@ def metric_names(n: int) -> list[str]:
 def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
                         sampling: Sampling, data_dir: str | Path | None = None, pool,
                         out_dir: str | Path | None = None, max_problems: int | None = None,
-                        problem_sets: dict[str, list[Problem]] | None = None) -> dict[str, Any]:
+                        problem_sets: dict[str, list[Problem]] | None = None,
+                        meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate n samples per problem for each benchmark, score them, and aggregate.
 
     `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`. `problem_sets`
-    (already loaded problems by name) skips loading. With `out_dir`, writes `results.json` and one
-    `samples.jsonl` row per sample. Returns {"config", "benchmarks": {name: metrics}, "overall"}.
+    (already loaded problems by name) skips loading. `meta` (e.g. the model's name) is recorded in
+    `results["config"]`. With `out_dir`, writes `results.json` and one `samples.jsonl` row per sample.
+    Returns {"config", "benchmarks": {name: metrics}, "overall"}.
     """
     names = resolve_benchmarks(names)
     results: dict[str, Any] = {
-        "config": {"n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+        "config": {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                    "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-                   "prompt_suffix": EVAL_SUFFIX, "verifier_mode": getattr(pool, "mode", None)},
+                   "prompt_suffix": EVAL_SUFFIX, "verifier_mode": getattr(pool, "mode", None),
+                   "data": str(data_dir) if data_dir else "hub"},
         "benchmarks": {},
     }
     samples_file = None

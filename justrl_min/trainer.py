@@ -72,7 +72,7 @@ class StopRequested:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum, _frame) -> None:
         if self.requested:
             os._exit(128 + signum)
         self.requested = True

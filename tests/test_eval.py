@@ -288,3 +288,12 @@ def test_cli_names_a_missing_data_file(tmp_path):
                         "--data-dir", str(tmp_path))
     assert done.returncode != 0
     assert f"{tmp_path}/MATH-500/test.parquet" in done.stderr
+
+
+def test_cli_vllm_without_cuda_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    done = run_eval_cli("--model", str(tmp_path / "m"), "--benchmarks", "aime24", "--engine", "vllm")
+    assert done.returncode != 0 and "--engine vllm needs a CUDA GPU" in done.stderr

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from justrl_min import reward
 from justrl_min.reward import (
     BatchScore,
     VerifierPool,
@@ -123,6 +124,7 @@ SYMBOLIC_CASES = [
     ("\\boxed{1\\,000}", "1000", 1.0),
     ("\\boxed{1{,}000{,}000}", "1000000", 1.0),
     ("\\boxed{1000}", "1,000", 1.0),
+    ("\\boxed{007}", "7", 1.0),
     # several boxes: the last one wins
     ("First guess \\boxed{41}. Rechecking the arithmetic... \\boxed{42}", "42", 1.0),
     ("\\boxed{42} hmm, no, actually \\boxed{41}", "42", 0.0),
@@ -253,16 +255,17 @@ HOSTILE_CASES = [
 
 
 @pytest.fixture(scope="module")
-def hostile_pool():
+def symbolic_pool():
+    """One real pool for the tests that only score (worker start-up is the expensive part)."""
     with VerifierPool(workers=2, timeout_s=HOSTILE_TIMEOUT_S) as pool:
-        pool.score(["\\boxed{1}"], ["1"])  # wait for the workers to start
+        pool.score(["\\boxed{1}"] * 2, ["1"] * 2)  # wait for the workers to start
         yield pool
 
 
 @pytest.mark.parametrize(("name", "response", "gold", "expected"), HOSTILE_CASES, ids=[c[0] for c in HOSTILE_CASES])
-def test_hostile_input_is_scored_within_the_deadline(hostile_pool, name, response, gold, expected):
+def test_hostile_input_is_scored_within_the_deadline(symbolic_pool, name, response, gold, expected):
     started = time.monotonic()
-    result = hostile_pool.score([response], [gold])
+    result = symbolic_pool.score([response], [gold])
     elapsed = time.monotonic() - started
     assert elapsed < HOSTILE_TIMEOUT_S + 1.0, f"{name} took {elapsed:.1f} s"
     assert result.scores == [expected]
@@ -300,11 +303,10 @@ def _is_running(pid: int) -> bool:
         return False
 
 
-def test_pool_keeps_input_order():
+def test_pool_keeps_input_order(symbolic_pool):
     responses = [f"\\boxed{{{i}}}" for i in range(40)]
     golds = [str(i) if i % 3 else str(i + 1) for i in range(40)]
-    with VerifierPool(workers=2, timeout_s=5.0, chunk_size=3) as pool:
-        result = pool.score(responses, golds)
+    result = symbolic_pool.score(responses, golds)  # 40 items in chunks of 5 over two workers
     assert isinstance(result, BatchScore)
     assert result.scores == [0.0 if i % 3 == 0 else 1.0 for i in range(40)]
     assert (result.timeouts, result.errors, result.examples) == (0, 0, [])
@@ -331,7 +333,8 @@ def test_pool_kills_a_worker_stuck_past_the_deadline_and_replaces_it():
     assert elapsed < timeout_s + 10.0
 
 
-def test_pool_worker_alarm_stops_interruptible_work_without_a_kill():
+def test_pool_worker_alarm_stops_interruptible_work_without_a_kill(monkeypatch):
+    monkeypatch.setattr(reward, "HARD_DEADLINE_GRACE_S", 5.0)  # a loaded machine must not turn this into a kill
     with VerifierPool(workers=1, timeout_s=0.5, score_fn=_scripted_score) as pool:
         pool.score(["\\boxed{1}"], ["1"])
         pids = pool.worker_pids()
@@ -351,12 +354,12 @@ def test_pool_counts_a_crashed_worker_as_an_error_and_finishes_the_batch():
 
 
 def test_pool_survives_a_worker_killed_from_outside_mid_batch():
-    with VerifierPool(workers=2, timeout_s=5.0, chunk_size=2, score_fn=_scripted_score) as pool:
+    with VerifierPool(workers=2, timeout_s=5.0, chunk_size=8, score_fn=_scripted_score) as pool:
         pool.score(["\\boxed{1}"] * 2, ["1"] * 2)
         victim = pool.worker_pids()[0]
         killer = threading.Timer(0.5, os.kill, (victim, signal.SIGKILL))
         killer.start()
-        result = pool.score(["busy"] * 16, ["SLOW"] * 16)  # 16 x 0.2 s over two workers
+        result = pool.score(["busy"] * 16, ["SLOW"] * 16)  # 8 x 0.2 s per worker: the kill lands mid-chunk
         killer.join()
         assert result.errors == 1  # the item the victim was working on
         assert sum(result.scores) == 15.0
@@ -365,7 +368,7 @@ def test_pool_survives_a_worker_killed_from_outside_mid_batch():
 
 
 def test_close_leaves_no_child_processes_and_is_idempotent():
-    pool = VerifierPool(workers=2, timeout_s=5.0)
+    pool = VerifierPool(workers=2, timeout_s=5.0, score_fn=_scripted_score)
     pool.score(["\\boxed{1}"], ["1"])
     pids = pool.worker_pids()
     pool.close()

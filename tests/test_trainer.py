@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 from justrl_min import algo, tiny, trainer
 from justrl_min.config import ConfigError, load_recipe
+from justrl_min.reward import VerifierPool, compute_score
 from justrl_min.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +76,8 @@ def test_train_end_to_end(warm_model, tmp_path):
 def test_reference_model_only_with_kl(warm_model, tmp_path, monkeypatch):
     loads = []
     real = trainer.load_causal_lm
-    monkeypatch.setattr(trainer, "load_causal_lm", lambda *a, **k: loads.append(k["trainable"]
-                                                                                if "trainable" in k else True)
-                        or real(*a, **k))
+    monkeypatch.setattr(trainer, "load_causal_lm",
+                        lambda *a, **k: loads.append(k.get("trainable", True)) or real(*a, **k))
     run_dir = tmp_path / "kl"
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
                               overrides(warm_model, run_dir, "train.steps=1", "algorithm.kl_coef=0.1",
@@ -85,7 +86,8 @@ def test_reference_model_only_with_kl(warm_model, tmp_path, monkeypatch):
     # One update, made before the policy moved: the policy equals the reference, so KL is 0.
     assert read_metrics(run_dir)[0]["train/kl"] == pytest.approx(0.0, abs=1e-6)
     loads.clear()
-    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", overrides(warm_model, tmp_path / "nokl", "train.steps=1")))
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
+                              overrides(warm_model, tmp_path / "nokl", "train.steps=1")))
     assert loads == [True]
     assert "train/kl" not in read_metrics(tmp_path / "nokl")[0]
 
@@ -194,3 +196,43 @@ def test_bf16_compute_keeps_fp32_master_weights(warm_model, tmp_path):
     assert math.isfinite(metrics["train/loss"]) and metrics["train/grad_norm"] > 0
     weights = load_file(run_dir / "checkpoints" / "latest" / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def flaky_verifier(response: str, gold: str) -> float:
+    """Runs in the verifier workers: golds that are multiples of 5 hang past the deadline, golds
+    that are 1 mod 5 make the verifier raise; everything else is scored for real."""
+    if int(gold) % 5 == 0:
+        time.sleep(60)
+    if int(gold) % 5 == 1:
+        raise ValueError("injected verifier failure")
+    return compute_score(response, gold, timeout_s=None)
+
+
+def test_reward_metrics_count_timeouts_and_errors(warm_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trainer, "VerifierPool", partial(VerifierPool, score_fn=flaky_verifier))
+    run_dir = tmp_path / "flaky"
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
+                              overrides(warm_model, run_dir, "train.steps=1", "reward.timeout_s=0.5")))
+    [metrics] = read_metrics(run_dir)
+    assert metrics["train/reward_timeouts"] > 0 and metrics["train/reward_errors"] > 0
+    # Whole groups share a gold, so both counts are multiples of n = 4; the run went on to log and save.
+    assert metrics["train/reward_timeouts"] % 4 == 0 and metrics["train/reward_errors"] % 4 == 0
+    assert (run_dir / "checkpoints" / "latest").exists()
+    assert "verifier:" in capsys.readouterr().out
+
+
+SHARED = ROOT.parent / "shared" / "benchmarks"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared benchmark files not present")
+def test_in_training_eval_logs_benchmark_metrics_and_curves(warm_model, tmp_path):
+    run_dir = tmp_path / "evalrun"
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", overrides(
+        warm_model, run_dir, "train.steps=2", "eval.every_steps=2", "eval.benchmarks=amc23",
+        f"eval.data_dir={SHARED}", "eval.n=2", "eval.max_tokens=4", "log.curves_at_end=true")))
+    metrics = read_metrics(run_dir)
+    eval_rows = [m for m in metrics if "eval/amc23/avg@2" in m]
+    assert [m["step"] for m in eval_rows] == [2]
+    assert {"eval/amc23/pass@1", "eval/amc23/pass@2"} <= set(eval_rows[0])
+    png = run_dir / "curves.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

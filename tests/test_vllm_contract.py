@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = ["recipes/deepseek_1p5b.yaml", "recipes/nemotron_1p5b.yaml"]
 JUSTRL_OVERRIDES = [  # DESIGN.md section 4, for when the recipe files are not there
     "rollout.engine=vllm", "model.path=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
-    "model.dtype=float32", "model.compute_dtype=bfloat16", "rollout.n=8", "rollout.temperature=1.0", "rollout.top_p=1.0",
+    "model.dtype=float32", "model.compute_dtype=bfloat16",
+    "rollout.n=8", "rollout.temperature=1.0", "rollout.top_p=1.0",
     "rollout.max_response_length=15360", "data.max_prompt_length=1024",
     "eval.n=32", "eval.temperature=0.7", "eval.top_p=0.9",
 ]
