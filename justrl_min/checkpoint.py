@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from justrl_min.config import ConfigError
+
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
 
@@ -119,8 +121,8 @@ def check_disk(run_dir: Path, needed_bytes: int) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise RuntimeError(f"run directory {run_dir} is not writable: {e}") from None
+        raise ConfigError(f"run directory {run_dir} is not writable: {e}") from None
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
-        raise RuntimeError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free, one checkpoint "
+        raise ConfigError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free, one checkpoint "
                            f"needs about {needed_bytes / 2**30:.2f} GiB: free space or set run.output_dir")

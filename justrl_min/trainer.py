@@ -56,6 +56,10 @@ class Batch:
     pad_id: int
 
 
+class TrainingAborted(RuntimeError):
+    """The run cannot go on (e.g. repeated non-finite losses); the message says why and what to do."""
+
+
 class StopRequested:
     """SIGTERM / SIGINT: finish the step, checkpoint, exit 0. A second signal exits at once."""
 
@@ -210,7 +214,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             if update.skipped:
                 _record_skip(run_dir, step, update, rewards, info)
             if consecutive_skips >= t.max_skipped_steps:
-                raise RuntimeError(
+                raise TrainingAborted(
                     f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient norm "
                     f"(last at step {step}; batch summaries in {run_dir / 'skipped'}). Lower train.lr or check "
                     f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")

@@ -6,6 +6,7 @@ import pytest
 
 from justrl_min import tiny
 from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes
+from justrl_min.config import ConfigError
 
 
 def write_model_checkpoint(step: int, fail_after_weights: bool = False):
@@ -58,5 +59,5 @@ def test_disk_check_names_the_directory(tmp_path):
     params = sum(p.numel() for p in model.parameters())
     assert needed == params * 4 + params * 8  # fp32 weights + AdamW's two fp32 moments
     check_disk(tmp_path / "run", needed)
-    with pytest.raises(RuntimeError, match=r"run directory .*run has .* GiB free, one checkpoint needs"):
+    with pytest.raises(ConfigError, match=r"run directory .*run has .* GiB free, one checkpoint needs"):
         check_disk(tmp_path / "run", 10**18)

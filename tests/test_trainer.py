@@ -114,7 +114,7 @@ def test_consecutive_nonfinite_steps_stop_with_a_message(warm_model, tmp_path, m
     real = algo.ppo_clip_loss
     monkeypatch.setattr(algo, "ppo_clip_loss", lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **k)))
     # Two optimizer steps per training step: the third consecutive skip falls in step 2, checked at its end.
-    with pytest.raises(RuntimeError, match="4 consecutive optimizer steps had a non-finite loss"):
+    with pytest.raises(trainer.TrainingAborted, match="4 consecutive optimizer steps had a non-finite loss"):
         trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml",
                                   overrides(warm_model, tmp_path / "nan2", "train.max_skipped_steps=3")))
     assert len(read_metrics(tmp_path / "nan2")) == 1
