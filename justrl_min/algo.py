@@ -135,7 +135,11 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) along the last dim, computed in float32 (or wider)."""
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    log_probs = torch.log_softmax(logits, dim=-1)
+    return entropy_from_log_probs(torch.log_softmax(logits, dim=-1))
+
+
+def entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy from normalised log-probabilities (shares one log_softmax with the log-prob gather)."""
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from justrl_min.algo import entropy_from_logits
+from justrl_min.algo import entropy_from_log_probs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -202,8 +202,8 @@ def _chunk_logprob_entropy(hidden: torch.Tensor, target_ids: torch.Tensor, head:
                            temperature: float):
     logits = head(hidden)
     logits = (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits) / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, target_ids[:, None]).squeeze(-1)
-    return logp, entropy_from_logits(logits)
+    log_probs = torch.log_softmax(logits, dim=-1)  # one [chunk, vocab] buffer serves both outputs
+    return log_probs.gather(-1, target_ids[:, None]).squeeze(-1), entropy_from_log_probs(log_probs)
 
 
 def unflatten(values: torch.Tensor, lengths: list[int], width: int | None = None) -> torch.Tensor:
