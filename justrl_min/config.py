@@ -148,7 +148,9 @@ class EvalConfig:
     benchmarks: list[str] = field(default_factory=list)
     data_dir: str = ""
     """Folder with <Benchmark>/test.parquet files; empty loads benchmarks from the hub."""
-    n: int = 32
+    n: int = 0
+    """Samples per problem; 0 uses each benchmark's paper default (32, or 4 for MATH-500 / Minerva /
+    OlympiadBench)."""
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 31744

@@ -462,7 +462,7 @@ def run_eval(cfg: Config, engine, tokenizer, pool, scorer, info: dist.DistInfo) 
     sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
     engine.wake_up()
     with dist.gathered_for_generation(scorer, info, cfg.rollout.engine):
-        results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n,
+        results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n or None,
                                                sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool)
     engine.sleep()
     return evaluate.flat_metrics(results)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from justrl_min import evaluate, tiny
-from justrl_min.data import DataError, build_prompt_ids
+from justrl_min.data import DataError, Problem, build_prompt_ids
 from justrl_min.evaluate import BENCHMARKS, EVAL_SUFFIX, majority_vote, pass_at_k
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import Rollouts, Sampling
@@ -133,6 +133,24 @@ def test_missing_data_file_names_the_path(tmp_path):
         evaluate.load_benchmark("hmmt25", tmp_path)
 
 
+def test_hub_sets_load_through_their_own_field_names(monkeypatch):
+    import datasets
+
+    hub = {  # rows shaped like the hub copies
+        ("HuggingFaceH4/aime_2024", "train"): [{"id": 60, "problem": "Find x.", "answer": "204", "year": "2024"}],
+        ("math-ai/amc23", "test"): [{"id": 0, "question": "How many?", "answer": "27.0", "url": "u"}],
+        ("math-ai/olympiadbench", "test"): [{"id": 2, "question": "Compute y.", "final_answer": ["$\\frac{1}{2}$"],
+                                             "solution": ["..."]}],
+    }
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, split: hub[(hub_id, split)])
+    assert evaluate.load_benchmark("aime24") == [Problem("60", "Find x.", "204")]
+    assert evaluate.load_benchmark("amc23") == [Problem("0", "How many?", "27.0")]
+    assert evaluate.load_benchmark("olympiadbench") == [Problem("2", "Compute y.", "\\frac{1}{2}")]
+    hub[("math-ai/minervamath", "test")] = [{"problem": "renamed upstream", "answer": "1"}]
+    with pytest.raises(DataError, match="expected columns 'question' and 'answer'"):
+        evaluate.load_benchmark("minerva")
+
+
 @needs_files
 def test_every_benchmark_file_loads_with_golds():
     sizes = {name: len(evaluate.load_benchmark(name, BENCHMARK_DIR)) for name in BENCHMARKS}
@@ -223,10 +241,10 @@ def test_random_model_on_every_benchmark_file(random_model, tokenizer, pool, tmp
 
 @needs_files
 def test_metrics_through_the_verifier_with_scripted_answers(tokenizer, pool, tmp_path):
-    # Two problems each of AIME24 (verl schema, gold "\boxed{204}") and HMMT25 (MathArena schema).
+    # Three problems each of AIME24 (verl schema, gold "\boxed{204}") and HMMT25 (MathArena schema).
     # Every problem gets [right, wrong] answers: avg@2 = 1/2, pass@1 = 1/2, pass@2 = 1 (n - c = 1 < 2),
     # maj@2: a 1-1 tie goes to the first answer, the right one -> 1.
-    problem_sets = {name: evaluate.load_benchmark(name, BENCHMARK_DIR, max_problems=2) for name in ("aime24", "hmmt25")}
+    problem_sets = {name: evaluate.load_benchmark(name, BENCHMARK_DIR, max_problems=3) for name in ("aime24", "hmmt25")}
     script = {tuple(build_prompt_ids(tokenizer, p.problem, EVAL_SUFFIX)):
               [f"So the answer is \\boxed{{{p.answer}}}.", "I think \\boxed{-1}"]
               for problems in problem_sets.values() for p in problems}
@@ -239,6 +257,10 @@ def test_metrics_through_the_verifier_with_scripted_answers(tokenizer, pool, tmp
     assert results["overall"]["avg"] == 0.5
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(s["answer"], s["score"]) for s in samples[:2]] == [("204", 1.0), ("-1", 0.0)]
+    # Generation runs in prompt-length order; the file is back in problem order, each sample with its gold.
+    expected = [(name, p.uid, j) for name, ps in problem_sets.items() for p in ps for j in range(2)]
+    assert [(s["benchmark"], s["problem_id"], s["sample"]) for s in samples] == expected
+    assert all((s["answer"], s["score"]) == ((s["gold"], 1.0) if s["sample"] == 0 else ("-1", 0.0)) for s in samples)
     assert "50.00" in evaluate.format_table(results)
 
 
