@@ -51,7 +51,7 @@ class ModelConfig:
     compute_dtype: str = ""
     """Dtype of the forward/backward math (bfloat16 on GPUs) and of the vLLM engine; empty = dtype."""
     gradient_checkpointing: bool = False
-    logprob_chunk_tokens: int = 1024
+    logprob_chunk_tokens: int = 512
     """Tokens per chunk through the LM head when computing log-probs and entropy."""
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
