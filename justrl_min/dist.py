@@ -118,6 +118,18 @@ def full_model_state(module: torch.nn.Module, info: DistInfo) -> dict[str, torch
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def iter_full_tensors(module: torch.nn.Module, info: DistInfo, dtype: torch.dtype):
+    """Yield (name, full tensor in `dtype`) one at a time, gathering each shard on demand.
+
+    Every rank must consume the iterator in the same order (each gather is a collective). Peak
+    extra memory is one full tensor, not the whole model.
+    """
+    for name, tensor in module.state_dict().items():
+        if info.enabled and hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()
+        yield name, tensor.detach().to(dtype)
+
+
 def full_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
     if not info.enabled:
         return optimizer.state_dict()

@@ -285,8 +285,9 @@ def vllm_settings(cfg: Config, distributed: bool) -> dict:
 def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):
     if cfg.rollout.engine == "hf":
         return ()  # the HF engine samples from the trainer's own module
-    state = dist.full_model_state(scorer, info)
-    return ((name.removeprefix("causal_lm."), tensor) for name, tensor in state.items())
+    compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
+    return ((name.removeprefix("causal_lm."), tensor)
+            for name, tensor in dist.iter_full_tensors(scorer, info, compute_dtype))
 
 
 @torch.no_grad()

@@ -43,3 +43,10 @@ def test_two_rank_run_completes_and_resumes(tmp_path):
     assert state["step"] == 3
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints" / "latest").glob("rng_rank*.pt")) == \
         ["rng_rank0.pt", "rng_rank1.pt"]
+
+
+def test_streamed_full_tensors_match_the_full_state_dict(tmp_path):
+    out = tmp_path / "stream.json"
+    torchrun([str(ROOT / "tests/dist/stream_weights.py"), str(out)])
+    r = json.loads(out.read_text())
+    assert r["names_equal"] and r["max_diff"] == 0.0 and r["dtype"] == "torch.bfloat16"
