@@ -8,6 +8,7 @@ checkpoint. `checkpoints/latest` is itself a Hugging Face model folder (`from_pr
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from justrl_min.config import ConfigError
+from justrl_min import dist
+from justrl_min.config import Config, ConfigError, save_config
 
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
@@ -126,3 +128,74 @@ def check_disk(run_dir: Path, needed_bytes: int) -> None:
     if free < needed_bytes:
         raise ConfigError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free, one checkpoint "
                            f"needs about {needed_bytes / 2**30:.2f} GiB: free space or set run.output_dir")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training state
+
+
+def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
+    """The checkpoint to resume from, per `run.resume`; clears or refuses a used run directory."""
+    latest = checkpointer.latest()
+    if cfg.run.resume == "true" and latest is None:
+        raise ConfigError(f"run.resume=true but {checkpointer.folder} has no complete checkpoint")
+    if cfg.run.resume == "false":
+        run_dir = cfg.run_dir
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+            raise ConfigError(f"run directory {run_dir} is not empty and run.resume=false: pick another "
+                              f"run.name, or add run.overwrite=true to replace it")
+        if run_dir.exists() and cfg.run.overwrite:
+            shutil.rmtree(run_dir)
+        return None
+    return latest
+
+
+def restore_training_state(folder: Path, scorer, optimizer, scheduler, sampler,
+                   info: dist.DistInfo) -> tuple[int, int]:
+    """Optimizer, LR schedule, sampler position and this rank's RNG states; returns (step, skipped)."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    sampler.load_state_dict(state["sampler"])
+    scheduler.load_state_dict(state["scheduler"])
+    if (folder / "optimizer.pt").is_file():
+        dist.load_optimizer_state(scorer, optimizer, torch.load(folder / "optimizer.pt", weights_only=False), info)
+    set_rng_state(torch.load(folder / f"rng_rank{info.rank}.pt", weights_only=False))
+    return state["step"], state["skipped_steps"]
+
+
+def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scorer, policy, tokenizer, optimizer,
+                        scheduler, sampler, skipped_total: int, info: dist.DistInfo) -> None:
+    """Gather full states (a collective under FSDP) and let rank 0 publish one checkpoint atomically.
+    Each rank's RNG state travels through a staging folder, so the run directory must be on a
+    file system every rank sees (as multi-node checkpointing needs anyway)."""
+    model_state = dist.full_model_state(scorer, info)
+    optimizer_state = dist.full_optimizer_state(scorer, optimizer, info) if cfg.checkpoint.save_optimizer else None
+    rng = rng_state()
+    rank_dir = checkpointer.folder / f".rng-step_{step}"
+    rank_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(rng, rank_dir / f"rng_rank{info.rank}.pt")
+    dist.barrier(info)
+    if info.is_main:
+        def write(folder: Path) -> None:
+            policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v for k, v in model_state.items()})
+            tokenizer.save_pretrained(folder)
+            if optimizer_state is not None:
+                torch.save(optimizer_state, folder / "optimizer.pt")
+            for f in rank_dir.iterdir():
+                os.replace(f, folder / f.name)
+            save_config(cfg, folder / "config.yaml")
+            (folder / "trainer_state.json").write_text(json.dumps({
+                "step": step, "skipped_steps": skipped_total, "sampler": sampler.state_dict(),
+                "scheduler": scheduler.state_dict()}, indent=1))
+
+        checkpointer.save(step, write)
+        rank_dir.rmdir()
+    dist.barrier(info)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from: those steps are about to be redone."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()
+                 and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from justrl_min import algo, dist
-from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes, rng_state, set_rng_state
+from justrl_min.checkpoint import (
+    Checkpointer,
+    check_disk,
+    estimate_checkpoint_bytes,
+    restore_training_state,
+    resume_point,
+    save_training_state,
+    truncate_metrics,
+)
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
 from justrl_min.model import (
@@ -111,7 +119,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                           f"{t.mini_batch_prompts} must be divisible by the world size {info.world_size}")
     run_dir = cfg.run_dir
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep)
-    resume_from = _resume_point(cfg, checkpointer) if info.is_main else None
+    resume_from = resume_point(cfg, checkpointer) if info.is_main else None
     resume_from = dist.broadcast_object(resume_from, info)
 
     # ---- data, models, optimizer, engine, verifier
@@ -142,17 +150,10 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
     sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     start_step, skipped_total = 0, 0
-    if resume_from:
-        state = json.loads((resume_from / "trainer_state.json").read_text())
-        start_step, skipped_total = state["step"], state["skipped_steps"]
-        sampler.load_state_dict(state["sampler"])
-        scheduler.load_state_dict(state["scheduler"])
-        optimizer_state = torch.load(resume_from / "optimizer.pt", weights_only=False) \
-            if (resume_from / "optimizer.pt").is_file() else None
-        if optimizer_state is not None:
-            dist.load_optimizer_state(scorer, optimizer, optimizer_state, info)
-        set_rng_state(torch.load(resume_from / f"rng_rank{info.rank}.pt", weights_only=False))
-        _truncate_metrics(run_dir, start_step) if info.is_main else None
+    if resume_from:  # the weights came with the policy itself, loaded from the checkpoint folder
+        start_step, skipped_total = restore_training_state(resume_from, scorer, optimizer, scheduler, sampler, info)
+        if info.is_main:
+            truncate_metrics(run_dir, start_step)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -167,8 +168,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     consecutive_skips = 0
 
     def save(step: int) -> None:
-        _save_checkpoint(checkpointer, step, cfg, scorer, policy, tokenizer, optimizer, scheduler, sampler,
-                         skipped_total, info)
+        save_training_state(checkpointer, step, cfg, scorer, policy, tokenizer, optimizer, scheduler, sampler,
+                            skipped_total, info)
 
     with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
                                                mode=cfg.reward.mode) as pool:
@@ -471,59 +472,6 @@ def run_eval(cfg: Config, engine, tokenizer, pool, scorer, info: dist.DistInfo) 
 
 # --------------------------------------------------------------------------------------------------
 # Run directory, checkpoints, helpers
-
-
-def _resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
-    latest = checkpointer.latest()
-    if cfg.run.resume == "true" and latest is None:
-        raise ConfigError(f"run.resume=true but {checkpointer.folder} has no complete checkpoint")
-    if cfg.run.resume == "false":
-        run_dir = cfg.run_dir
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
-            raise ConfigError(f"run directory {run_dir} is not empty and run.resume=false: pick another "
-                              f"run.name, or add run.overwrite=true to replace it")
-        if run_dir.exists() and cfg.run.overwrite:
-            import shutil
-
-            shutil.rmtree(run_dir)
-        return None
-    return latest
-
-
-def _save_checkpoint(checkpointer: Checkpointer, step: int, cfg: Config, scorer, policy, tokenizer, optimizer,
-                     scheduler, sampler: EpochSampler, skipped_total: int, info: dist.DistInfo) -> None:
-    model_state = dist.full_model_state(scorer, info)
-    optimizer_state = dist.full_optimizer_state(scorer, optimizer, info) if cfg.checkpoint.save_optimizer else None
-    rng = rng_state()
-    rank_dir = checkpointer.folder / f".rng-step_{step}"
-    rank_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(rng, rank_dir / f"rng_rank{info.rank}.pt")
-    dist.barrier(info)
-    if info.is_main:
-        def write(folder: Path) -> None:
-            policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v for k, v in model_state.items()})
-            tokenizer.save_pretrained(folder)
-            if optimizer_state is not None:
-                torch.save(optimizer_state, folder / "optimizer.pt")
-            for f in rank_dir.iterdir():
-                os.replace(f, folder / f.name)
-            save_config(cfg, folder / "config.yaml")
-            (folder / "trainer_state.json").write_text(json.dumps({
-                "step": step, "skipped_steps": skipped_total, "sampler": sampler.state_dict(),
-                "scheduler": scheduler.state_dict()}, indent=1))
-
-        checkpointer.save(step, write)
-        rank_dir.rmdir()
-    dist.barrier(info)
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric lines past the checkpoint we resume from: those steps are about to be redone."""
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()
-                 and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _record_skip(run_dir: Path, step: int, update: UpdateStats, rewards, info: dist.DistInfo) -> None:
