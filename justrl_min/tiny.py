@@ -1,6 +1,6 @@
 """The embedded default: a tiny causal LM, its tokenizer and a synthetic math task, all local.
 
-Everything here is a real Hugging Face object (a `Qwen2ForCausalLM` of ~1.6M parameters and a
+Everything here is a real Hugging Face object (a `Qwen2ForCausalLM` of ~0.5M parameters and a
 byte-level `PreTrainedTokenizerFast` with a chat template), saved to a folder and loaded back
 with `from_pretrained`, so the CPU demo exercises exactly the code a 1.5B model goes through.
 
@@ -8,14 +8,16 @@ The task: "What is 3+4?" with gold "7". A randomly initialised model never write
 answer, so RL would see no reward at all. `prepare_warm_start` gives it a deterministic warm start:
 a short supervised pass on *imperfect* worked solutions in which the boxed answer is right only
 `SFT_CORRECT_FRACTION` of the time (otherwise off by a small amount). The model learns the format and
-a blurred notion of addition (about 15-25% of its samples are right); the RL run then has to
+a blurred notion of addition (about 20-30% of its samples are right); the RL run then has to
 sharpen it using the verifier's reward alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +112,6 @@ def imperfect_answer(problem: TinyProblem, rng: random.Random) -> str:
 
 
 def default_cache_dir() -> Path:
-    import os
-
     root = os.environ.get("JUSTRL_CACHE") or Path.home() / ".cache" / "justrl_min"
     return Path(root) / f"tiny-warm-v{WARM_START_VERSION}"
 
@@ -121,12 +121,21 @@ def prepare_warm_start(folder: str | Path | None = None, *, steps: int = 800, se
     """Train the tiny model on imperfect solutions once and cache it as a Hugging Face folder.
 
     Deterministic (fixed seeds) and idempotent: a complete folder (marked by `warm_start.json`) is
-    returned as is. About 1-2 minutes on 2 CPU cores.
+    returned as is. About 1-2 minutes on 2 CPU cores. Processes that ask at the same time (ranks
+    under torchrun) wait on a file lock: one trains, the others load its result.
     """
+    import fcntl
+
     folder = Path(folder) if folder is not None else default_cache_dir()
-    marker = folder / "warm_start.json"
-    if marker.is_file():
-        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "warm_start.json").is_file():
+            _train_warm_start(folder, steps, seed, log)
+    return folder
+
+
+def _train_warm_start(folder: Path, steps: int, seed: int, log) -> None:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
     rng = random.Random(seed)
@@ -151,11 +160,8 @@ def prepare_warm_start(folder: str | Path | None = None, *, steps: int = 800, se
     (tmp / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
                                                       "version": WARM_START_VERSION}))
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     tmp.rename(folder)
-    return folder
 
 
 def prompt_token_ids(tokenizer, question: str) -> list[int]:

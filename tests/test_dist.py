@@ -30,8 +30,9 @@ def test_two_ranks_give_the_same_loss_and_gradients_as_one(tmp_path):
     assert r["max_grad_diff"] <= 1e-14
 
 
-def test_two_rank_run_completes_and_resumes(tmp_path):
+def test_two_rank_run_completes_and_resumes(warm_model, tmp_path):
     common = ["train.py", "recipes/tiny_cpu.yaml", f"run.output_dir={tmp_path}", "run.name=ddp",
+              f"model.path={warm_model}",
               "train.prompts_per_step=8", "train.mini_batch_prompts=4", "rollout.n=4", "reward.workers=1",
               "log.curves_at_end=false", "checkpoint.every_steps=2", "data.tiny_problems=64"]
     torchrun(common + ["train.steps=2"])

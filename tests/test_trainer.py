@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from justrl_min import algo, tiny, trainer
+from justrl_min import algo, trainer
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.reward import VerifierPool, compute_score
 from justrl_min.tracking import read_metrics
@@ -26,13 +26,6 @@ STEP_METRICS = [
     "time/step_s", "throughput/tokens_per_s", "train/reward_timeouts", "train/reward_errors",
     "train/skipped_steps", "train/loss", "train/rollout_logp_diff_mean", "train/rollout_logp_diff_max",
 ]
-
-
-@pytest.fixture(scope="session")
-def warm_model(tmp_path_factory):
-    """A briefly warm-started tiny model: it writes boxed answers, right some of the time, so
-    rewards vary within groups and the update has something to do."""
-    return tiny.prepare_warm_start(tmp_path_factory.mktemp("warm") / "model", steps=120, log=lambda *_: None)
 
 
 def overrides(model: Path, run_dir: Path, *extra: str) -> list[str]:
