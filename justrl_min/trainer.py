@@ -222,7 +222,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             engine.load_weights(_weights_for_engine(cfg, scorer, info))
             update_s = time.monotonic() - t0
 
-            # ---- log
+            # ---- log (and evaluate)
             metrics = step_metrics(cfg, rollouts, rewards, correct, entropy, batch, update, info)
             metrics.update({
                 "train/lr": lr,
@@ -233,6 +233,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 "time/step_s": time.monotonic() - step_started,
             })
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
+            if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
+                metrics.update(run_eval(cfg, engine, tokenizer, pool, scorer, info))  # one row per step
             tracker.log(step, metrics)
             if info.is_main and cfg.log.samples_per_step:
                 tracker.write_samples(step, [
@@ -241,9 +243,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                     for i in range(0, len(texts), max(1, len(texts) // cfg.log.samples_per_step))
                 ][:cfg.log.samples_per_step])
 
-            # ---- evaluate, checkpoint, stop
-            if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
-                tracker.log(step, run_eval(cfg, engine, tokenizer, pool, scorer, info))
+            # ---- checkpoint, stop
             stopping = bool(_sum(int(stop.requested), info))
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
                 save(step)

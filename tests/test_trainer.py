@@ -224,8 +224,9 @@ def test_in_training_eval_logs_benchmark_metrics_and_curves(warm_model, tmp_path
         warm_model, run_dir, "train.steps=2", "eval.every_steps=2", "eval.benchmarks=amc23",
         f"eval.data_dir={SHARED}", "eval.n=2", "eval.max_tokens=4", "log.curves_at_end=true")))
     metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2]  # eval metrics join their step's row
     eval_rows = [m for m in metrics if "eval/amc23/avg@2" in m]
-    assert [m["step"] for m in eval_rows] == [2]
+    assert [m["step"] for m in eval_rows] == [2] and "train/reward_mean" in eval_rows[0]
     assert {"eval/amc23/pass@1", "eval/amc23/pass@2"} <= set(eval_rows[0])
     png = run_dir / "curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
