@@ -5,10 +5,13 @@ text with the answer boxed at the end: integers, fractions, radicals, expression
 and pairs, about half correct (often written in an equivalent but different form), a few hedges, ~1% hostile
 answers (exponent towers, deep nesting, unbalanced boxes, giant literals, control characters).
 
-Both sides do the same work: the serial loop calls ``compute_score`` in the main thread (its SIGALRM
-deadline armed) after ``warm_up()``; the pool runs the very same function in worker processes that
-ran ``warm_up()`` at start. Several steps are timed, each a new batch, pool and serial interleaved
-step by step so that both see the same load: the LaTeX parser keeps getting faster as its
+The baseline is the plain serial loop: ``compute_score`` on every response in the main thread (its
+SIGALRM deadline armed) after ``warm_up()``. The pool extracts the last boxes in the parent and has
+its workers (which ran ``warm_up()`` at start) judge each distinct (answer, gold) pair once, so its
+gain has two parts, reported separately: de-duplication and parent-side extraction (plain loop vs
+a one-worker pool, which does the pool's work in one process) and parallelism (one-worker pool vs
+the pool). Several steps are timed, each a new batch, all sides interleaved
+step by step so that they see the same load: the LaTeX parser keeps getting faster as its
 per-process prediction cache fills (each worker fills its own), so step 1 is the cold first step of
 a run and the last steps are closer to the steady state of a run that reuses one pool every step.
 
@@ -190,10 +193,12 @@ class StepTiming:
     worker_cpu_s: tuple[float, ...] = ()  # pool only: each worker's CPU during the step
     timeouts: int = 0
     errors: int = 0
+    judged: int = 0  # verdicts computed
 
     def describe(self) -> str:
-        text = (f"{self.wall_s:6.2f} s  slowest item {self.slowest_s:.2f} s, timeouts {self.timeouts}, "
-                f"errors {self.errors}; CPU s: {'parent' if self.worker_cpu_s else 'loop'} {self.cpu_s:.2f}")
+        text = (f"{self.wall_s:6.2f} s  {self.judged} verdicts, slowest {self.slowest_s:.2f} s, timeouts "
+                f"{self.timeouts}, errors {self.errors}; CPU s: {'parent' if self.worker_cpu_s else 'loop'} "
+                f"{self.cpu_s:.2f}")
         if self.worker_cpu_s:
             text += ", workers " + " + ".join(f"{cpu:.2f}" for cpu in self.worker_cpu_s)
         return text
@@ -206,7 +211,7 @@ def serial_step(responses: list[str], golds: list[str], timeout_s: float) -> Ste
         item_started = time.perf_counter()
         scores.append(compute_score(response, gold, timeout_s=timeout_s))
         slowest = max(slowest, time.perf_counter() - item_started)
-    return StepTiming(time.perf_counter() - started, scores, slowest, own_cpu_s() - cpu_before)
+    return StepTiming(time.perf_counter() - started, scores, slowest, own_cpu_s() - cpu_before, judged=len(responses))
 
 
 def pool_step(pool: VerifierPool, responses: list[str], golds: list[str]) -> StepTiming:
@@ -219,7 +224,8 @@ def pool_step(pool: VerifierPool, responses: list[str], golds: list[str]) -> Ste
         worker_cpu_s = ()
     else:
         worker_cpu_s = tuple(process_cpu_s(pid) - before for pid, before in zip(pids, workers_before, strict=True))
-    return StepTiming(wall_s, result.scores, result.slowest_s, cpu_s, worker_cpu_s, result.timeouts, result.errors)
+    return StepTiming(wall_s, result.scores, result.slowest_s, cpu_s, worker_cpu_s, result.timeouts, result.errors,
+                      result.judged)
 
 
 def start_pool(workers: int, timeout_s: float, chunk_size: int | None) -> tuple[VerifierPool, float]:
@@ -247,51 +253,62 @@ def main() -> None:
           f"{cpu_scaling_ceiling(args.workers):.2f}x; load average {os.getloadavg()[0]:.2f}")
 
     chunked_pool, chunked_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=None)
-    single_pool, single_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=1)
-    print(f"pool start-up, until all {args.workers} workers are warm: {chunked_startup_s:.2f} s "
-          f"(second pool {single_startup_s:.2f} s)")
+    one_worker_pool, _ = start_pool(1, args.timeout_s, chunk_size=None)
+    single_pool, _ = start_pool(args.workers, args.timeout_s, chunk_size=1)
+    print(f"pool start-up, until all {args.workers} workers are warm: {chunked_startup_s:.2f} s")
     warm_up()  # what each pool worker did before it reported ready
-    pooled, serial, single = [], [], []
-    for responses, golds, _ in steps:  # interleaved, so that both sides see the same load
+    pooled, serial, distinct, single = [], [], [], []
+    for responses, golds, _ in steps:  # interleaved, so that all sides see the same load
         pooled.append(pool_step(chunked_pool, responses, golds))
         serial.append(serial_step(responses, golds, args.timeout_s))
-        if not single:  # one step shows what sending items one at a time costs
+        distinct.append(pool_step(one_worker_pool, responses, golds))
+        if not single:  # one step shows what sending jobs one at a time costs
             single.append(pool_step(single_pool, responses, golds))
     chunked_pool.close()
+    one_worker_pool.close()
     single_pool.close()
 
-    print(f"pool, {args.workers} workers, auto chunks (gold-aligned, <= 8 items):")
+    print(f"pool, {args.workers} workers, auto chunks (gold-aligned, <= 8 jobs):")
     for number, timing in enumerate(pooled, start=1):
         print(f"  step {number}: {timing.describe()}")
-    print(f"pool, {args.workers} workers, 1 item per send:")
+    print(f"pool, {args.workers} workers, 1 job per send:")
     print(f"  step 1: {single[0].describe()}")
     print("serial compute_score loop in the main thread (SIGALRM deadline armed), after warm_up():")
     for number, timing in enumerate(serial, start=1):
         print(f"  step {number}: {timing.describe()}")
+    print("pool, 1 worker (the pool's work in one process: what parallelism is measured against):")
+    for number, timing in enumerate(distinct, start=1):
+        print(f"  step {number}: {timing.describe()}")
     print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers):.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
 
-    print("speed-up, serial / pool (auto chunks):")
-    for number, (serial_timing, pool_timing) in enumerate(zip(serial, pooled, strict=True), start=1):
-        line = f"  step {number}: wall {serial_timing.wall_s / pool_timing.wall_s:.2f}x"
-        if pool_timing.worker_cpu_s:
-            line += (f"; on idle cores (serial CPU / busiest worker's CPU) "
-                     f"{serial_timing.cpu_s / max(pool_timing.worker_cpu_s):.2f}x; work split cost "
-                     f"(all workers' CPU / serial CPU) {sum(pool_timing.worker_cpu_s) / serial_timing.cpu_s:.2f}x")
+    print("speed-up, plain serial loop / pool (auto chunks) = (serial / 1-worker pool) x (1-worker pool / pool):")
+    for number, (plain, same_work, pool) in enumerate(zip(serial, distinct, pooled, strict=True), start=1):
+        line = (f"  step {number}: wall {plain.wall_s / pool.wall_s:.2f}x = "
+                f"{plain.wall_s / same_work.wall_s:.2f}x x {same_work.wall_s / pool.wall_s:.2f}x")
+        if pool.worker_cpu_s and same_work.worker_cpu_s:
+            line += (f"; parallelism on idle cores (1 worker's CPU / busiest worker's CPU) "
+                     f"{sum(same_work.worker_cpu_s) / max(pool.worker_cpu_s):.2f}x; work split cost "
+                     f"(all workers' CPU / 1 worker's CPU) {sum(pool.worker_cpu_s) / sum(same_work.worker_cpu_s):.2f}x")
         print(line)
-    print(f"  all steps: wall {sum(t.wall_s for t in serial) / sum(t.wall_s for t in pooled):.2f}x; "
-          f"1 item per send, step 1: wall {serial[0].wall_s / single[0].wall_s:.2f}x")
+    total = {name: sum(t.wall_s for t in timings)
+             for name, timings in (("serial", serial), ("distinct", distinct), ("pool", pooled))}
+    print(f"  all steps: wall {total['serial'] / total['pool']:.2f}x = {total['serial'] / total['distinct']:.2f}x "
+          f"(de-duplication, extraction in the parent) x {total['distinct'] / total['pool']:.2f}x (parallelism); "
+          f"1 job per send, step 1: wall {serial[0].wall_s / single[0].wall_s:.2f}x")
     limit = args.timeout_s + 1.0
     slowest_pooled = max(t.slowest_s for t in pooled + single)
     print(f"slowest item anywhere vs timeout + 1 s ({limit:.0f} s): pool {slowest_pooled:.2f} s, "
           f"serial {max(t.slowest_s for t in serial):.2f} s")
-    disagreements = sum(a != b for p, s in zip(pooled, serial, strict=True)
-                        for a, b in zip(p.scores, s.scores, strict=True))
+    compared = zip(pooled + single, serial + serial[:1], distinct + distinct[:1], strict=True)
+    disagreements = sum(not a == b == c for p, s, d in compared
+                        for a, b, c in zip(p.scores, s.scores, d.scores, strict=True))
     labelled = [(score, label) for timing, (_, _, labels) in zip(pooled, steps, strict=True)
                 for score, label in zip(timing.scores, labels, strict=True) if label is not None]
     mislabelled = sum(score != label for score, label in labelled)
     mean_reward = sum(score for score, _ in labelled) / len(labelled)
-    print(f"pool vs serial disagreements: {disagreements}; mean reward (non-hostile) {mean_reward:.3f}; "
+    print(f"items where the pools and the serial loop disagree: {disagreements}; "
+          f"mean reward (non-hostile) {mean_reward:.3f}; "
           f"scores differing from the generator's intended label: {mislabelled} of {len(labelled)}")
 
 

@@ -50,6 +50,10 @@ thread it raises) and cannot interrupt C code such as a big-integer power. So:
    of that worker's chunk is re-queued, and a fresh worker replaces it. A worker that dies (crash,
    external SIGKILL) is detected through its process sentinel the same way (counted as an error).
    Work goes out in small chunks, only to idle workers, so the parent never blocks on a pipe.
+3. The parent does the linear-time part itself (finding the last box) and sends only distinct
+   (answer, gold) pairs: a step's ~35 MB of responses never cross a pipe, and the samples of a
+   problem that end in the same answer are judged once. Only parsing and ``verify`` - the part
+   that can hang - runs under the deadline, in a worker.
 """
 
 from __future__ import annotations
@@ -357,7 +361,11 @@ def _judge(response: str, ground_truth: str, mode: str) -> float:
     answer = extract_boxed(response)
     if answer is None:
         return 0.0
-    gold = _unbox_gold(ground_truth)
+    return _judge_answer(answer, _unbox_gold(ground_truth), mode)
+
+
+def _judge_answer(answer: str, gold: str, mode: str) -> float:
+    """The verdict on an extracted answer against an unboxed gold: the part that may raise or run long."""
     correct = _exact_match(answer, gold) if mode == "exact" else _symbolic_match(answer, gold)
     return 1.0 if correct else 0.0
 
@@ -379,7 +387,7 @@ def warm_up() -> None:
     compute_score directly if its first calls should be as fast as the later ones.
     """
     for answer in _WARM_UP_ANSWERS:
-        _judge(f"\\boxed{{{answer}}}", answer, "symbolic")
+        _judge_answer(answer, answer, "symbolic")
 
 
 def _check_mode(mode: str) -> None:
@@ -474,10 +482,11 @@ def _answer_preview(response: Any) -> str:
 @dataclass
 class BatchScore:
     scores: list[float]  # 1.0 correct / 0.0 incorrect, same order as the input
-    timeouts: int  # items that hit the deadline (worker alarm or parent kill)
-    errors: int  # worker crashed or the verifier raised
+    timeouts: int  # responses whose verdict hit the deadline (worker alarm or parent kill)
+    errors: int  # responses whose verdict crashed its worker or raised
     examples: list[str]  # a short description of a timed-out / errored item or two, for logging
-    slowest_s: float  # slowest item's wall time, as seen by the parent
+    slowest_s: float  # slowest verdict's wall time, as seen by the parent
+    judged: int  # verdicts the workers computed: distinct (answer, gold) pairs, or every item with a score_fn
 
 
 @dataclass
@@ -486,8 +495,17 @@ class _Worker:
     conn: Connection
     started_at: float
     ready: bool = False
-    in_flight: deque = field(default_factory=deque)  # (index, response, gold) sent, in order
+    in_flight: deque = field(default_factory=deque)  # (job id, answer or response, gold) sent, in order
     item_started_at: float = 0.0  # when the worker began in_flight[0]
+
+
+@dataclass
+class _Job:
+    """One verdict for a worker to compute, and the responses of the batch it decides."""
+
+    first: str  # the score function's first argument: the extracted answer, or the response for a score_fn
+    gold: str
+    indices: list[int]
 
 
 @dataclass
@@ -496,41 +514,50 @@ class _Tally:
 
     responses: list[str]
     golds: list[str]
+    jobs: list[_Job]
     scores: list[float]
-    unfinished: int
+    unfinished: int  # jobs
     timeouts: int = 0
     errors: int = 0
     examples: list[str] = field(default_factory=list)
     slowest_s: float = 0.0
 
-    def record(self, index: int, score: float, status: str, elapsed_s: float, detail: str) -> None:
-        self.scores[index] = score
+    def record(self, job_id: int, score: float, status: str, elapsed_s: float, detail: str) -> None:
+        job = self.jobs[job_id]
+        for index in job.indices:
+            self.scores[index] = score
         self.unfinished -= 1
         self.slowest_s = max(self.slowest_s, elapsed_s)
         if status == "ok":
             return
         if status == "timeout":
-            self.timeouts += 1
+            self.timeouts += len(job.indices)
         else:
-            self.errors += 1
+            self.errors += len(job.indices)
         if len(self.examples) < _MAX_EXAMPLES:
-            example = (f"item {index} {status} after {elapsed_s:.1f} s: {detail}; gold "
+            index = job.indices[0]
+            twins = f" (and {len(job.indices) - 1} identical answers)" if len(job.indices) > 1 else ""
+            example = (f"item {index}{twins} {status} after {elapsed_s:.1f} s: {detail}; gold "
                        f"{self.golds[index][:60]!r}, answer {_answer_preview(self.responses[index])[:60]!r}")
             self.examples.append(example)
             logger.warning("verifier pool: %s", example)
 
     def result(self) -> BatchScore:
-        return BatchScore(self.scores, self.timeouts, self.errors, self.examples, self.slowest_s)
+        return BatchScore(self.scores, self.timeouts, self.errors, self.examples, self.slowest_s, len(self.jobs))
 
 
 def _worker_main(
     conn: Connection, mode: str, timeout_s: float, score_fn: Callable[[str, str], float] | None
 ) -> None:
-    """Worker loop: receive a chunk, answer item by item (so the parent can time each one)."""
+    """Worker loop: receive a chunk of jobs, answer job by job (so the parent can time each one).
+
+    Without a ``score_fn`` a job is an (extracted answer, unboxed gold) pair: the parent has already
+    done the cheap, linear-time extraction, so 60k-character responses never cross the pipe.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
     if score_fn is None and mode == "symbolic":
         warm_up()
-    score = score_fn if score_fn is not None else partial(_judge, mode=mode)
+    score = score_fn if score_fn is not None else partial(_judge_answer, mode=mode)
     conn.send(("ready",))
     while True:
         try:
@@ -539,8 +566,8 @@ def _worker_main(
             return
         if chunk is None:
             return
-        for index, response, gold in chunk:
-            conn.send(("result", index, *_score_item(score, response, gold, timeout_s)))
+        for job_id, first, gold in chunk:
+            conn.send(("result", job_id, *_score_item(score, first, gold, timeout_s)))
 
 
 def _stop_workers(workers: list[_Worker]) -> None:
@@ -560,13 +587,34 @@ def _stop_workers(workers: list[_Worker]) -> None:
     workers.clear()
 
 
+def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_items: bool) -> list[_Job]:
+    """The verdicts a batch needs: one per distinct (last-box answer, unboxed gold) pair, in order of
+    first appearance (so a problem's samples stay together); responses without a box need none.
+    ``judge_whole_items`` (a custom score_fn, which need not be a pure function of the box): one
+    job per item, response and gold as given."""
+    for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True)):
+        if not isinstance(response, str) or not isinstance(gold, str):
+            raise TypeError(f"item {index}: response and ground truth must be str, got "
+                            f"{type(response).__name__} and {type(gold).__name__}")
+    if judge_whole_items:
+        return [_Job(response, gold, [index])
+                for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True))]
+    jobs: dict[tuple[str, str], _Job] = {}
+    for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True)):
+        answer = extract_boxed(response)
+        if answer is not None:
+            key = (answer, _unbox_gold(gold))
+            jobs.setdefault(key, _Job(*key, [])).indices.append(index)
+    return list(jobs.values())
+
+
 def _auto_chunk_size(items: int, workers: int) -> int:
     """~4 chunks per worker per batch, at most 8 items: small enough to balance the tail."""
     return max(1, min(8, items // (4 * workers)))
 
 
 def _take_chunk(pending: deque, size: int, finish_gold_run: bool) -> list:
-    """Up to ``size`` items; with ``finish_gold_run``, extended (to at most 2x) so that the samples of
+    """Up to ``size`` jobs; with ``finish_gold_run``, extended (to at most 2x) so that the samples of
     one problem go to one worker: a cold gold costs a worker as much as several answers to parse."""
     chunk = [pending.popleft()]
     while pending and len(chunk) < size:
@@ -582,11 +630,17 @@ class VerifierPool:
     Create once per run and reuse every step: a worker takes ~1.5-3 s to start (interpreter, sympy,
     ``warm_up()``), and it gets faster over its first few thousand answers as the LaTeX parser's
     cache fills. Close it, or use it as a context manager. ``workers`` None/0 means
-    ``os.cpu_count()``. ``chunk_size`` None sends ~4 chunks per worker per batch (at most 8 items),
-    each finished to the end of its run of identical golds so that one problem's samples share a
-    worker and its parsed gold. ``score_fn`` replaces ``compute_score(mode=...)`` in the workers: a
-    picklable top-level ``fn(response, ground_truth) -> float`` run under the same deadline (tests;
-    custom rewards).
+    ``os.cpu_count()``.
+
+    The parent extracts each response's last box (linear time, no parsing) and sends each distinct
+    (answer, gold) pair to a worker once: the n samples of a problem often end in the same answer,
+    and a verdict is a pure function of the pair. Responses without a box score 0 without a worker.
+    Timeouts and errors are counted per response, so a verdict shared by k responses counts k.
+    ``chunk_size`` None sends ~4 chunks per worker per batch (at most 8 jobs), each finished to the
+    end of its run of identical golds so that one problem's samples share a worker and its parsed
+    gold. ``score_fn`` replaces ``compute_score(mode=...)`` in the workers: a picklable top-level
+    ``fn(response, ground_truth) -> float`` run under the same deadline on every item, whole
+    responses and golds as given, nothing merged (tests; custom rewards).
     """
 
     def __init__(
@@ -624,8 +678,10 @@ class VerifierPool:
             raise RuntimeError("VerifierPool is closed")
         if len(responses) != len(ground_truths):
             raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
-        tally = _Tally(list(responses), list(ground_truths), [0.0] * len(responses), len(responses))
-        pending = deque((i, r, g) for i, (r, g) in enumerate(zip(tally.responses, tally.golds, strict=True)))
+        responses, ground_truths = list(responses), list(ground_truths)
+        jobs = _plan_jobs(responses, ground_truths, judge_whole_items=self._score_fn is not None)
+        tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses), len(jobs))
+        pending = deque((job_id, job.first, job.gold) for job_id, job in enumerate(jobs))
         chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)
         finish_gold_runs = self._chunk_size is None
         while tally.unfinished:
@@ -680,7 +736,7 @@ class VerifierPool:
         self._workers[position] = self._start_worker()
 
     def _requeue_rest(self, worker: _Worker, pending: deque) -> None:
-        """Items sent to a lost worker but not started go back to the front of the queue, in order."""
+        """Jobs sent to a lost worker but not started go back to the front of the queue, in order."""
         pending.extendleft(reversed(worker.in_flight))
         worker.in_flight.clear()
 
@@ -733,19 +789,19 @@ class VerifierPool:
         return True
 
     def _on_result(self, worker: _Worker, message: tuple, tally: _Tally) -> None:
-        _, index, score, status, detail = message
-        expected_index = worker.in_flight.popleft()[0]
-        assert index == expected_index, f"worker answered item {index}, expected {expected_index}"
+        _, job_id, score, status, detail = message
+        expected_job_id = worker.in_flight.popleft()[0]
+        assert job_id == expected_job_id, f"worker answered job {job_id}, expected {expected_job_id}"
         now = time.monotonic()
-        tally.record(index, score, status, now - worker.item_started_at, detail)
+        tally.record(job_id, score, status, now - worker.item_started_at, detail)
         worker.item_started_at = now
 
     def _on_worker_death(self, worker: _Worker, pending: deque, tally: _Tally) -> None:
         exitcode = worker.process.exitcode
         if worker.in_flight:
-            index = worker.in_flight.popleft()[0]
+            job_id = worker.in_flight.popleft()[0]
             elapsed = time.monotonic() - worker.item_started_at
-            tally.record(index, 0.0, "error", elapsed, f"worker pid {worker.process.pid} died (exit code {exitcode})")
+            tally.record(job_id, 0.0, "error", elapsed, f"worker pid {worker.process.pid} died (exit code {exitcode})")
             self._requeue_rest(worker, pending)
         else:
             logger.warning("verifier worker pid %s exited (code %s) while idle; replacing it",
@@ -765,8 +821,8 @@ class VerifierPool:
             elapsed = time.monotonic() - worker.item_started_at
             if elapsed < self.timeout_s + HARD_DEADLINE_GRACE_S:
                 continue
-            index = worker.in_flight.popleft()[0]
-            tally.record(index, 0.0, "timeout", elapsed, f"killed worker pid {worker.process.pid} past the deadline")
+            job_id = worker.in_flight.popleft()[0]
+            tally.record(job_id, 0.0, "timeout", elapsed, f"killed worker pid {worker.process.pid} past the deadline")
             self._requeue_rest(worker, pending)
             self._replace(worker, kill=True)
 

@@ -312,6 +312,32 @@ def test_pool_keeps_input_order(symbolic_pool):
     assert (result.timeouts, result.errors, result.examples) == (0, 0, [])
 
 
+def test_pool_judges_each_distinct_answer_once_and_fans_the_verdict_out(symbolic_pool):
+    # Two problems, four samples each; a cut-off response has no box and never reaches a worker.
+    responses = [LONG_COT + "\\boxed{\\frac{1}{2}}", "\\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{\\frac{1}{2",
+                 "\\boxed{42}", "draft \\boxed{7} then \\boxed{42}", "\\boxed{43}", "\\boxed{42}"]
+    golds = ["\\frac{1}{2}"] * 4 + ["\\boxed{42}", "42", "42", "42"]  # a boxed gold is the same gold
+    result = symbolic_pool.score(responses, golds)
+    assert result.scores == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert result.judged == 4  # (\frac{1}{2}, \frac{1}{2}), (0.5, \frac{1}{2}), (42, 42), (43, 42)
+    assert (result.timeouts, result.errors) == (0, 0)
+
+
+def test_a_failed_verdict_counts_once_per_response_it_decides():
+    jobs = [reward._Job("x", "1", [0, 2, 3]), reward._Job("y", "1", [1])]
+    tally = reward._Tally(["\\boxed{x}", "\\boxed{y}", "\\boxed{x}", "\\boxed{x}"], ["1"] * 4, jobs, [0.0] * 4, 2)
+    tally.record(1, 1.0, "ok", 0.1, "")
+    tally.record(0, 0.0, "timeout", 11.0, "killed worker pid 1 past the deadline")
+    result = tally.result()
+    assert (result.scores, result.timeouts, result.errors, result.judged) == ([0.0, 1.0, 0.0, 0.0], 3, 0, 2)
+    assert result.examples[0].startswith("item 0 (and 2 identical answers) timeout after 11.0 s")
+
+
+def test_pool_rejects_a_response_that_is_not_text(symbolic_pool):
+    with pytest.raises(TypeError, match="item 1: .* got NoneType and str"):
+        symbolic_pool.score(["\\boxed{1}", None], ["1", "1"])
+
+
 def test_pool_kills_a_worker_stuck_past_the_deadline_and_replaces_it():
     timeout_s = 1.0
     responses = ["\\boxed{1}"] * 6
