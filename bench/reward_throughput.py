@@ -2,23 +2,25 @@
 
 Generates 2,048 responses (256 problems x 8 samples) of 2k-60k characters of chain-of-thought-like
 text with the answer boxed at the end: integers, fractions, radicals, expressions, multiples of pi
-and pairs, about half correct (often written in an equivalent but different form), a few hedges, ~1% hostile
-answers (exponent towers, deep nesting, unbalanced boxes, giant literals, control characters).
+and pairs, about half correct (often written in an equivalent but different form), a few hedges,
+~1% hostile answers (exponent towers, deep nesting, unbalanced boxes, giant literals, control
+characters).
 
 The baseline is the plain serial loop: ``compute_score`` on every response in the main thread (its
 SIGALRM deadline armed) after ``warm_up()``. The pool extracts the last boxes in the parent and has
 its workers (which ran ``warm_up()`` at start) judge each distinct (answer, gold) pair once, so its
-gain has two parts, reported separately: de-duplication and parent-side extraction (plain loop vs
+gain has two parts, reported separately: de-duplication with parent-side extraction (plain loop vs
 a one-worker pool, which does the pool's work in one process) and parallelism (one-worker pool vs
-the pool). Several steps are timed, each a new batch, all sides interleaved
-step by step so that they see the same load: the LaTeX parser keeps getting faster as its
-per-process prediction cache fills (each worker fills its own), so step 1 is the cold first step of
-a run and the last steps are closer to the steady state of a run that reuses one pool every step.
+the pool). Several steps are timed, each a new batch, all sides interleaved step by step so that
+they see the same load: the LaTeX parser keeps getting faster as its per-process prediction cache
+fills (each worker fills its own), so step 1 is the cold first step of a run and the last steps are
+closer to the steady state of a run that reuses one pool every step.
 
-On a machine shared with other jobs wall times swing; the workers' CPU seconds (read from /proc)
-give a load-independent view: ``serial CPU / busiest worker's CPU`` is the speed-up the pool would
-reach on otherwise idle cores, and ``serial CPU / all workers' CPU`` is how much work the split
-costs.
+On a machine shared with other jobs wall times swing (the "CPU scaling ceiling" lines measure how
+much two processes can gain right then). The workers' CPU seconds, read from /proc, are steadier
+but not immune (a core shared with a neighbour runs slower): ``1 worker's CPU / busiest worker's
+CPU`` is the parallel speed-up on otherwise idle cores, ``all workers' CPU / 1 worker's CPU`` what
+splitting the work costs (each worker parses its own golds and fills its own parser cache).
 
     python bench/reward_throughput.py [--workers N] [--timeout-s S] [--steps K] [--seed K]
 """
