@@ -259,11 +259,11 @@ def main() -> None:
     single_pool, _ = start_pool(args.workers, args.timeout_s, chunk_size=1)
     print(f"pool start-up, until all {args.workers} workers are warm: {chunked_startup_s:.2f} s")
     warm_up()  # what each pool worker did before it reported ready
-    pooled, serial, distinct, single = [], [], [], []
+    pooled, serial, one_worker, single = [], [], [], []
     for responses, golds, _ in steps:  # interleaved, so that all sides see the same load
         pooled.append(pool_step(chunked_pool, responses, golds))
         serial.append(serial_step(responses, golds, args.timeout_s))
-        distinct.append(pool_step(one_worker_pool, responses, golds))
+        one_worker.append(pool_step(one_worker_pool, responses, golds))
         if not single:  # one step shows what sending jobs one at a time costs
             single.append(pool_step(single_pool, responses, golds))
     chunked_pool.close()
@@ -279,13 +279,13 @@ def main() -> None:
     for number, timing in enumerate(serial, start=1):
         print(f"  step {number}: {timing.describe()}")
     print("pool, 1 worker (the pool's work in one process: what parallelism is measured against):")
-    for number, timing in enumerate(distinct, start=1):
+    for number, timing in enumerate(one_worker, start=1):
         print(f"  step {number}: {timing.describe()}")
     print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers):.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
 
     print("speed-up, plain serial loop / pool (auto chunks) = (serial / 1-worker pool) x (1-worker pool / pool):")
-    for number, (plain, same_work, pool) in enumerate(zip(serial, distinct, pooled, strict=True), start=1):
+    for number, (plain, same_work, pool) in enumerate(zip(serial, one_worker, pooled, strict=True), start=1):
         line = (f"  step {number}: wall {plain.wall_s / pool.wall_s:.2f}x = "
                 f"{plain.wall_s / same_work.wall_s:.2f}x x {same_work.wall_s / pool.wall_s:.2f}x")
         if pool.worker_cpu_s and same_work.worker_cpu_s:
@@ -294,17 +294,17 @@ def main() -> None:
                      f"(all workers' CPU / 1 worker's CPU) {sum(pool.worker_cpu_s) / sum(same_work.worker_cpu_s):.2f}x")
         print(line)
     total = {name: sum(t.wall_s for t in timings)
-             for name, timings in (("serial", serial), ("distinct", distinct), ("pool", pooled))}
-    print(f"  all steps: wall {total['serial'] / total['pool']:.2f}x = {total['serial'] / total['distinct']:.2f}x "
-          f"(de-duplication, extraction in the parent) x {total['distinct'] / total['pool']:.2f}x (parallelism); "
+             for name, timings in (("serial", serial), ("one_worker", one_worker), ("pool", pooled))}
+    print(f"  all steps: wall {total['serial'] / total['pool']:.2f}x = {total['serial'] / total['one_worker']:.2f}x "
+          f"(de-duplication, extraction in the parent) x {total['one_worker'] / total['pool']:.2f}x (parallelism); "
           f"1 job per send, step 1: wall {serial[0].wall_s / single[0].wall_s:.2f}x")
     limit = args.timeout_s + 1.0
     slowest_pooled = max(t.slowest_s for t in pooled + single)
     print(f"slowest item anywhere vs timeout + 1 s ({limit:.0f} s): pool {slowest_pooled:.2f} s, "
           f"serial {max(t.slowest_s for t in serial):.2f} s")
-    compared = zip(pooled + single, serial + serial[:1], distinct + distinct[:1], strict=True)
-    disagreements = sum(not a == b == c for p, s, d in compared
-                        for a, b, c in zip(p.scores, s.scores, d.scores, strict=True))
+    against_serial = [*zip(pooled, serial, strict=True), *zip(one_worker, serial, strict=True), (single[0], serial[0])]
+    disagreements = sum(a != b for pool, plain in against_serial
+                        for a, b in zip(pool.scores, plain.scores, strict=True))
     labelled = [(score, label) for timing, (_, _, labels) in zip(pooled, steps, strict=True)
                 for score, label in zip(timing.scores, labels, strict=True) if label is not None]
     mislabelled = sum(score != label for score, label in labelled)

@@ -592,15 +592,14 @@ def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_it
     first appearance (so a problem's samples stay together); responses without a box need none.
     ``judge_whole_items`` (a custom score_fn, which need not be a pure function of the box): one
     job per item, response and gold as given."""
+    jobs: dict[Any, _Job] = {}  # insertion-ordered
     for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True)):
         if not isinstance(response, str) or not isinstance(gold, str):
             raise TypeError(f"item {index}: response and ground truth must be str, got "
                             f"{type(response).__name__} and {type(gold).__name__}")
-    if judge_whole_items:
-        return [_Job(response, gold, [index])
-                for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True))]
-    jobs: dict[tuple[str, str], _Job] = {}
-    for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True)):
+        if judge_whole_items:
+            jobs[index] = _Job(response, gold, [index])
+            continue
         answer = extract_boxed(response)
         if answer is not None:
             key = (answer, _unbox_gold(gold))
