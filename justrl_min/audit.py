@@ -8,15 +8,17 @@ one problem set. Per gold, four judgements, each timed and run under the verifie
 
 - ``self``: the response ``\\boxed{gold}`` must score 1 (the gold is reachable at all);
 - ``digit``: a 7 inserted after the gold's last digit (``52_8`` -> ``52_87``, ``\\frac{1}{2}`` ->
-  ``\\frac{1}{27}``) must score 0;
-- ``sign``: the sign of the gold's first number flipped (``\\frac{1}{2}`` -> ``\\frac{-1}{2}``,
-  ``x=5`` -> ``x=-5``) must score 0;
-- ``x10``: the gold's first number times ten (``\\frac{1}{2}`` -> ``\\frac{10}{2}``) must score 0.
+  ``\\frac{1}{27}``), or appended to a gold without digits, must score 0;
+- ``sign``: the gold negated must score 0: ``-(gold)`` for one expression, the first number's sign
+  flipped where the gold lists values or is a relation (``x = 1, 2`` -> ``x = -1, 2``);
+- ``x10``: the gold times ten, ``10(gold)``, or its first number times ten (``x = 10, 2``).
 
-A variant is skipped where it would not be wrong: the gold has no digits, or its first number is zero
-(``-0`` and ``0 * 10`` are 0). Failures are printed, then a table per file; the exit status is 1 if
-anything failed or timed out. Judgements run in this process, one at a time, so each one's time is
-its own (the gold's parse is cached after its first judgement, as it is in a training step).
+The sign and x10 variants are skipped where they would not be wrong or mean nothing: a gold without
+a number, or whose first number is zero (``-0`` and ``0 * 10`` are 0).
+
+Failures are printed, then a table per file; the exit status is 1 if anything failed or timed out.
+Judgements run in this process, one at a time, so each one's time is its own (the gold's parse is
+cached after its first judgement, as it is in a training step).
 """
 
 from __future__ import annotations
@@ -35,24 +37,28 @@ from justrl_min.reward import DEFAULT_TIMEOUT_S, _judge, _score_item, warm_up
 
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)")
 _LAST_DIGIT = re.compile(r"\d(?!.*\d)", re.DOTALL)
+# Golds that list values, state a relation or name an interval: negating the whole makes no sense.
+_NOT_ONE_EXPRESSION = re.compile(r"[,;=<>]|\\(?:le|ge|leq|geq|neq|pm|mp|cup|cap|in)\b|\\[{}]")
 VARIANTS = ("digit", "sign", "x10")
 
 
 def wrong_variants(gold: str) -> dict[str, str]:
     """The systematically wrong answers for ``gold``, by kind (kinds that do not apply are absent)."""
-    variants: dict[str, str] = {}
     last_digit = _LAST_DIGIT.search(gold)
-    if last_digit:
-        variants["digit"] = gold[: last_digit.end()] + "7" + gold[last_digit.end():]
+    end = last_digit.end() if last_digit else len(gold)
+    variants = {"digit": gold[:end] + "7" + gold[end:]}
     first = _NUMBER.search(gold)
-    if first and Decimal(first.group().lstrip("-")) != 0:
-        number = first.group()
-        flipped = number[1:] if number.startswith("-") else "-" + number
-        times_ten = Decimal(number) * 10
-        tenfold = format(times_ten.quantize(1) if times_ten == times_ten.to_integral() else times_ten.normalize(), "f")
-        variants["sign"] = gold[: first.start()] + flipped + gold[first.end():]
-        variants["x10"] = gold[: first.start()] + tenfold + gold[first.end():]
-    return variants
+    if not first or Decimal(first.group().lstrip("-")) == 0:
+        return variants
+    if not _NOT_ONE_EXPRESSION.search(gold):
+        # Whole: flipping one number inside cos(2t) or x^2 would leave the value unchanged or not negate it.
+        return {**variants, "sign": f"-({gold})", "x10": f"10({gold})"}
+    number = first.group()
+    flipped = number[1:] if number.startswith("-") else "-" + number
+    times_ten = Decimal(number) * 10
+    tenfold = format(times_ten.quantize(1) if times_ten == times_ten.to_integral() else times_ten.normalize(), "f")
+    return {**variants, "sign": gold[: first.start()] + flipped + gold[first.end():],
+            "x10": gold[: first.start()] + tenfold + gold[first.end():]}
 
 
 @dataclass
