@@ -20,8 +20,9 @@ Choices
   parser costs ~10 ms per new string (DAPO's golds are all integers).
   Where math-verify is wrong the wrapper steps in (each place names the behaviour): an answer
   written exactly like the gold matches (even ``12:00``, which parses to an undefined value); a
-  base-n number (``52_8``) must match digits and base; floats are compared to 6 significant digits
-  as well as math-verify's 6 decimal places (``.00006727`` is not ``.0000672``); upright ``\\mathrm{e}``,
+  base-n number (``52_8``) must match digits and base; numbers must agree to 6 significant digits
+  as well as to math-verify's 6 decimal places (``.00006727`` is not ``.0000672``, nor ``10^{-400}``
+  ``10^{-401}``); upright ``\\mathrm{e}``,
   ``\\mathrm{i}``, ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms;
   relations in functions (``f(t) = \\cos\\theta(t)``) are compared side by side, never ``solve``d.
 * **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
@@ -369,11 +370,33 @@ def _float_rounding(*exprs: Any) -> int:
     """
     import sympy
 
-    smallest = min((abs(atom) for expr in exprs if isinstance(expr, (sympy.Basic, sympy.MatrixBase))
-                    for atom in expr.atoms(sympy.Float) if atom != 0), default=None)
+    magnitudes = (float(abs(atom)) for expr in exprs if isinstance(expr, (sympy.Basic, sympy.MatrixBase))
+                  for atom in expr.atoms(sympy.Float))
+    smallest = min((magnitude for magnitude in magnitudes if magnitude > 0), default=None)  # 1e-400 is 0.0 here
     if smallest is None:
         return 6
     return max(6, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(smallest)))
+
+
+def _differ_relatively(gold: Any, answer: Any) -> bool:
+    """Two real numbers further apart than 1 part in 10**(SIGNIFICANT_DIGITS - 1) of the larger.
+
+    math-verify compares numeric expressions that are not plain numbers by ``(a - b).evalf(chop=True)
+    == 0``, and chop zeroes any difference below about 1e-15, so ``10^{-400}`` equals ``10^{-401}``.
+    Percentages (``25\\%`` is 25 to math-verify, kept as an unevaluated /100) are left to it.
+    """
+    import sympy
+
+    exprs = (gold, answer)
+    if not all(isinstance(expr, sympy.Expr) and expr.is_number for expr in exprs):
+        return False
+    if any(expr.has(sympy.UnevaluatedExpr) for expr in exprs):
+        return False
+    gold_value, answer_value = (sympy.N(expr, 30) for expr in exprs)
+    if not (gold_value.is_real and answer_value.is_real):
+        return False
+    scale = max(abs(gold_value), abs(answer_value))
+    return bool(abs(gold_value - answer_value) > scale * sympy.Float(10) ** (1 - SIGNIFICANT_DIGITS))
 
 
 # --------------------------------------------------------------------------- relations
@@ -472,6 +495,8 @@ def _symbolic_match(answer: str, gold: str) -> bool:
     if _too_big_to_evaluate(gold_expr) or _too_big_to_evaluate(answer_expr):
         return _without_whitespace(answer) == _without_whitespace(gold)
     if _names_several_values(answer_expr) and not _gold_is_many_valued(gold_expr):
+        return False
+    if _differ_relatively(gold_expr, answer_expr):
         return False
     float_rounding = _float_rounding(gold_expr, answer_expr)
     if _relation_with_functions(gold_expr) or _relation_with_functions(answer_expr):
