@@ -18,23 +18,23 @@ Choices
   stripped, and digit groups written ``1\\,000`` / ``1{,}000`` / ``1~000`` / ``1 000`` become ``1000``.
   Two plain integers are compared as integers: math-verify would agree, and its pure-Python LaTeX
   parser costs ~10 ms per new string (DAPO's golds are all integers).
-  Where math-verify is wrong the wrapper steps in (each place names the behaviour): an answer
-  written exactly like the gold matches (even ``12:00``, which parses to an undefined value); a
-  base-n number (``52_8``) must match digits and base; numbers must agree to 6 significant digits
-  as well as to math-verify's 6 decimal places (``.00006727`` is not ``.0000672``, nor ``10^{-400}``
-  ``10^{-401}``); upright ``\\mathrm{e}``,
-  ``\\mathrm{i}``, ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms;
-  relations in functions (``f(t) = \\cos\\theta(t)``) are compared side by side, never ``solve``d.
+  Where math-verify is wrong the wrapper steps in (each place names the behaviour):
+  an answer written exactly like the gold matches (even ``12:00``, which parses to an undefined
+  value); a base-n number (``52_8``) must match digits and base; numbers must agree to 6
+  significant digits as well as to math-verify's 6 decimal places (``.00006727`` is not
+  ``.0000672``, nor ``10^{-400}`` ``10^{-401}``); upright ``\\mathrm{e}``, ``\\mathrm{i}``,
+  ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms; relations in
+  functions (``f(t) = \\cos\\theta(t)``) are compared side by side, never ``solve``d.
 * **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
   ``\\boxed{x}`` is ``x``) after deleting all whitespace (LaTeX math ignores it) and nothing else:
   ``\\frac12`` is not ``\\frac{1}{2}``, ``1,000`` is not ``1000``.
 * **No reward for hedging.** An answer naming several values (``41, 42, 43``, ``42 \\text{ or } 43``,
   ``2 \\pm \\sqrt 3``), an interval or union, or a tuple is incorrect unless the gold is itself a set,
   tuple, interval, (non-assignment) relation or an assignment of several values (``x = 1, 2``);
-  math-verify then compares like with like. An
-  answer that says "or" (``\\lor``, ``\\vee``) when the gold does not, or that hides digits inside
-  ``\\text{}`` next to digits outside it (``42 \\text{ (or 43)}``, whose text the LaTeX normaliser
-  would silently drop), is incorrect. A bare variable is not a number.
+  math-verify then compares like with like. An answer that says "or" (``\\lor``, ``\\vee``) when
+  the gold does not, or that hides digits inside ``\\text{}`` next to digits outside it
+  (``42 \\text{ (or 43)}``, whose text the LaTeX normaliser would silently drop), is incorrect. A
+  bare variable is not a number.
 * **Hostile input** is rejected before sympy evaluates anything: answers over
   ``MAX_ANSWER_CHARS``; bracket nesting deeper than ``MAX_BRACKET_DEPTH`` (the LaTeX parser is
   exponential in it); and, after the (lazy) parse but before any evaluation, expressions whose
@@ -348,8 +348,8 @@ def _base_n_match(answer: str, gold: str) -> bool | None:
     if gold_number is None and answer_number is None:
         return None
     if gold_number is None:
-        return answer_number[1] == 10 and _PLAIN_INTEGER.fullmatch(gold) is not None and \
-            int(gold) == int(answer_number[0])
+        gold_is_integer = _PLAIN_INTEGER.fullmatch(gold) is not None
+        return answer_number[1] == 10 and gold_is_integer and int(gold) == int(answer_number[0])
     if answer_number is None:
         digits = _without_whitespace(answer).upper()
         return (digits.lstrip("0") or "0") == gold_number[0] and digits.isalnum()
