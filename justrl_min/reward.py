@@ -23,8 +23,9 @@ Choices
   value); a base-n number (``52_8``) must match digits and base; numbers must agree to 6
   significant digits as well as to math-verify's 6 decimal places (``.00006727`` is not
   ``.0000672``, nor ``10^{-400}`` ``10^{-401}``); upright ``\\mathrm{e}``, ``\\mathrm{i}``,
-  ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms; relations in
-  functions (``f(t) = \\cos\\theta(t)``) are compared side by side, never ``solve``d.
+  ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms; two
+  (in)equations match when one is a rearrangement of the other, and are ``solve``d only when that
+  is cheap (one unknown, a polynomial of low degree).
 * **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
   ``\\boxed{x}`` is ``x``) after deleting all whitespace (LaTeX math ignores it) and nothing else:
   ``\\frac12`` is not ``\\frac{1}{2}``, ``1,000`` is not ``1000``.
@@ -402,33 +403,57 @@ def _differ_relatively(gold: Any, answer: Any) -> bool:
 # --------------------------------------------------------------------------- relations
 
 
-def _relation_with_functions(expr: Any) -> bool:
-    """An (in)equation involving function applications: ``m l \\ddot\\theta(t) = f(t) \\cos\\theta(t)``."""
+MAX_SOLVE_DEGREE = 4  # sympy's solve on one polynomial equation of degree 27 ran past 10 s
+
+
+def _cheap_to_solve(relation: Any) -> bool:
+    """One unknown, a polynomial of degree at most MAX_SOLVE_DEGREE, no function applications."""
     import sympy
-    from sympy.core.relational import Relational
 
-    return isinstance(expr, Relational) and bool(expr.atoms(sympy.Function))
+    difference = relation.lhs - relation.rhs
+    if len(difference.free_symbols) > 1 or difference.atoms(sympy.Function):
+        return False
+    try:
+        return sympy.Poly(difference, *difference.free_symbols).total_degree() <= MAX_SOLVE_DEGREE
+    except sympy.PolynomialError:  # not a polynomial (x^{1/x}, ...)
+        return False
 
 
-def _relations_match_without_solving(gold: Any, answer: Any, float_rounding: int) -> bool:
-    """Same relation up to rearrangement: ``a = b`` is ``a - b = 0`` and ``b = a``, ``a < b`` is ``b > a``.
+def _same_relation_rearranged(gold: Any, answer: Any, float_rounding: int) -> bool:
+    """Same (in)equation up to rearrangement: sides swapped (``a < b`` is ``b > a``), terms moved
+    across (``a = b`` is ``a - b = 0``), or an equation multiplied through by a constant."""
+    import sympy
 
-    math-verify, failing that, calls sympy ``solve`` on both sides for all their symbols; for an
-    equation in transcendental or unknown functions that search can run for minutes (a Minerva
-    equation against itself with a digit appended ran into the 10 s deadline). So such relations are
-    compared by their sides only: an equation multiplied through by a constant is not recognised.
+    verify = partial(_math_verify().verify, float_rounding=float_rounding, timeout_seconds=None)
+    gold_difference, answer_difference = gold.lhs - gold.rhs, answer.lhs - answer.rhs
+    if type(gold) is type(answer) and verify(gold_difference, answer_difference):
+        return True
+    flipped = {sympy.Eq: sympy.Eq, sympy.Lt: sympy.Gt, sympy.Gt: sympy.Lt, sympy.Le: sympy.Ge, sympy.Ge: sympy.Le}
+    if flipped.get(type(gold)) is type(answer) and verify(gold_difference, -answer_difference):
+        return True
+    if isinstance(gold, sympy.Eq) and isinstance(answer, sympy.Eq):
+        ratio = sympy.cancel(gold_difference / answer_difference)
+        return bool(ratio.is_number and ratio.is_finite and ratio != 0)
+    return False
+
+
+def _relations_verdict(gold: Any, answer: Any, float_rounding: int) -> bool | None:
+    """The verdict when both sides are single (in)equations, unless math-verify may solve them; else None.
+
+    math-verify, when the sides differ, calls sympy ``solve`` on both relations for all their
+    symbols; for several unknowns, functions (a Minerva equation in f(t) and theta(t)) or a high
+    degree that search runs for seconds to minutes. Such relations are compared by rearrangement only.
     """
     import sympy
     from sympy.core.relational import Relational
 
-    if not isinstance(gold, Relational) or not isinstance(answer, Relational):
-        return False
-    verify = partial(_math_verify().verify, float_rounding=float_rounding, timeout_seconds=None)
-    gold_difference = gold.lhs - gold.rhs
-    if type(gold) is type(answer) and verify(gold_difference, answer.lhs - answer.rhs):
+    sides = (gold.lhs, gold.rhs, answer.lhs, answer.rhs) if isinstance(gold, Relational) and \
+        isinstance(answer, Relational) else ()
+    if not sides or not all(isinstance(side, sympy.Expr) for side in sides):  # x = {1, 2}: math-verify's
+        return None
+    if _same_relation_rearranged(gold, answer, float_rounding):
         return True
-    flipped = {sympy.Eq: sympy.Eq, sympy.Lt: sympy.Gt, sympy.Gt: sympy.Lt, sympy.Le: sympy.Ge, sympy.Ge: sympy.Le}
-    return flipped.get(type(gold)) is type(answer) and verify(gold_difference, answer.rhs - answer.lhs)
+    return None if _cheap_to_solve(gold) and _cheap_to_solve(answer) else False
 
 
 # --------------------------------------------------------------------------- symbolic comparison
@@ -499,8 +524,9 @@ def _symbolic_match(answer: str, gold: str) -> bool:
     if _differ_relatively(gold_expr, answer_expr):
         return False
     float_rounding = _float_rounding(gold_expr, answer_expr)
-    if _relation_with_functions(gold_expr) or _relation_with_functions(answer_expr):
-        return _relations_match_without_solving(gold_expr, answer_expr, float_rounding)
+    relations_verdict = _relations_verdict(gold_expr, answer_expr, float_rounding)
+    if relations_verdict is not None:
+        return relations_verdict
     return bool(_math_verify().verify(gold_expr, answer_expr, float_rounding=float_rounding, timeout_seconds=None))
 
 
@@ -539,8 +565,10 @@ def warm_up() -> None:
     VerifierPool workers do this before they report ready; call it in a process that will use
     compute_score directly if its first calls should be as fast as the later ones.
     """
-    for answer in _WARM_UP_ANSWERS:
-        _judge_answer(answer, answer, "symbolic")
+    for answer in _WARM_UP_ANSWERS:  # parsed and compared directly: _judge_answer returns early on equal text
+        expr = _parse_latex(_clean_latex(answer))
+        if expr is not None:
+            _math_verify().verify(expr, expr, timeout_seconds=None)
 
 
 def _check_mode(mode: str) -> None:

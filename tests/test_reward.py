@@ -224,6 +224,13 @@ SYMBOLIC_CASES = [
     ("\\boxed{f(t) \\cos \\theta(t) = m l \\ddot{\\theta}(t)-m g \\sin \\theta(t)}", MINERVA_EQUATION, 1.0),
     ("\\boxed{m l \\ddot{\\theta}(t)-m g \\sin \\theta(t)-f(t) \\cos \\theta(t)=0}", MINERVA_EQUATION, 1.0),
     ("\\boxed{" + MINERVA_EQUATION + "7}", MINERVA_EQUATION, 0.0),
+    ("\\boxed{2y = 4x + 2}", "y = 2x + 1", 1.0),  # several unknowns: rearranged, never solved
+    ("\\boxed{3x + 2y = 7}", "6x + 4y = 14", 1.0),
+    ("\\boxed{2 < x}", "x > 2", 1.0),
+    ("\\boxed{x^2 = 4}", "x^2 - 4 = 0", 1.0),
+    ("\\boxed{y = 2x + 2}", "y = 2x + 1", 0.0),
+    ("\\boxed{x + y = 7}", "x + y < 7", 0.0),
+    ("\\boxed{x^{27}+3x+2=0}", "x^2+3x+2=0", 0.0),  # solve() on this ran past 10 s
     ("\\boxed{y = \\sin x}", "y=\\sin(x)", 1.0),
     ("\\boxed{y = \\cos x}", "y=\\sin(x)", 0.0),
     # known limitations: the right answer is on the left, the verifier disagrees
@@ -313,6 +320,7 @@ HOSTILE_CASES = [
     ("60k-character response", LONG_COT[:60_000] + "\\boxed{42}", "42", 1.0),
     ("60k characters, no box", "x" * 60_000, "42", 0.0),
     ("5,000 boxes", "\\boxed{1} " * 5_000 + "\\boxed{42}", "42", 1.0),
+    ("polynomial equation of degree 27", "\\boxed{x^{27}+3x+2=0}", "x^2+3x+2=0", 0.0),
     ("equation in functions, digit appended", "\\boxed{" + MINERVA_EQUATION + "7}", MINERVA_EQUATION, 0.0),
 ]
 
