@@ -413,6 +413,8 @@ def _cheap_to_solve(relation: Any) -> bool:
     difference = relation.lhs - relation.rhs
     if len(difference.free_symbols) > 1 or difference.atoms(sympy.Function):
         return False
+    if not difference.free_symbols:
+        return True  # 2 = 2: nothing to solve for
     try:
         return sympy.Poly(difference, *difference.free_symbols).total_degree() <= MAX_SOLVE_DEGREE
     except sympy.PolynomialError:  # not a polynomial (x^{1/x}, ...)
