@@ -6,6 +6,9 @@ parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
 - verl (DAPO-Math-17k, the JustRL benchmark files): `prompt` = chat messages, gold in
   `reward_model.ground_truth` (sometimes stored as `\\boxed{204}`, unwrapped to `204`).
 - MathArena: `problem`, `answer`.   - MATH: `problem`, `answer` (or a boxed answer in `solution`).
+- math-ai's hub copies: `question`, `answer` (OlympiadBench: a list in `final_answer`).
+
+`data/prepare.py` writes every set in one schema (`id`, `problem`, `answer`, `source`), read here as MATH.
 
 DAPO-Math-17k wraps each problem in its own "Answer: $Answer" instruction, which contradicts the
 boxed suffix; `strip_dapo_instruction` removes it so the prompt is problem + suffix as in JustRL.
@@ -23,6 +26,8 @@ from typing import Any
 from justrl_min.reward import extract_boxed
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+MANIFEST = "manifest.json"
+"""What `data/prepare.py` writes beside each file; not a problem file, so folders skip it."""
 DAPO_PREFIX = re.compile(
     r"^\s*Solve the following math problem step by step\. The last line of your response should be "
     r"of the form Answer: \$Answer \(without quotes\) where \$Answer is the answer to the problem\.\s*",
@@ -44,27 +49,33 @@ class Problem:
 
 
 def load_problems(source: str, *, split: str = "train", strip_dapo_instruction: bool = True,
-                  dedup: bool = False, tiny_problems: int = 2000, seed: int = 0) -> list[Problem]:
-    """All problems of a source, in file order. Rows without a gold answer are errors."""
+                  dedup: bool = False, tiny_problems: int = 2000, seed: int = 0,
+                  revision: str | None = None) -> list[Problem]:
+    """All problems of a source, in file order. Rows without a gold answer are errors.
+
+    ``revision`` pins a hub dataset to a commit (ignored for local files)."""
     if source == "tiny":
         from justrl_min.tiny import make_problems
 
         return [Problem(f"tiny-{i}", p.question, p.answer)
                 for i, p in enumerate(make_problems(tiny_problems, seed=seed))]
-    rows, origin = _read_rows(source, split)
+    rows, origin = _read_rows(source, split, revision)
     problems = [_to_problem(row, f"{origin} row {i}", i, strip_dapo_instruction) for i, row in enumerate(rows)]
     if not problems:
         raise DataError(f"{origin}: no rows")
-    if dedup:
-        seen: set[str] = set()
-        problems = [p for p in problems if not (p.problem in seen or seen.add(p.problem))]
-    return problems
+    return dedup_problems(problems) if dedup else problems
 
 
-def _read_rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:
+def dedup_problems(problems: list[Problem]) -> list[Problem]:
+    """The first row of each distinct problem text, in order (DAPO-Math-17k repeats each ~100 times)."""
+    seen: set[str] = set()
+    return [p for p in problems if not (p.problem in seen or seen.add(p.problem))]
+
+
+def _read_rows(source: str, split: str, revision: str | None = None) -> tuple[list[dict[str, Any]], str]:
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.suffix in LOCAL_SUFFIXES)
+        files = sorted(f for f in path.rglob("*") if f.suffix in LOCAL_SUFFIXES and f.name != MANIFEST)
         matching = [f for f in files if split in f.stem] or files
         if not matching:
             raise DataError(f"{path}: no .parquet/.jsonl/.json files in this folder")
@@ -76,7 +87,7 @@ def _read_rows(source: str, split: str) -> tuple[list[dict[str, Any]], str]:
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
         return _read_file(path), str(path)
-    return _read_hub(source, split), source
+    return _read_hub(source, split, revision), source
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -109,11 +120,12 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _read_hub(hub_id: str, split: str) -> list[dict[str, Any]]:
+def _read_hub(hub_id: str, split: str, revision: str | None = None) -> list[dict[str, Any]]:
     import datasets
 
     try:
-        return list(datasets.load_dataset(hub_id, split=split))
+        pinned = {"revision": revision} if revision else {}
+        return list(datasets.load_dataset(hub_id, split=split, **pinned))
     except Exception as e:  # network, auth, missing split: all fatal, all need the id named
         raise DataError(f"cannot load hub dataset {hub_id!r} split {split!r}: {e}. "
                         f"Pass a local parquet/jsonl file or folder instead.") from None
@@ -126,9 +138,9 @@ def _to_problem(row: dict[str, Any], where: str, index: int, strip_dapo: bool) -
         gold = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
         extra = row.get("extra_info") or {}
         uid = str(extra.get("index", index)) if isinstance(extra, dict) else str(index)
-    elif "problem" in row:  # MathArena, MATH
-        problem = row["problem"]
-        gold = row.get("answer")
+    elif "problem" in row or "question" in row:  # MathArena, MATH, math-ai
+        problem = row["problem"] if "problem" in row else row["question"]
+        gold = row.get("answer", row.get("final_answer"))
         if gold in (None, "") and row.get("solution"):
             gold = extract_boxed(row["solution"])
         uid = str(row.get("problem_idx", row.get("unique_id", row.get("id", index))))
@@ -155,15 +167,20 @@ def _user_message(prompt: Any, where: str) -> str:
 
 
 def clean_gold(gold: Any) -> str:
-    """A gold answer as a plain string: numbers stringified, `\\boxed{x}` unwrapped to `x`."""
+    """A gold answer as a plain string: numbers stringified (27.0 as 27), `\\boxed{x}` and `$x$` unwrapped to `x`."""
     if gold is None:
         return ""
     if isinstance(gold, (list, tuple)):
-        gold = gold[0] if len(gold) == 1 else ", ".join(map(str, gold))
+        gold = gold[0] if len(gold) == 1 else ", ".join(map(clean_gold, gold))
+    if isinstance(gold, float) and gold.is_integer():
+        gold = int(gold)
     text = str(gold).strip()
     if "\\boxed" in text or "\\fbox" in text:
         text = extract_boxed(text) or text
-    return text.strip()
+    text = text.strip()
+    if len(text) > 2 and text[0] == text[-1] == "$" and "$" not in text[1:-1]:  # OlympiadBench writes "$3$"
+        text = text[1:-1].strip()
+    return text
 
 
 def strip_dapo_wrapper(problem: str) -> str:

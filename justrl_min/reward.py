@@ -18,15 +18,24 @@ Choices
   stripped, and digit groups written ``1\\,000`` / ``1{,}000`` / ``1~000`` / ``1 000`` become ``1000``.
   Two plain integers are compared as integers: math-verify would agree, and its pure-Python LaTeX
   parser costs ~10 ms per new string (DAPO's golds are all integers).
+  Where math-verify is wrong the wrapper steps in (each place names the behaviour):
+  an answer written exactly like the gold matches (even ``12:00``, which parses to an undefined
+  value); a base-n number (``52_8``) must match digits and base; numbers must agree to 6
+  significant digits as well as to math-verify's 6 decimal places (``.00006727`` is not
+  ``.0000672``, nor ``10^{-400}`` ``10^{-401}``); upright ``\\mathrm{e}``, ``\\mathrm{i}``,
+  ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms; two
+  (in)equations match when one is a rearrangement of the other, and are ``solve``d only when that
+  is cheap (one unknown, a polynomial of low degree).
 * **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
   ``\\boxed{x}`` is ``x``) after deleting all whitespace (LaTeX math ignores it) and nothing else:
   ``\\frac12`` is not ``\\frac{1}{2}``, ``1,000`` is not ``1000``.
 * **No reward for hedging.** An answer naming several values (``41, 42, 43``, ``42 \\text{ or } 43``,
   ``2 \\pm \\sqrt 3``), an interval or union, or a tuple is incorrect unless the gold is itself a set,
-  tuple, interval or (non-assignment) relation; math-verify then compares like with like. An
-  answer that says "or" (``\\lor``, ``\\vee``) when the gold does not, or that hides digits inside
-  ``\\text{}`` next to digits outside it (``42 \\text{ (or 43)}``, whose text the LaTeX normaliser
-  would silently drop), is incorrect. A bare variable is not a number.
+  tuple, interval, (non-assignment) relation or an assignment of several values (``x = 1, 2``);
+  math-verify then compares like with like. An answer that says "or" (``\\lor``, ``\\vee``) when
+  the gold does not, or that hides digits inside ``\\text{}`` next to digits outside it
+  (``42 \\text{ (or 43)}``, whose text the LaTeX normaliser would silently drop), is incorrect. A
+  bare variable is not a number.
 * **Hostile input** is rejected before sympy evaluates anything: answers over
   ``MAX_ANSWER_CHARS``; bracket nesting deeper than ``MAX_BRACKET_DEPTH`` (the LaTeX parser is
   exponential in it); and, after the (lazy) parse but before any evaluation, expressions whose
@@ -64,6 +73,7 @@ import multiprocessing as mp
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -88,6 +98,8 @@ _START_METHOD = "spawn"  # fresh interpreters: safe with torch (threads, CUDA) i
 _WORKER_STARTUP_TIMEOUT_S = 180.0
 _MAX_STARTUP_FAILURES = 3
 _MAX_EXAMPLES = 2
+# A "spawn" worker exits with this code when the script it re-imports creates a pool at import time.
+_UNGUARDED_MAIN_EXIT_CODE = 86
 
 
 # --------------------------------------------------------------------------- extraction
@@ -148,13 +160,23 @@ def _read_braced_group(text: str, open_index: int) -> str | None:
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _DIGIT_GROUP_SEPARATOR = r"(?:\\,|\\!|\\ |\{,\}|~|,| |\u2009|\u202f)"
+# A first group of 0 is not grouping: "0,111" is a list (or a decimal comma), never 111.
 _NUMBER_WITH_SEPARATORS = re.compile(
-    rf"(-?\d{{1,3}})((?:{_DIGIT_GROUP_SEPARATOR}\d{{3}})+)(\.\d+)?"
+    rf"(-?[1-9]\d{{0,2}})((?:{_DIGIT_GROUP_SEPARATOR}\d{{3}})+)(\.\d+)?"
 )
 _SEPARATOR = re.compile(_DIGIT_GROUP_SEPARATOR)
 
 
 _PLAIN_INTEGER = re.compile(r"-?\d+")
+# math-verify turns \mathrm{...} into \text{...} and then drops a trailing \text{} group as a unit, so
+# 2\mathrm{i} parses as 2, and \frac{1}{\mathrm{e}} does not parse at all. Upright e, i, d are the
+# constants (and differential) written in italics elsewhere.
+_UPRIGHT_CONSTANT = re.compile(r"\\(?:mathrm|mathup|operatorname)\s*\{\s*([eid])\s*\}|\{\s*\\rm\s+([eid])\s*\}")
+# math-verify parses \operatorname{name} only for a few names (gcd, lcm, floor, ...): \operatorname{sin} x
+# does not parse. These names have LaTeX macros of their own that it does parse.
+_OPERATOR_NAME = re.compile(
+    r"\\operatorname\s*\{\s*(sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh|ln|log|exp|max|min)\s*\}"
+)
 _PYTHON_POWER = re.compile(r"\*\*")
 _BARE_PI = re.compile(r"(?<![\\A-Za-z])pi\b")
 
@@ -171,9 +193,17 @@ def _plain_gold_to_latex(gold: str) -> str:
     return _BARE_PI.sub(r"\\pi", _PYTHON_POWER.sub("^", gold))
 
 
+def _italic_constant(match: re.Match) -> str:
+    """The letter of an upright constant, spaced off a macro name before it (``\\pi\\mathrm{i}`` is not ``\\pii``)."""
+    after_letter = match.start() > 0 and match.string[match.start() - 1].isalpha()
+    return (" " if after_letter else "") + (match.group(1) or match.group(2))
+
+
 def _clean_latex(latex: str) -> str:
     """Invisible and cosmetic differences that the LaTeX parser would otherwise trip over."""
     latex = _CONTROL_CHARS.sub("", latex).strip()
+    latex = _UPRIGHT_CONSTANT.sub(_italic_constant, latex)
+    latex = _OPERATOR_NAME.sub(r"\\\1 ", latex).strip()
     while len(latex) >= 2 and latex[0] == "$" and latex[-1] == "$" and latex[-2] != "\\":
         latex = latex[1:-1].strip()  # $x$ or $$x$$ inside the box
     if latex.endswith(".") and not latex.endswith("\\."):  # "42." is a sentence ending, not a decimal
@@ -285,9 +315,147 @@ def _gold_is_many_valued(expr: Any) -> bool:
 
     if isinstance(expr, (sympy.Set, sympy.Tuple, sympy.And)):
         return True
-    if isinstance(expr, sympy.Eq):
-        return not isinstance(expr.lhs, sympy.Symbol)  # x^2 = 4 has two solutions; x = 5 has one
-    return isinstance(expr, Relational)
+    if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, sympy.Symbol):
+        return _gold_is_many_valued(expr.rhs)  # x = 5 has one value; x = 1, 2 assigns two
+    return isinstance(expr, Relational)  # x^2 = 4 has two solutions
+
+
+# --------------------------------------------------------------------------- numbers in a base
+
+# A number written in base n, ``52_8``, ``4210_{5}``, ``\text{A3}_{16}``: at least one decimal digit.
+_BASE_N_NUMBER = re.compile(r"(?:\\(?:text|mathrm)\{)?([0-9A-Z]*[0-9][0-9A-Z]*)\}?_\{?\(?(\d+)\)?\}?")
+_DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _base_n_number(latex: str) -> tuple[str, int] | None:
+    """``(digits, base)`` if the whole of ``latex`` is one number with a base subscript it can be in."""
+    match = _BASE_N_NUMBER.fullmatch(_without_whitespace(latex))
+    if not match:
+        return None
+    digits, base = match.group(1).lstrip("0") or "0", int(match.group(2))
+    if not 2 <= base <= len(_DIGITS) or any(_DIGITS.index(digit) >= base for digit in digits):
+        return None
+    return digits, base
+
+
+def _base_n_match(answer: str, gold: str) -> bool | None:
+    """The verdict when either side is a base-n number; None when neither is.
+
+    math-verify drops a number's subscript (``52_8`` parses as 52, so ``52_87`` matched it). Here the
+    digits and the base must both agree; an answer without a subscript is read in the gold's base
+    (the question asked for that base), and ``42_{10}`` is 42.
+    """
+    gold_number, answer_number = _base_n_number(gold), _base_n_number(answer)
+    if gold_number is None and answer_number is None:
+        return None
+    if gold_number is None:
+        gold_is_integer = _PLAIN_INTEGER.fullmatch(gold) is not None
+        return answer_number[1] == 10 and gold_is_integer and int(gold) == int(answer_number[0])
+    if answer_number is None:
+        digits = _without_whitespace(answer).upper()
+        return (digits.lstrip("0") or "0") == gold_number[0] and digits.isalnum()
+    return answer_number == gold_number
+
+
+# --------------------------------------------------------------------------- numeric precision
+
+SIGNIFICANT_DIGITS = 6
+
+
+def _float_rounding(*exprs: Any) -> int:
+    """Decimal places for math-verify's float comparison: enough for SIGNIFICANT_DIGITS of the smallest float.
+
+    math-verify rounds both sides to a fixed ``float_rounding`` (6) decimal places, so every pair
+    of numbers below 5e-7 is equal and ``.00006727`` equals ``.0000672``. Never fewer than its 6
+    places, so 0.333333 still equals 1/3 and nothing is compared more loosely than before.
+    """
+    import sympy
+
+    magnitudes = (float(abs(atom)) for expr in exprs if isinstance(expr, (sympy.Basic, sympy.MatrixBase))
+                  for atom in expr.atoms(sympy.Float))
+    smallest = min((magnitude for magnitude in magnitudes if magnitude > 0), default=None)  # 1e-400 is 0.0 here
+    if smallest is None:
+        return 6
+    return max(6, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(smallest)))
+
+
+def _differ_relatively(gold: Any, answer: Any) -> bool:
+    """Two real numbers further apart than 1 part in 10**(SIGNIFICANT_DIGITS - 1) of the larger.
+
+    math-verify compares numeric expressions that are not plain numbers by ``(a - b).evalf(chop=True)
+    == 0``, and chop zeroes any difference below about 1e-15, so ``10^{-400}`` equals ``10^{-401}``.
+    Percentages (``25\\%`` is 25 to math-verify, kept as an unevaluated /100) are left to it.
+    """
+    import sympy
+
+    exprs = (gold, answer)
+    if not all(isinstance(expr, sympy.Expr) and expr.is_number for expr in exprs):
+        return False
+    if any(expr.has(sympy.UnevaluatedExpr) for expr in exprs):
+        return False
+    gold_value, answer_value = (sympy.N(expr, 30) for expr in exprs)
+    if not (gold_value.is_real and answer_value.is_real):
+        return False
+    scale = max(abs(gold_value), abs(answer_value))
+    return bool(abs(gold_value - answer_value) > scale * sympy.Float(10) ** (1 - SIGNIFICANT_DIGITS))
+
+
+# --------------------------------------------------------------------------- relations
+
+
+MAX_SOLVE_DEGREE = 4  # sympy's solve on one polynomial equation of degree 27 ran past 10 s
+
+
+def _cheap_to_solve(relation: Any) -> bool:
+    """One unknown, a polynomial of degree at most MAX_SOLVE_DEGREE, no function applications."""
+    import sympy
+
+    difference = relation.lhs - relation.rhs
+    if len(difference.free_symbols) > 1 or difference.atoms(sympy.Function):
+        return False
+    if not difference.free_symbols:
+        return True  # 2 = 2: nothing to solve for
+    try:
+        return sympy.Poly(difference, *difference.free_symbols).total_degree() <= MAX_SOLVE_DEGREE
+    except sympy.PolynomialError:  # not a polynomial (x^{1/x}, ...)
+        return False
+
+
+def _same_relation_rearranged(gold: Any, answer: Any, float_rounding: int) -> bool:
+    """Same (in)equation up to rearrangement: sides swapped (``a < b`` is ``b > a``), terms moved
+    across (``a = b`` is ``a - b = 0``), or an equation multiplied through by a constant."""
+    import sympy
+
+    verify = partial(_math_verify().verify, float_rounding=float_rounding, timeout_seconds=None)
+    gold_difference, answer_difference = gold.lhs - gold.rhs, answer.lhs - answer.rhs
+    if type(gold) is type(answer) and verify(gold_difference, answer_difference):
+        return True
+    flipped = {sympy.Eq: sympy.Eq, sympy.Lt: sympy.Gt, sympy.Gt: sympy.Lt, sympy.Le: sympy.Ge, sympy.Ge: sympy.Le}
+    if flipped.get(type(gold)) is type(answer) and verify(gold_difference, -answer_difference):
+        return True
+    if isinstance(gold, sympy.Eq) and isinstance(answer, sympy.Eq):
+        ratio = sympy.cancel(gold_difference / answer_difference)
+        return bool(ratio.is_number and ratio.is_finite and ratio != 0)
+    return False
+
+
+def _relations_verdict(gold: Any, answer: Any, float_rounding: int) -> bool | None:
+    """The verdict when both sides are single (in)equations, unless math-verify may solve them; else None.
+
+    math-verify, when the sides differ, calls sympy ``solve`` on both relations for all their
+    symbols; for several unknowns, functions (a Minerva equation in f(t) and theta(t)) or a high
+    degree that search runs for seconds to minutes. Such relations are compared by rearrangement only.
+    """
+    import sympy
+    from sympy.core.relational import Relational
+
+    sides = (gold.lhs, gold.rhs, answer.lhs, answer.rhs) if isinstance(gold, Relational) and \
+        isinstance(answer, Relational) else ()
+    if not sides or not all(isinstance(side, sympy.Expr) for side in sides):  # x = {1, 2}: math-verify's
+        return None
+    if _same_relation_rearranged(gold, answer, float_rounding):
+        return True
+    return None if _cheap_to_solve(gold) and _cheap_to_solve(answer) else False
 
 
 # --------------------------------------------------------------------------- symbolic comparison
@@ -335,6 +503,13 @@ def _symbolic_match(answer: str, gold: str) -> bool:
     answer, gold = _clean_latex(answer), _clean_latex(_plain_gold_to_latex(gold))
     if not answer or not gold:
         return False
+    if _without_whitespace(answer) == _without_whitespace(gold):
+        # math-verify compares parsed values only, and an undefined value never equals itself:
+        # 12:00 parses as 12/0 = zoo, and zoo == zoo is False to it.
+        return True
+    base_n_verdict = _base_n_match(answer, gold)  # before the hedge test: \text{A3}_{16} is one number
+    if base_n_verdict is not None:
+        return base_n_verdict
     if _says_alternatives(answer) and not _says_alternatives(gold):
         return False
     if _too_hostile_to_parse(answer) or _too_hostile_to_parse(gold):
@@ -348,7 +523,13 @@ def _symbolic_match(answer: str, gold: str) -> bool:
         return _without_whitespace(answer) == _without_whitespace(gold)
     if _names_several_values(answer_expr) and not _gold_is_many_valued(gold_expr):
         return False
-    return bool(_math_verify().verify(gold_expr, answer_expr, timeout_seconds=None))
+    if _differ_relatively(gold_expr, answer_expr):
+        return False
+    float_rounding = _float_rounding(gold_expr, answer_expr)
+    relations_verdict = _relations_verdict(gold_expr, answer_expr, float_rounding)
+    if relations_verdict is not None:
+        return relations_verdict
+    return bool(_math_verify().verify(gold_expr, answer_expr, float_rounding=float_rounding, timeout_seconds=None))
 
 
 def _exact_match(answer: str, gold: str) -> bool:
@@ -386,8 +567,10 @@ def warm_up() -> None:
     VerifierPool workers do this before they report ready; call it in a process that will use
     compute_score directly if its first calls should be as fast as the later ones.
     """
-    for answer in _WARM_UP_ANSWERS:
-        _judge_answer(answer, answer, "symbolic")
+    for answer in _WARM_UP_ANSWERS:  # parsed and compared directly: _judge_answer returns early on equal text
+        expr = _parse_latex(_clean_latex(answer))
+        if expr is not None:
+            _math_verify().verify(expr, expr, timeout_seconds=None)
 
 
 def _check_mode(mode: str) -> None:
@@ -570,6 +753,27 @@ def _worker_main(
             conn.send(("result", job_id, *_score_item(score, first, gold, timeout_s)))
 
 
+def _unguarded_main_message() -> str:
+    script = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
+    return (f"verifier workers cannot start: {script} creates a VerifierPool (or calls score_batch) when it "
+            f"is imported, and has no `if __name__ == \"__main__\":` guard. Workers are started with "
+            f"multiprocessing's \"{_START_METHOD}\" method, which re-imports the main script in every worker, "
+            f"so each worker would start a pool of its own. Fix: put the script's top-level code under "
+            f"`if __name__ == \"__main__\":`.")
+
+
+def _exit_if_reimporting_main() -> None:
+    """In a "spawn" child that is still importing its parent's main script, stop with a known exit code.
+
+    multiprocessing marks a child as ``_inheriting`` while it re-imports ``__main__``; code that runs
+    then (an unguarded pool at a script's top level) would recurse. The parent recognises the exit
+    code and raises ``_unguarded_main_message()`` instead of retrying.
+    """
+    if getattr(mp.current_process(), "_inheriting", False):  # the flag multiprocessing itself checks
+        print(_unguarded_main_message(), file=sys.stderr)
+        raise SystemExit(_UNGUARDED_MAIN_EXIT_CODE)
+
+
 def _stop_workers(workers: list[_Worker]) -> None:
     """Ask every worker to exit, give them a moment, then kill and reap what is left."""
     for worker in workers:
@@ -651,6 +855,7 @@ class VerifierPool:
         chunk_size: int | None = None,
         score_fn: Callable[[str, str], float] | None = None,
     ) -> None:
+        _exit_if_reimporting_main()
         _check_mode(mode)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -728,6 +933,8 @@ class VerifierPool:
         worker.process.join(timeout=5.0)
         worker.conn.close()
         if not worker.ready:
+            if worker.process.exitcode == _UNGUARDED_MAIN_EXIT_CODE:
+                raise RuntimeError(_unguarded_main_message())
             self._startup_failures += 1
             if self._startup_failures > _MAX_STARTUP_FAILURES:
                 raise RuntimeError(f"verifier workers keep failing to start (exit code {worker.process.exitcode})")

@@ -18,7 +18,10 @@ from justrl_min.data import (
     tokenize_problems,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/benchmarks from the main checkout, ../../shared/benchmarks from a worktree under wt/
+SHARED = next((p for p in (ROOT.parent / "shared" / "benchmarks", ROOT.parents[1] / "shared" / "benchmarks")
+               if p.is_dir()), ROOT.parent / "shared" / "benchmarks")
 DAPO_TEMPLATE = ("Solve the following math problem step by step. The last line of your response should be of the "
                  "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
                  "Remember to put your answer on its own line after \"Answer:\".")
@@ -91,8 +94,8 @@ def test_missing_file_and_bad_rows_are_named(tmp_path):
     bad.write_text(json.dumps({"problem": "ok", "answer": "1"}) + "\n" + json.dumps({"problem": "no gold"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl row 1: no gold answer"):
         load_problems(str(bad))
-    bad.write_text(json.dumps({"question": "?", "label": 1}) + "\n")
-    with pytest.raises(DataError, match=r"row 0: unknown schema with columns \['label', 'question'\]"):
+    bad.write_text(json.dumps({"query": "?", "label": 1}) + "\n")
+    with pytest.raises(DataError, match=r"row 0: unknown schema with columns \['label', 'query'\]"):
         load_problems(str(bad))
     bad.write_text("{not json\n")
     with pytest.raises(DataError, match="bad.jsonl line 1: not valid JSON"):

@@ -7,9 +7,12 @@ case is an ``xfail(strict=True)`` with the reason, so fixing it later flips the 
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +72,9 @@ def test_extract_boxed_on_a_long_response_reads_only_the_last_box():
 
 
 # --------------------------------------------------------------------------- compute_score, symbolic
+
+# A Minerva gold; against itself with a digit appended, sympy's solve used to run past the deadline.
+MINERVA_EQUATION = "m l \\ddot{\\theta}(t)-m g \\sin \\theta(t)=f(t) \\cos \\theta(t)"
 
 SYMBOLIC_CASES = [
     # fractions, decimals, radicals, pi
@@ -164,6 +170,70 @@ SYMBOLIC_CASES = [
     ("$\\boxed{\\frac{1}{2}}$.", "1/2", 1.0),
     ("\\boxed{42.}", "42", 1.0),
     ("\\boxed{\\mathbf{42}}", "42", 1.0),
+    # numbers in a base: digits and base must both agree (math-verify drops the subscript: 52_87 was 52)
+    ("\\boxed{52_87}", "52_8", 0.0),
+    ("\\boxed{52_9}", "52_8", 0.0),
+    ("\\boxed{1101_2}", "1011_2", 0.0),
+    ("\\boxed{42}", "52_8", 0.0),  # the right value in base 10 is not what the question asked for
+    ("\\boxed{52_{8}}", "52_8", 1.0),
+    ("\\boxed{52}", "52_8", 1.0),  # no subscript: read in the gold's base
+    ("\\boxed{4210_5}", "4210_{5}", 1.0),
+    ("\\boxed{\\text{A3}_{16}}", "A3_{16}", 1.0),
+    ("\\boxed{42_{10}}", "42", 1.0),
+    # small numbers keep 6 significant digits (math-verify rounds to 6 decimal places)
+    ("\\boxed{.00006727}", ".0000672", 0.0),
+    ("\\boxed{0.00000012}", "0.00000013", 0.0),
+    ("\\boxed{(0.0000672, 1)}", "(0.00006727, 1)", 0.0),
+    ("\\boxed{0.0333}", "\\frac{1}{30}", 0.0),
+    ("\\boxed{10^{-400}}", "10^{-401}", 0.0),  # math-verify: (a - b).evalf(chop=True) == 0
+    ("\\boxed{2^{-40}}", "2^{-41}", 0.0),
+    ("\\boxed{1.5 \\times 10^{-300}}", "1.6 \\times 10^{-300}", 0.0),
+    ("\\boxed{15 \\times 10^{-301}}", "1.5 \\times 10^{-300}", 1.0),
+    ("\\boxed{0.0000672}", ".0000672", 1.0),
+    ("\\boxed{6.72 \\times 10^{-5}}", "0.0000672", 1.0),
+    ("\\boxed{0.0333333}", "\\frac{1}{30}", 1.0),
+    # a leading 0 group is not digit grouping
+    ("\\boxed{0,111}", "111", 0.0),
+    ("\\boxed{0{,}500}", "500", 0.0),
+    ("\\boxed{-0,250}", "-250", 0.0),
+    ("\\boxed{1,111}", "1111", 1.0),
+    # a gold assigning several values to one variable accepts those values, and only them
+    ("\\boxed{1, 2}", "x = 1, 2", 1.0),
+    ("\\boxed{4,-8,-10}", "a=4,\\,-8,\\,-10", 1.0),
+    ("\\boxed{x = 2, 1}", "x=1,2", 1.0),
+    ("\\boxed{1}", "x = 1, 2", 0.0),
+    ("\\boxed{1, 3}", "x=1,2", 0.0),
+    # upright constants and operator names (math-verify drops \mathrm{...} at the end as a unit)
+    ("\\boxed{1-\\frac{1}{e}}", "1-\\frac{1}{\\mathrm{e}}", 1.0),
+    ("\\boxed{1-\\frac{1}{\\mathrm{e}}}", "1-e^{-1}", 1.0),
+    ("\\boxed{{\\rm e}^2}", "e^{2}", 1.0),
+    ("\\boxed{\\mathrm{e}^{2}}", "e^3", 0.0),
+    ("\\boxed{2\\mathrm{i}}", "2i", 1.0),
+    ("\\boxed{\\pi\\mathrm{i}}", "i\\pi", 1.0),
+    ("\\boxed{3 - 4\\mathrm{i}}", "3+4i", 0.0),
+    ("\\boxed{\\frac{\\mathrm{d}y}{\\mathrm{d}x}}", "\\frac{dy}{dx}", 1.0),
+    ("\\boxed{\\operatorname{sin} x}", "\\sin x", 1.0),
+    ("\\boxed{\\operatorname{ln} 2}", "\\ln 2", 1.0),
+    ("\\boxed{\\operatorname{sin} x}", "\\cos x", 0.0),
+    # an answer written exactly like the gold matches, even where both parse to an undefined value
+    ("\\boxed{12:00}", "12:00", 1.0),
+    ("\\boxed{\\frac{1}{0}}", "\\frac{1}{0}", 1.0),
+    ("\\boxed{1:0}", "12:00", 0.0),
+    ("\\boxed{12:30}", "12:00", 0.0),
+    # equations in functions: rearranged sides match, without sympy's solve
+    ("\\boxed{f(t) \\cos \\theta(t) = m l \\ddot{\\theta}(t)-m g \\sin \\theta(t)}", MINERVA_EQUATION, 1.0),
+    ("\\boxed{m l \\ddot{\\theta}(t)-m g \\sin \\theta(t)-f(t) \\cos \\theta(t)=0}", MINERVA_EQUATION, 1.0),
+    ("\\boxed{" + MINERVA_EQUATION + "7}", MINERVA_EQUATION, 0.0),
+    ("\\boxed{2y = 4x + 2}", "y = 2x + 1", 1.0),  # several unknowns: rearranged, never solved
+    ("\\boxed{3x + 2y = 7}", "6x + 4y = 14", 1.0),
+    ("\\boxed{2 < x}", "x > 2", 1.0),
+    ("\\boxed{x^2 = 4}", "x^2 - 4 = 0", 1.0),
+    ("\\boxed{y = 2x + 2}", "y = 2x + 1", 0.0),
+    ("\\boxed{x + y = 7}", "x + y < 7", 0.0),
+    ("\\boxed{x^{27}+3x+2=0}", "x^2+3x+2=0", 0.0),  # solve() on this ran past 10 s
+    ("\\boxed{N=n7}", "N=n", 0.0),  # an OlympiadBench gold; math-verify reads N=n as n=n, no unknown left
+    ("\\boxed{y = \\sin x}", "y=\\sin(x)", 1.0),
+    ("\\boxed{y = \\cos x}", "y=\\sin(x)", 0.0),
     # known limitations: the right answer is on the left, the verifier disagrees
     pytest.param("\\boxed{\\sin 60^\\circ}", "\\frac{\\sqrt{3}}{2}", 1.0,
                  marks=known_limitation("math-verify reads 60^\\circ inside sin as 60 radians")),
@@ -182,7 +252,7 @@ def test_compute_score_symbolic(response, gold, expected):
 
 
 def test_the_table_is_large_enough():
-    assert len(SYMBOLIC_CASES) >= 60
+    assert len(SYMBOLIC_CASES) >= 120
 
 
 # --------------------------------------------------------------------------- compute_score, exact
@@ -251,6 +321,8 @@ HOSTILE_CASES = [
     ("60k-character response", LONG_COT[:60_000] + "\\boxed{42}", "42", 1.0),
     ("60k characters, no box", "x" * 60_000, "42", 0.0),
     ("5,000 boxes", "\\boxed{1} " * 5_000 + "\\boxed{42}", "42", 1.0),
+    ("polynomial equation of degree 27", "\\boxed{x^{27}+3x+2=0}", "x^2+3x+2=0", 0.0),
+    ("equation in functions, digit appended", "\\boxed{" + MINERVA_EQUATION + "7}", MINERVA_EQUATION, 0.0),
 ]
 
 
@@ -416,3 +488,28 @@ def test_score_batch_is_a_one_shot_pool_that_keeps_order():
     responses = ["\\boxed{\\frac{1}{2}}", "\\boxed{41, 42, 43}", "no box", "\\boxed{x=5}"]
     assert score_batch(responses, ["0.5", "42", "42", "5"], workers=2, timeout_s=5.0) == [1.0, 0.0, 0.0, 1.0]
     assert score_batch(["\\boxed{0.5}"], ["\\frac{1}{2}"], mode="exact", workers=1) == [0.0]
+
+
+UNGUARDED_SCRIPT = """
+from justrl_min.reward import score_batch
+print(score_batch(["\\\\boxed{1}"], ["1"], workers=1, timeout_s=5.0))
+"""
+
+
+def test_a_script_without_the_main_guard_gets_an_error_naming_it(tmp_path):
+    # "spawn" workers re-import the main script; unguarded, each would create a pool of its own.
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("RuntimeError: verifier workers cannot start: ")
+    assert str(script) in last_line and 'if __name__ == "__main__":' in last_line
+    assert "keep failing" not in done.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded_body = "".join("    " + line + "\n" for line in UNGUARDED_SCRIPT.split("\n"))
+    guarded.write_text('if __name__ == "__main__":\n' + guarded_body)
+    done = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "[1.0]\n"), done.stderr
