@@ -80,7 +80,7 @@ def test_reward_function_adds_to_or_replaces_the_verifier(warm_model, tmp_path):
     [m_alone], [m_added] = read_metrics(alone), read_metrics(added)
     assert m_alone["train/reward_mean"] == 0.5
     assert m_added["train/reward_mean"] == pytest.approx(m_added["train/accuracy"] + 0.5, abs=1e-12)
-    # Same seed, same first batch; a constant reward gives every group A = 0: nothing to learn.
+    # A constant reward gives every group A = 0: the policy gradient is exactly zero.
     assert m_alone["train/grad_norm"] == 0.0
 
 
@@ -130,3 +130,20 @@ def test_kl_in_reward_needs_gae_and_a_coefficient():
         load_recipe(None, ["algorithm.kl_in_reward=true", "algorithm.advantage=gae"])
     with pytest.raises(ConfigError, match="algorithm.advantage: unknown estimator 'vtrace'"):
         load_recipe(None, ["algorithm.advantage=vtrace"])
+
+
+GOLDEN_ROWS = ROOT / "tests/data/grpo_tiny_rows_6c40be8.jsonl"
+
+
+def test_grpo_path_metrics_are_those_recorded_before_the_critic_existed(warm_model, tmp_path):
+    """The rows in GOLDEN_ROWS were logged by this same 3-step configuration at commit 6c40be8 (before
+    any classic-PPO code): the default path must reproduce every train/* metric to 1e-6."""
+    run_dir = tmp_path / "grpo"
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", small(warm_model, run_dir, "train.steps=3")))
+    golden = [json.loads(line) for line in GOLDEN_ROWS.read_text().splitlines()]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [g["step"] for g in golden] == [1, 2, 3]
+    for row, gold in zip(rows, golden):
+        assert {k for k in row if k.startswith("train/")} == set(gold) - {"step"}
+        for key in gold:
+            assert row[key] == pytest.approx(gold[key], abs=1e-6), (row["step"], key)
