@@ -2,6 +2,7 @@
 critic, target-KL stops are counted, and reward functions / models reach the rewards."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_grpo_path_metrics_are_those_recorded_before_the_critic_existed(warm_mod
         assert {k for k in row if k.startswith("train/")} == set(gold) - {"step"}
         for key in gold:
             assert row[key] == pytest.approx(gold[key], abs=1e-6), (row["step"], key)
+
+
+def test_two_rank_critic_run_shards_checkpoints_and_resumes(warm_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def torchrun(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "train.py", "recipes/ppo_critic_tiny.yaml", *small(warm_model, tmp_path / "ddp"),
+                                 "checkpoint.every_steps=2", *args], cwd=ROOT, capture_output=True, text=True,
+                                timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        return result.stdout + result.stderr
+
+    torchrun("train.steps=2")
+    assert "resumed from" in torchrun("train.steps=3")
+    metrics = read_metrics(tmp_path / "ddp")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert all(math.isfinite(m[key]) for key in CRITIC_METRICS), m
+    critic = tmp_path / "ddp/checkpoints/latest/critic"
+    assert {p.name for p in critic.iterdir()} == {"model.safetensors", "optimizer.pt", "state.json"}
