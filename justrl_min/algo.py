@@ -11,6 +11,11 @@ The JustRL recipe's choices, all visible here:
   accumulation reproduces the full-batch gradient).
 - No KL term and no entropy bonus by default; `kl_penalty` offers the k1/k2/k3 estimators.
 
+Classic PPO (algorithm.advantage=gae) adds per-token rewards (the sequence reward on the last valid
+token, optionally minus beta * KL to the reference), GAE advantages with returns = advantages +
+values, whitening from moments that sum across ranks, the clipped value loss, and the adaptive KL
+controller's update of beta.
+
 Shapes: B sequences, T response positions; `mask` is 1.0 on valid response tokens.
 """
 
@@ -147,3 +152,106 @@ def truncated_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap
     """min(pi_trainer / pi_rollout, cap) per token: corrects for sampling from a slightly different
     (e.g. vLLM) policy than the one the trainer computes. Constant with respect to the policy."""
     return torch.exp((old_logp - rollout_logp).clamp(max=LOG_RATIO_CLAMP)).clamp(max=cap).detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# Classic PPO with a critic (algorithm.advantage=gae): per-token rewards, GAE, value loss, whitening
+
+
+def token_rewards(sequence_rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                  kl_coef: float = 0.0) -> torch.Tensor:
+    """Per-token rewards (B, T): the sequence reward (B,) on each row's last valid token, minus
+    kl_coef * kl (B, T) on every valid token when `kl` is given (KL folded into the reward, as in
+    InstructGPT). Zero under the mask."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=1).values   # (B,)
+    rewards = torch.zeros(mask.shape, dtype=sequence_rewards.dtype, device=mask.device)
+    has_tokens = last >= 0
+    rewards[has_tokens, last[has_tokens]] = sequence_rewards[has_tokens]
+    if kl is not None:
+        rewards = rewards - kl_coef * kl.to(rewards.dtype)
+    return torch.where(mask.bool(), rewards, torch.zeros_like(rewards))
+
+
+def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                   lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over (B, T) tensors with a ragged `mask`.
+
+    delta_t = r_t + gamma * V_next - V_t and A_t = delta_t + gamma * lam * A_next, where "next" is
+    the next *valid* position of the row; the value (and advantage) after the last valid token is
+    0, since the response ends there. Masked positions are skipped and get A = returns = 0.
+    Returns (advantages, returns) with returns = advantages + values (before any whitening).
+    """
+    valid = mask.bool()
+    next_value = torch.zeros_like(values[:, 0])                                     # (B,)
+    next_advantage = torch.zeros_like(values[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.shape[1])):
+        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
+        here = delta + gamma * lam * next_advantage
+        advantages[:, t] = torch.where(valid[:, t], here, torch.zeros_like(here))
+        next_value = torch.where(valid[:, t], values[:, t], next_value)
+        next_advantage = torch.where(valid[:, t], here, next_advantage)
+    returns = torch.where(valid, advantages + values, torch.zeros_like(values))
+    return advantages, returns
+
+
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(count, sum, sum of squares) of `x` over the mask, float64: summable across ranks, then
+    turned into a mean and variance by `mean_var`."""
+    x = x.double()
+    return torch.stack([mask.bool().sum().double(), masked_sum(x, mask), masked_sum(x.square(), mask)])
+
+
+def mean_var(moments: torch.Tensor) -> tuple[float, float]:
+    """Mean and (population) variance from `masked_moments` (possibly summed over ranks)."""
+    count, total, squares = moments.tolist()
+    count = max(count, 1.0)
+    mean = total / count
+    return mean, max(squares / count - mean * mean, 0.0)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, mean: float, var: float, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) on valid positions, 0 elsewhere (mean / var over the whole batch)."""
+    out = (x - mean) / (var + eps) ** 0.5
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+class ValueLossMetrics(NamedTuple):
+    clip_frac: torch.Tensor
+    """Fraction of valid tokens whose clipped value error was the larger one (gradient cut)."""
+    value_mean: torch.Tensor
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               value_clip: float | None = 0.2, token_normalizer: float | torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, ValueLossMetrics]:
+    """Clipped value loss, summed over valid tokens and divided by `token_normalizer` (default: the
+    valid tokens here).
+
+    values, old_values, returns, mask: (B, T). Per token 0.5 * max((V - R)^2, (V_clip - R)^2) with
+    V_clip = V_old + clip(V - V_old, -value_clip, value_clip); `value_clip` None: 0.5 * (V - R)^2.
+    """
+    old_values, returns = old_values.detach(), returns.detach()
+    unclipped = (values - returns).square()
+    if value_clip is None:
+        per_token, cut = unclipped, torch.zeros_like(mask, dtype=torch.bool)
+    else:
+        clipped_values = old_values + (values - old_values).clamp(-value_clip, value_clip)
+        clipped = (clipped_values - returns).square()
+        per_token, cut = torch.maximum(unclipped, clipped), clipped > unclipped
+    if token_normalizer is None:
+        token_normalizer = mask.sum().clamp(min=1)
+    loss = 0.5 * masked_sum(per_token, mask) / token_normalizer
+    with torch.no_grad():
+        metrics = ValueLossMetrics(clip_frac=masked_mean(cut.float(), mask),
+                                   value_mean=masked_mean(values, mask))
+    return loss, metrics
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon: int, batch_size: int) -> float:
+    """One update of the adaptive KL controller (Ziegler et al. 2019): the proportional error
+    e = clip(observed / target - 1, -0.2, 0.2) moves the coefficient by a factor 1 + e * batch_size /
+    horizon, so it grows while the KL overshoots the target and shrinks while it undershoots."""
+    error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * batch_size / horizon)

@@ -163,10 +163,12 @@ def restore_training_state(folder: Path, scorer, optimizer, scheduler, sampler,
 
 
 def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scorer, policy, tokenizer, optimizer,
-                        scheduler, sampler, skipped_total: int, info: dist.DistInfo) -> None:
+                        scheduler, sampler, skipped_total: int, info: dist.DistInfo,
+                        write_extra: Callable[[Path], None] | None = None) -> None:
     """Gather full states (a collective under FSDP) and let rank 0 publish one checkpoint atomically.
     Each rank's RNG state travels through a staging folder, so the run directory must be on a
-    file system every rank sees (as multi-node checkpointing needs anyway)."""
+    file system every rank sees (as multi-node checkpointing needs anyway). `write_extra(folder)`
+    adds state gathered beforehand on every rank (the critic's) into the same atomic checkpoint."""
     model_state = dist.full_model_state(scorer, info)
     optimizer_state = dist.full_optimizer_state(scorer, optimizer, info) if cfg.checkpoint.save_optimizer else None
     rng = rng_state()
@@ -183,6 +185,8 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scor
             for f in rank_dir.iterdir():
                 os.replace(f, folder / f.name)
             save_config(cfg, folder / "config.yaml")
+            if write_extra is not None:
+                write_extra(folder)
             (folder / "trainer_state.json").write_text(json.dumps({
                 "step": step, "skipped_steps": skipped_total, "sampler": sampler.state_dict(),
                 "scheduler": scheduler.state_dict()}, indent=1))

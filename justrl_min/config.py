@@ -96,7 +96,8 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     advantage: str = "grpo"
-    """grpo: group mean baseline (optionally divided by the group std)."""
+    """grpo: group mean baseline (optionally divided by the group std), no critic; gae: classic PPO,
+    per-token advantages by GAE from a critic's values (see the `critic` section)."""
     scale_by_std: bool = True
     adv_eps: float = 1e-6
     clip_low: float = 0.2
@@ -104,10 +105,44 @@ class AlgorithmConfig:
     dual_clip: float | None = 10.0
     """Lower bound c on the loss of negative-advantage tokens (c > 1); null disables it."""
     kl_coef: float = 0.0
-    """0 loads no reference model at all (the JustRL recipe)."""
+    """0 loads no reference model at all (the JustRL recipe). With `kl_in_reward` it is the initial
+    beta of the per-token reward penalty instead of a loss coefficient."""
     kl_kind: str = "k3"
+    """KL estimator (k1 | k2 | k3), for the loss term or, with `kl_in_reward`, the reward penalty."""
     ppo_epochs: int = 1
     entropy_coef: float = 0.0
+    gamma: float = 1.0
+    """GAE discount (advantage: gae)."""
+    lam: float = 0.95
+    """GAE lambda (advantage: gae): 1 is the Monte-Carlo return minus the value, 0 one-step TD."""
+    whiten_advantages: bool = True
+    """advantage: gae: whiten the advantages over the step's valid tokens (all ranks)."""
+    kl_in_reward: bool = False
+    """advantage: gae: subtract kl_coef * KL(pi || ref) from each token's reward, in place of the KL
+    term in the loss (InstructGPT's form)."""
+    adaptive_kl_target: float = 0.0
+    """With kl_in_reward: per-response KL the adaptive controller steers toward by adjusting beta;
+    0 keeps beta fixed at kl_coef."""
+    adaptive_kl_horizon: int = 10000
+    """Responses over which the adaptive controller corrects a KL error (larger: slower changes)."""
+    target_kl: float = 0.0
+    """Stop a step's remaining policy updates (epochs and mini-batches) once a mini-batch's approximate
+    KL to the rollout policy exceeds this; 0 never stops early."""
+
+
+@dataclass
+class CriticConfig:
+    """The value model of `algorithm.advantage=gae` (nothing is loaded for grpo)."""
+    path: str = ""
+    """Causal LM whose backbone the critic starts from (a scalar head is added); empty: model.path."""
+    lr: float = 1e-5
+    """The critic's own AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    value_clip: float | None = 0.2
+    """Clip the value change per update to +-value_clip around the rollout's values; null disables."""
+    warmup_steps: int = 0
+    """Training steps at the start in which only the critic trains (the policy is not updated)."""
 
 
 @dataclass
@@ -139,6 +174,17 @@ class RewardConfig:
     """Hard per-item deadline; an item past it is scored incorrect and its worker replaced."""
     workers: int = 0
     """Verifier processes; 0 means one per CPU core."""
+    function: str = ""
+    """`package.module:callable` called as fn(responses, golds, problems) -> one float per response
+    (problems are `justrl_min.data.Problem` records); its rewards are added. Empty: none."""
+    model: str = ""
+    """Folder or hub id of an AutoModelForSequenceClassification (one label) scoring prompt + response;
+    its scores are added. Empty: none (nothing is loaded)."""
+    model_batch_size: int = 32
+    """Sequences per reward-model forward."""
+    with_verifier: bool = True
+    """With `function` or `model`: also add the verifier's correct / incorrect reward; false leaves
+    the function / model alone (the verifier still runs for train/accuracy)."""
 
 
 @dataclass
@@ -178,6 +224,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -211,7 +258,19 @@ class Config:
         _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
         _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
         _require(a.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", "must be k1 | k2 | k3")
-        _require(a.advantage == "grpo", "algorithm.advantage", f"unknown estimator {a.advantage!r} (grpo)")
+        _require(a.advantage in ("grpo", "gae"), "algorithm.advantage",
+                 f"unknown estimator {a.advantage!r} (grpo | gae)")
+        _require(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algorithm.gamma", "gamma and lam must be in [0, 1]")
+        _require(not a.kl_in_reward or (a.advantage == "gae" and a.kl_coef > 0), "algorithm.kl_in_reward",
+                 "needs algorithm.advantage=gae (per-token rewards) and algorithm.kl_coef > 0")
+        _require(a.adaptive_kl_target >= 0 and (not a.adaptive_kl_target or a.kl_in_reward),
+                 "algorithm.adaptive_kl_target", "must be >= 0, and > 0 only with algorithm.kl_in_reward")
+        _require(a.adaptive_kl_horizon > 0, "algorithm.adaptive_kl_horizon", "must be > 0")
+        _require(a.target_kl >= 0, "algorithm.target_kl", "must be >= 0 (0 disables the early stop)")
+        c = self.critic
+        _require(c.value_clip is None or c.value_clip > 0, "critic.value_clip", "must be > 0 or null")
+        _require(c.warmup_steps >= 0 and c.lr > 0, "critic.warmup_steps", "warmup_steps >= 0 and lr > 0")
+        _require(self.reward.model_batch_size > 0, "reward.model_batch_size", "must be > 0")
         _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
         _require(self.reward.mode in ("symbolic", "exact"), "reward.mode", "must be symbolic | exact")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")

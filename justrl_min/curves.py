@@ -3,7 +3,8 @@
     python -m justrl_min.curves runs/x [runs/y ...] -o curves.png [--smooth 10] [--paper deepseek]
 
 Panels: mean reward, entropy and mean response length always (the three dynamics the JustRL paper
-reports); KL, clip fraction and eval accuracy (`eval/<benchmark>/avg@n`) when any run logged them.
+reports); KL, clip fraction, the critic's value loss and explained variance (algorithm.advantage=gae)
+and eval accuracy (`eval/<benchmark>/avg@n`) when any run logged them.
 Each run is read from `RUN_DIR/metrics.jsonl`, or from the TensorBoard events under `RUN_DIR/tb/`
 when there is no metrics.jsonl. A step logged twice (a resumed run replays the steps after its last
 checkpoint) keeps the later value. `--paper deepseek` shades the ranges the paper reports for
@@ -46,6 +47,8 @@ PANELS = (
     Panel("Mean response length", "train/response_length_mean", "tokens", True),
     Panel("KL", "train/kl", "KL(policy || ref)", False),
     Panel("Clip fraction", "train/clip_frac", "fraction of tokens", False),
+    Panel("Value loss", "train/value_loss", "clipped value loss", False),
+    Panel("Explained variance", "train/explained_variance", "1 - Var(R - V) / Var(R)", False),
 )
 EVAL_PANEL = Panel("Eval accuracy", "eval/*/avg@*", "avg@n", False)
 

@@ -84,6 +84,24 @@ def save_random_model(folder: str | Path, seed: int = 0, **model_kwargs) -> Path
     return folder
 
 
+def save_reward_model(folder: str | Path, seed: int = 0, *, hidden: int = 32, layers: int = 1) -> Path:
+    """A randomly initialised tiny one-label `Qwen2ForSequenceClassification` + the tiny tokenizer, as
+    a Hugging Face folder: the `reward.model` of tests (its scores are arbitrary but deterministic)."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    folder = Path(folder)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    Qwen2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 # --------------------------------------------------------------------------------------------------
 # The synthetic task
 

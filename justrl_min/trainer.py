@@ -32,6 +32,7 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
+from justrl_min.critic import build_advantage_estimator
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
 from justrl_min.model import (
     DTYPES,
@@ -44,10 +45,9 @@ from justrl_min.model import (
     unflatten,
 )
 from justrl_min.reward import VerifierPool
+from justrl_min.reward_sources import build_reward
 from justrl_min.rollout import HFEngine, Rollouts, Sampling
 from justrl_min.tracking import Tracker
-
-ADVANTAGE_ESTIMATORS = {"grpo": algo.group_advantages}
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Batch:
     prompts: list[list[int]]
     responses: list[list[int]]
     mask: torch.Tensor
-    advantages: torch.Tensor                 # (R,)
+    advantages: torch.Tensor | None          # (R,), or (R, T) from GAE; set after the old log-probs
     old_logp: torch.Tensor
     ref_logp: torch.Tensor | None
     tis_weights: torch.Tensor | None
@@ -146,6 +146,9 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             compute_dtype)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
+    packed = supports_packing(cfg.model.attn_implementation) if t.packing == "auto" else t.packing == "packed"
+    estimator = build_advantage_estimator(cfg, resume_from, packed, device, info, compute_dtype, autocast)
+    total_reward = build_reward(cfg, tokenizer, device)
     engine = build_engine(cfg, policy, tokenizer, info)
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
     sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
@@ -164,12 +167,11 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
-    packed = supports_packing(cfg.model.attn_implementation) if t.packing == "auto" else t.packing == "packed"
     consecutive_skips = 0
 
     def save(step: int) -> None:
         save_training_state(checkpointer, step, cfg, scorer, policy, tokenizer, optimizer, scheduler, sampler,
-                            skipped_total, info)
+                            skipped_total, info, write_extra=estimator.state_writer())
 
     with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
                                                mode=cfg.reward.mode) as pool:
@@ -195,21 +197,24 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             golds = [prompt_set.problems[i].answer for i in indices for _ in range(cfg.rollout.n)]
             scored = pool.score(texts, golds)
             correct = torch.tensor(scored.scores, dtype=torch.float64)
-            rewards = torch.where(correct > 0, cfg.reward.correct, cfg.reward.incorrect)
+            rewards = total_reward(torch.where(correct > 0, cfg.reward.correct, cfg.reward.incorrect), texts, golds,
+                                   [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)],
+                                   rollouts.prompt_ids)
             if scored.examples:
                 tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
                                 f"e.g. {scored.examples[0]}")
             reward_s = time.monotonic() - t0
 
-            # ---- advantages and old log-probs
+            # ---- old log-probs, then advantages (group baseline, or the critic's GAE)
             t0 = time.monotonic()
-            advantages = ADVANTAGE_ESTIMATORS[a.advantage](rewards, cfg.rollout.n, a.scale_by_std, a.adv_eps)
-            batch, entropy = prepare_batch(cfg, rollouts, advantages.float(), scorer, reference, packed,
-                                           tokenizer.pad_token_id, device)
+            batch, entropy = prepare_batch(cfg, rollouts, scorer, reference, packed, tokenizer.pad_token_id, device)
+            batch.advantages = estimator.advantages(rewards, batch)
 
             # ---- update
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
-            update = update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
+            update = (update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
+                      if estimator.policy_trains(step) else UpdateStats())
+            critic_metrics = estimator.update(batch)
             skipped_total += update.skipped
             consecutive_skips = consecutive_skips + update.skipped if not update.updates else update.trailing_skips
             if update.skipped:
@@ -224,6 +229,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
             # ---- log (and evaluate)
             metrics = step_metrics(cfg, rollouts, rewards, correct, entropy, batch, update, info)
+            metrics.update(critic_metrics)
             metrics.update({
                 "train/lr": lr,
                 "train/skipped_steps": skipped_total,
@@ -292,8 +298,8 @@ def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):
 
 
 @torch.no_grad()
-def prepare_batch(cfg: Config, rollouts: Rollouts, advantages: torch.Tensor, scorer, reference, packed: bool,
-                  pad_id: int, device: torch.device) -> tuple[Batch, torch.Tensor]:
+def prepare_batch(cfg: Config, rollouts: Rollouts, scorer, reference, packed: bool, pad_id: int,
+                  device: torch.device) -> tuple[Batch, torch.Tensor]:
     """Old (and reference) log-probs of every response in one no-grad pass; also the entropy."""
     lengths = [len(r) for r in rollouts.response_ids]
     width = max(lengths, default=1)
@@ -315,7 +321,7 @@ def prepare_batch(cfg: Config, rollouts: Rollouts, advantages: torch.Tensor, sco
             tis_weights = algo.truncated_is_weights(old_logp, rollout_logp, cfg.rollout.tis_cap)
     else:
         rollout_logp = None
-    batch = Batch(rollouts.prompt_ids, rollouts.response_ids, mask, advantages, old_logp,
+    batch = Batch(rollouts.prompt_ids, rollouts.response_ids, mask, None, old_logp,
                   ref_logp if reference is not None else None, tis_weights, rollout_logp, pad_id)
     return batch, entropy
 
@@ -334,6 +340,8 @@ class UpdateStats:
     skipped: int = 0
     trailing_skips: int = 0
     """Skipped optimizer steps since the last one taken (to count consecutive skips across steps)."""
+    kl_stop: tuple[int, int] | None = None
+    """(epoch, mini-batch), both from 0, where algorithm.target_kl stopped this step's updates."""
 
 
 def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packed: bool,
@@ -341,36 +349,47 @@ def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packe
     """ppo_epochs passes over the rank's responses in mini-batches of whole prompt groups."""
     stats = UpdateStats()
     per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
+    starts = range(0, len(batch.responses), per_rank_mini)
     token_weighted: dict[str, float] = {}
-    for _ in range(cfg.algorithm.ppo_epochs):
-        for start in range(0, len(batch.responses), per_rank_mini):
-            rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
-            mini = minibatch_backward(cfg, batch, rows, scorer, packed, device, info)
-            grad_norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), cfg.train.grad_clip)
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if mini.nonfinite or not math.isfinite(grad_norm):
-                # Skip rather than poison the weights and Adam's moments.
-                optimizer.zero_grad(set_to_none=True)
-                stats.skipped += 1
-                stats.trailing_skips += 1
-            else:
-                stats.trailing_skips = 0
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                stats.updates += 1
-            stats.loss += mini.loss
-            stats.kl += mini.kl
-            stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
-            for key, value in mini.token_weighted.items():
-                token_weighted[key] = token_weighted.get(key, 0.0) + value
-    total_tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs
+    tokens_seen = 0.0
+    for epoch, number, start in ((e, m, s) for e in range(cfg.algorithm.ppo_epochs) for m, s in enumerate(starts)):
+        rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
+        mini = minibatch_backward(cfg, batch, rows, scorer, packed, device, info)
+        if cfg.algorithm.target_kl and _approx_kl(mini, batch, rows, info) > cfg.algorithm.target_kl:
+            optimizer.zero_grad(set_to_none=True)  # this mini-batch's update and all later ones are dropped
+            stats.kl_stop = (epoch, number)
+            break
+        tokens_seen += batch.mask[rows].sum().item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), cfg.train.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if mini.nonfinite or not math.isfinite(grad_norm):
+            # Skip rather than poison the weights and Adam's moments.
+            optimizer.zero_grad(set_to_none=True)
+            stats.skipped += 1
+            stats.trailing_skips += 1
+        else:
+            stats.trailing_skips = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            stats.updates += 1
+        stats.loss += mini.loss
+        stats.kl += mini.kl
+        stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
+        for key, value in mini.token_weighted.items():
+            token_weighted[key] = token_weighted.get(key, 0.0) + value
+    total_tokens = _sum(tokens_seen, info)
     passes = max(1, stats.updates + stats.skipped)
     stats.loss, stats.kl, stats.grad_norm = stats.loss / passes, stats.kl / passes, stats.grad_norm / passes
     for key, value in token_weighted.items():
         total = dist.all_reduce_sum(torch.tensor(value, dtype=torch.float64), info).item()
         setattr(stats, key, total / max(total_tokens, 1.0))
     return stats
+
+
+def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:
+    """Token-mean approximate KL of the policy to the rollout policy over one mini-batch (all ranks)."""
+    return _sum(mini.token_weighted["approx_kl"], info) / max(_sum(batch.mask[rows].sum().item(), info), 1.0)
 
 
 @dataclass
@@ -402,9 +421,10 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
         width = max(micro.response_lengths)
         logp = unflatten(logp, micro.response_lengths, width)                           # (b, T)
         mask = batch.mask[idx, :width].to(device)
+        advantages = batch.advantages[idx, :width] if batch.advantages.dim() == 2 else batch.advantages[idx]
         tis = batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None
         loss, metrics = algo.ppo_clip_loss(
-            logp, batch.old_logp[idx, :width].to(device), batch.advantages[idx].to(device), mask,
+            logp, batch.old_logp[idx, :width].to(device), advantages.to(device), mask,
             clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, token_normalizer=normalizer,
             token_weights=tis)
         if batch.ref_logp is not None:
@@ -449,6 +469,10 @@ def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, bat
     }
     if batch.ref_logp is not None:
         metrics["train/kl"] = update.kl
+    if cfg.algorithm.target_kl:
+        metrics["train/kl_early_stop"] = float(update.kl_stop is not None)
+        if update.kl_stop is not None:
+            metrics["train/kl_stop_epoch"], metrics["train/kl_stop_minibatch"] = update.kl_stop
     if batch.rollout_logp is not None:
         diff = (batch.old_logp - batch.rollout_logp).abs()
         d = dist.all_reduce_sum(torch.tensor([algo.masked_sum(diff, batch.mask).item()], dtype=torch.float64), info)

@@ -125,3 +125,13 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "justrl_min.curves", str(tmp_path / "nope"), "-o", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no such run directory" in bad.stderr
+
+
+def test_critic_runs_get_value_loss_and_explained_variance_panels(tmp_path):
+    rows = training_rows(10)
+    for row in rows:
+        row.update({"train/value_loss": 0.1 / row["step"], "train/explained_variance": 0.05 * row["step"]})
+    titles = curves.plot_runs([write_jsonl_run(tmp_path / "ppo", rows)], tmp_path / "c.png")
+    assert titles == BASE_PANELS + ["Value loss", "Explained variance"]
+    assert "Value loss" not in curves.plot_runs([write_jsonl_run(tmp_path / "grpo", training_rows(10))],
+                                                tmp_path / "g.png")

@@ -1,0 +1,229 @@
+"""Advantage estimators the loop calls, chosen once from `algorithm.advantage`.
+
+- `GroupBaseline` (grpo, the JustRL recipe): A = r - mean(r) per group of n samples, optionally
+  divided by the group std. No critic, nothing loaded, nothing checkpointed.
+- `CriticGAE` (gae, classic RLHF PPO): a value model (the policy's causal-LM backbone, or
+  `critic.path`'s, with a scalar head) predicts V(s_t) before every response token. The sequence
+  reward sits on the last valid token, optionally minus beta * KL(pi || ref) on every token
+  (`algorithm.kl_in_reward`, beta adapted toward a target KL when asked); GAE(gamma, lambda) gives
+  per-token advantages and returns = advantages + values; advantages are whitened over the step.
+  The critic trains on the clipped value loss with its own AdamW, over the same epochs and
+  mini-batches as the policy (token-mean across micro-batches and ranks), is sharded with FSDP2
+  under torchrun, and is saved in `checkpoints/step_N/critic/` for an exact resume. For its first
+  `critic.warmup_steps` steps only the critic trains.
+
+Both expose `advantages(rewards, batch)`, `policy_trains(step)`, `update(batch) -> metrics` and
+`state_writer() -> write(folder) | None`, so the loop has no branches on the estimator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from justrl_min import algo, dist
+from justrl_min.config import Config, ConfigError
+from justrl_min.model import MicroBatch, build_microbatch, load_causal_lm, plan_microbatches, unflatten
+
+CRITIC_DIR = "critic"
+
+
+class ValueModel(torch.nn.Module):
+    """A causal LM's backbone with a scalar head: forward gives V(s_t) for each response token t,
+    read from the hidden state that predicts token t (the state after prompt + response[:t])."""
+
+    def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        causal_lm.set_output_embeddings(torch.nn.Identity())  # the LM head is unused: do not train or save it
+        self.causal_lm = causal_lm  # the attribute name dist.shard looks for to shard per decoder layer
+        hidden = causal_lm.config.get_text_config().hidden_size
+        dtype = next(causal_lm.parameters()).dtype
+        self.value_head = torch.nn.Linear(hidden, 1, dtype=dtype, device=next(causal_lm.parameters()).device)
+        # A zero head predicts 0 everywhere at the start: no random bias in the first advantages.
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, batch: MicroBatch, *_ignored) -> torch.Tensor:
+        """Values (n,) in float32; extra arguments are accepted so dist.shard's warm-up call fits."""
+        with torch.autocast(batch.input_ids.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            hidden = self.causal_lm.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                                                  attention_mask=batch.attention_mask,
+                                                  use_cache=False).last_hidden_state
+            hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]        # (n, H)
+            return self.value_head(hidden).squeeze(-1).float()
+
+
+class GroupBaseline:
+    """algorithm.advantage=grpo: the JustRL recipe's group-relative advantages, no critic."""
+
+    def __init__(self, cfg: Config):
+        self.group_size = cfg.rollout.n
+        self.scale_by_std, self.eps = cfg.algorithm.scale_by_std, cfg.algorithm.adv_eps
+
+    def advantages(self, rewards: torch.Tensor, _batch) -> torch.Tensor:
+        return algo.group_advantages(rewards, self.group_size, self.scale_by_std, self.eps).float()   # (R,)
+
+    def policy_trains(self, _step: int) -> bool:
+        return True
+
+    def update(self, _batch) -> dict[str, float]:
+        return {}
+
+    def state_writer(self) -> Callable[[Path], None] | None:
+        return None
+
+
+class CriticGAE:
+    """algorithm.advantage=gae: a trained value model, GAE advantages, optional KL in the reward."""
+
+    def __init__(self, cfg: Config, model: ValueModel, optimizer: torch.optim.Optimizer, kl_coef: float,
+                 packed: bool, device: torch.device, info: dist.DistInfo):
+        self.cfg, self.model, self.optimizer, self.kl_coef = cfg, model, optimizer, kl_coef
+        self.packed, self.device, self.info = packed, device, info
+        self.values: torch.Tensor | None = None         # (R, T) the rollout's values, for the clipped loss
+        self.returns: torch.Tensor | None = None        # (R, T)
+        self.metrics: dict[str, float] = {}
+
+    def policy_trains(self, step: int) -> bool:
+        return step > self.cfg.critic.warmup_steps
+
+    @torch.no_grad()
+    def advantages(self, rewards: torch.Tensor, batch) -> torch.Tensor:
+        """Per-token advantages (R, T). With kl_in_reward this consumes `batch.ref_logp` (sets it to
+        None): the KL then lives in the reward, and the loss gets no KL term."""
+        a, info = self.cfg.algorithm, self.info
+        mask = batch.mask
+        values = self._predict(batch)                                                   # (R, T)
+        kl = algo.kl_penalty(batch.old_logp, batch.ref_logp, a.kl_kind) if a.kl_in_reward else None
+        rewards_t = algo.token_rewards(rewards.float(), mask, kl, self.kl_coef)
+        advantages, returns = algo.gae_advantages(rewards_t, values, mask, a.gamma, a.lam)
+        self.values, self.returns = values, returns
+        sums = dist.all_reduce_sum(torch.cat([
+            algo.masked_moments(returns, mask), algo.masked_moments(returns - values, mask),
+            algo.masked_moments(values, mask), algo.masked_moments(advantages, mask)]), info)
+        (return_mean, return_var), (_, residual_var), (value_mean, _), (adv_mean, adv_var) = (
+            algo.mean_var(m) for m in sums.split(3))
+        self.metrics = {"train/explained_variance": 1.0 - residual_var / return_var if return_var > 0 else 0.0,
+                        "train/value_mean": value_mean, "train/return_mean": return_mean}
+        if a.whiten_advantages:
+            advantages = algo.whiten(advantages, mask, adv_mean, adv_var)
+        if a.kl_in_reward:
+            self._account_kl(kl, mask, len(batch.responses))
+            batch.ref_logp = None
+        return advantages
+
+    def _account_kl(self, kl: torch.Tensor, mask: torch.Tensor, responses: int) -> None:
+        a = self.cfg.algorithm
+        s = dist.all_reduce_sum(torch.tensor([algo.masked_sum(kl.double(), mask).item(), mask.sum().item(),
+                                              float(responses)], dtype=torch.float64), self.info).tolist()
+        self.metrics.update({"train/kl": s[0] / max(s[1], 1.0), "train/kl_coef": self.kl_coef})
+        if a.adaptive_kl_target:  # steer beta by the mean KL per response, over the whole step
+            self.kl_coef = algo.adaptive_kl_coef(self.kl_coef, s[0] / s[2], a.adaptive_kl_target,
+                                                 a.adaptive_kl_horizon, int(s[2]))
+
+    @torch.no_grad()
+    def _predict(self, batch) -> torch.Tensor:
+        values = torch.zeros_like(batch.mask)
+        width = values.shape[1]
+        lengths = [len(p) + len(r) for p, r in zip(batch.prompts, batch.responses)]
+        for group in plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed):
+            micro = build_microbatch(batch.prompts, batch.responses, group, self.packed, batch.pad_id).to(self.device)
+            values[group] = unflatten(self.model(micro).cpu(), micro.response_lengths, width)
+        return values
+
+    def update(self, batch) -> dict[str, float]:
+        """ppo_epochs passes of the clipped value loss over the same mini-batches as the policy."""
+        cfg, info = self.cfg, self.info
+        per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
+        loss_total, clipped_tokens, grad_norm_total, passes = 0.0, 0.0, 0.0, 0
+        for _ in range(cfg.algorithm.ppo_epochs):
+            for start in range(0, len(batch.responses), per_rank_mini):
+                rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
+                loss, clipped = self._minibatch_backward(batch, rows)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.critic.grad_clip)
+                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+                if math.isfinite(loss) and math.isfinite(grad_norm):  # else skip, as the policy does
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_total, clipped_tokens, passes = loss_total + loss, clipped_tokens + clipped, passes + 1
+                grad_norm_total += grad_norm if math.isfinite(grad_norm) else 0.0
+        tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs
+        return {**self.metrics, "train/value_loss": loss_total / passes, "train/critic_grad_norm":
+                grad_norm_total / passes, "train/value_clip_frac": _sum(clipped_tokens, info) / max(tokens, 1.0)}
+
+    def _minibatch_backward(self, batch, rows: list[int]) -> tuple[float, float]:
+        """Accumulate one mini-batch's value-loss gradient; returns (loss over all ranks, clipped tokens here)."""
+        info, normalizer = self.info, dist.all_reduce_sum(batch.mask[rows].sum().double(), self.info).item()
+        lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
+        loss_sum, clipped = 0.0, 0.0
+        for group in plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed):
+            idx = [rows[g] for g in group]
+            micro = build_microbatch(batch.prompts, batch.responses, idx, self.packed, batch.pad_id).to(self.device)
+            width = max(micro.response_lengths)
+            values = unflatten(self.model(micro), micro.response_lengths, width)         # (b, T)
+            mask = batch.mask[idx, :width].to(self.device)
+            loss, metrics = algo.value_loss(values, self.values[idx, :width].to(self.device),
+                                            self.returns[idx, :width].to(self.device), mask,
+                                            self.cfg.critic.value_clip, token_normalizer=normalizer)
+            (loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
+            loss_sum += loss.item()
+            clipped += metrics.clip_frac.item() * mask.sum().item()
+        return _sum(loss_sum, info), clipped
+
+    def state_writer(self) -> Callable[[Path], None]:
+        """Gather the critic's full state (a collective under FSDP); the returned function writes it
+        into a checkpoint folder on rank 0."""
+        from safetensors.torch import save_file
+
+        model_state = {k: v.contiguous() for k, v in dist.full_model_state(self.model, self.info).items()}
+        optimizer_state = (dist.full_optimizer_state(self.model, self.optimizer, self.info)
+                           if self.cfg.checkpoint.save_optimizer else None)
+        kl_coef = self.kl_coef
+
+        def write(folder: Path) -> None:
+            out = folder / CRITIC_DIR
+            out.mkdir()
+            save_file(model_state, out / "model.safetensors")
+            if optimizer_state is not None:
+                torch.save(optimizer_state, out / "optimizer.pt")
+            (out / "state.json").write_text(json.dumps({"kl_coef": kl_coef}))
+
+        return write
+
+
+def build_advantage_estimator(cfg: Config, resume_from: Path | None, packed: bool, device: torch.device,
+                              info: dist.DistInfo, compute_dtype: torch.dtype, autocast: torch.dtype | None):
+    """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`)."""
+    if cfg.algorithm.advantage == "grpo":
+        return GroupBaseline(cfg)
+    m, c = cfg.model, cfg.critic
+    model = ValueModel(load_causal_lm(c.path or m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                                      trust_remote_code=m.trust_remote_code, device=device,
+                                      gradient_checkpointing=m.gradient_checkpointing), autocast)
+    saved = resume_from / CRITIC_DIR if resume_from else None
+    if saved is not None:
+        from safetensors.torch import load_file
+
+        if not saved.is_dir():
+            raise ConfigError(f"{resume_from} has no {CRITIC_DIR}/ folder (saved by a run without a critic): "
+                              f"resume it with its own algorithm.advantage, or start a fresh run")
+
+        model.load_state_dict(load_file(saved / "model.safetensors"))
+    model = dist.shard(model, info, compute_dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=cfg.train.betas, weight_decay=c.weight_decay)
+    kl_coef = cfg.algorithm.kl_coef
+    if saved is not None:
+        if (saved / "optimizer.pt").is_file():
+            dist.load_optimizer_state(model, optimizer, torch.load(saved / "optimizer.pt", weights_only=False), info)
+        kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"]
+    return CriticGAE(cfg, model, optimizer, kl_coef, packed, device, info)
+
+
+def _sum(value: float, info: dist.DistInfo) -> float:
+    return dist.all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), info).item()

@@ -1,0 +1,122 @@
+"""Rewards beyond the verifier: a user function (`reward.function`) and a reward model (`reward.model`).
+
+The verifier's correct / incorrect reward is the JustRL recipe's only reward. A recipe may add
+
+- a plain batched function, `package.module:callable`, called as fn(responses, golds, problems) with
+  the step's response texts, gold answers and `justrl_min.data.Problem` records (one per response)
+  and returning one finite float per response;
+- an `AutoModelForSequenceClassification` with one label, scoring the prompt exactly as the policy
+  saw it (chat template included) followed by the response, in batches.
+
+Their rewards are summed, plus the verifier's unless `reward.with_verifier` is false. With neither
+configured `build_reward` returns the verifier's rewards untouched and loads nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+import torch
+
+from justrl_min.config import Config, ConfigError
+
+
+class RewardSourceError(ValueError):
+    """A reward function or model that returned something unusable; the message names it."""
+
+
+RewardFn = Callable[[torch.Tensor, list[str], list[str], list, list[list[int]]], torch.Tensor]
+"""(verifier_rewards (R,), responses, golds, problems, prompt_ids) -> rewards (R,), float64."""
+
+
+def build_reward(cfg: Config, tokenizer, device: torch.device) -> RewardFn:
+    """The step's reward as the recipe asks for it, chosen once (the verifier's alone by default)."""
+    r = cfg.reward
+    if not r.function and not r.model:
+        return lambda verifier_rewards, *_: verifier_rewards
+    sources = []
+    if r.function:
+        sources.append(FunctionReward(r.function))
+    if r.model:
+        sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
+
+    def total(verifier_rewards, responses, golds, problems, prompt_ids):
+        base = verifier_rewards if r.with_verifier else torch.zeros_like(verifier_rewards)
+        return base + sum(source(responses, golds, problems, prompt_ids) for source in sources)
+
+    return total
+
+
+def load_callable(spec: str) -> Callable:
+    """`package.module:callable` -> the callable, with errors that name the spec."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"reward.function={spec!r}: expected the form package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"reward.function={spec!r}: cannot import {module_name}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"reward.function={spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def checked_rewards(values, count: int, name: str) -> torch.Tensor:
+    """One finite float per response, or an error naming the source and what was wrong."""
+    try:
+        rewards = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    except (TypeError, ValueError) as e:
+        raise RewardSourceError(f"{name} must return one float per response: {e}") from None
+    if rewards.numel() != count:
+        raise RewardSourceError(f"{name} returned {rewards.numel()} rewards for {count} responses")
+    bad = (~torch.isfinite(rewards)).nonzero().flatten().tolist()
+    if bad:
+        raise RewardSourceError(f"{name} returned non-finite rewards at responses {bad[:8]} "
+                                f"(e.g. {rewards[bad[0]].item()})")
+    return rewards
+
+
+class FunctionReward:
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.fn = load_callable(spec)
+
+    def __call__(self, responses: list[str], golds: list[str], problems: list, _prompt_ids) -> torch.Tensor:
+        values = self.fn(list(responses), list(golds), list(problems))
+        return checked_rewards(values, len(responses), f"reward.function {self.spec}")
+
+
+class ModelReward:
+    """A sequence-classification reward model with its own tokenizer, right-padded batches, no grad."""
+
+    def __init__(self, path: str, policy_tokenizer, device: torch.device, batch_size: int,
+                 trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path, self.policy_tokenizer, self.device, self.batch_size = path, policy_tokenizer, device, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.model.config.num_labels != 1:
+            raise ConfigError(f"reward.model={path}: expected a one-label (scalar) reward model, "
+                              f"it has num_labels={self.model.config.num_labels}")
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id  # where each row's score is read
+        self.model.to(device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, return_tensors="pt",
+                                 add_special_tokens=False).to(self.device)
+            scores += self.model(**enc).logits[:, 0].float().cpu().tolist()
+        return scores
+
+    def __call__(self, responses: list[str], _golds, _problems, prompt_ids: list[list[int]]) -> torch.Tensor:
+        prompts = self.policy_tokenizer.batch_decode(prompt_ids)
+        scores = self.score_texts([p + r for p, r in zip(prompts, responses)])
+        return checked_rewards(scores, len(responses), f"reward.model {self.path}")
