@@ -153,7 +153,10 @@ class TrainConfig:
     max_tokens_per_microbatch: int = 16384
     """Token budget (prompt + response) per packed micro-batch."""
     packing: str = "auto"
-    """auto: padding-free packing when the attention kernel supports it, else padded; or force one."""
+    """Micro-batch layout. packed: sequences back to back in one row, attention per sequence
+    (torch varlen_attn on CUDA, flash-attention's own varlen path, SDPA per sequence on CPU);
+    padded: length-sorted right-padded rows. auto: packed where a variable-length kernel runs it,
+    padded on CPU, where it measured fastest (bench/update_speed.py). Logged once at start."""
     lr: float = 1e-6
     warmup_steps: int = 10
     """Optimizer updates of linear warm-up, then constant."""

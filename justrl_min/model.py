@@ -7,10 +7,11 @@ head; each chunk is recomputed in the backward pass, so at most one chunk's [chu
 exist at a time instead of the full [T, vocab] tensor (~5 GB per float32 copy for T = 8k and
 Qwen2's 151,936-token vocabulary).
 
-Sequences of a micro-batch are packed padding-free into one row with position ids restarting at 0
-for each sequence; transformers then builds a block-diagonal causal mask (sdpa / eager) or calls
-the variable-length flash-attention kernel. Attention kernels without that support get
-length-sorted, right-padded rows instead.
+Two layouts of a micro-batch. Packed: its sequences back to back in one row, position ids
+restarting at 0 and `cu_seqlens` marking the boundaries; attention runs per sequence (a
+variable-length kernel on CUDA, SDPA per slice on CPU, see attention.py), never under a dense
+mask over the row. Padded: length-sorted, right-padded rows under an ordinary padding mask.
+`choose_packing` picks one for `train.packing=auto` (bench/update_speed.py measures both).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from justrl_min import attention
 from justrl_min.algo import entropy_from_log_probs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
-PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def resolve_model_path(path: str) -> str:
@@ -75,7 +76,8 @@ def load_causal_lm(path: str, *, dtype: str = "float32", attn_implementation: st
 class MicroBatch:
     """Sequences laid out for one forward pass, and where their response tokens sit.
 
-    Packed: input_ids/position_ids (1, L), attention_mask None. Padded: (b, L) with a mask.
+    Packed: input_ids/position_ids (1, L), attention_mask None, cu_seqlens (b + 1,) int32 with the
+    sequence boundaries. Padded: (b, L) with a mask, cu_seqlens None.
     `target_index` (n,) indexes the flattened (b * L) hidden states that predict the response
     tokens `target_ids` (n,), sequence after sequence; `response_lengths` (b,) splits them.
     """
@@ -87,6 +89,9 @@ class MicroBatch:
     response_lengths: list[int]
     sequence_indices: list[int]
     """Which sequences of the caller's list this micro-batch holds, in order."""
+    cu_seqlens: torch.Tensor | None = None
+    max_length: int = 0
+    """Longest sequence (what a variable-length kernel sizes its tiles by)."""
 
     @property
     def computed_tokens(self) -> int:
@@ -96,7 +101,7 @@ class MicroBatch:
         move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
         return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
                           move(self.target_index), move(self.target_ids), self.response_lengths,
-                          self.sequence_indices)
+                          self.sequence_indices, move(self.cu_seqlens), self.max_length)
 
 
 def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
@@ -132,29 +137,29 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
                      packed: bool, pad_id: int = 0) -> MicroBatch:
     """Lay out the sequences `indices` (prompt + response each) for one forward pass."""
     rows = [prompts[i] + responses[i] for i in indices]
+    lengths = torch.tensor([len(row) for row in rows])                            # (b,)
+    response_lengths = [len(responses[i]) for i in indices]
+    width = int(lengths.max())
+    cu_seqlens = attention.cu_seqlens_of(lengths.tolist())
     if packed:
         input_ids = torch.tensor([tok for row in rows for tok in row])[None]
-        position_ids = torch.cat([torch.arange(len(row)) for row in rows])[None]
+        starts = cu_seqlens[:-1].long()
+        position_ids = (torch.arange(input_ids.shape[1]) - starts.repeat_interleave(lengths))[None]
         attention_mask = None
-        row_starts = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)[:-1].tolist()
     else:
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, :len(row)] = torch.tensor(row)
-            attention_mask[r, :len(row)] = 1
+        input_ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+        attention_mask = (torch.arange(width)[None] < lengths[:, None]).long()
         position_ids = torch.arange(width)[None].expand(len(rows), -1).clone()
-        row_starts = [r * width for r in range(len(rows))]
-    target_index, target_ids, response_lengths = [], [], []
-    for start, i in zip(row_starts, indices):
-        p, n = len(prompts[i]), len(responses[i])
-        # The hidden state at position t predicts token t + 1.
-        target_index.append(torch.arange(start + p - 1, start + p + n - 1))
-        target_ids.append(torch.tensor(responses[i], dtype=torch.long))
-        response_lengths.append(n)
-    return MicroBatch(input_ids, position_ids, attention_mask, torch.cat(target_index),
-                      torch.cat(target_ids), response_lengths, list(indices))
+        starts = torch.arange(len(rows)) * width
+    # The hidden state at position t predicts token t + 1: sequence j's response tokens are
+    # predicted from flat positions start_j + p_j - 1 onwards, one per response token.
+    n = torch.tensor(response_lengths)
+    first = starts + lengths - n - 1
+    offsets_within = torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)
+    target_index = first.repeat_interleave(n) + offsets_within
+    target_ids = torch.tensor([tok for i in indices for tok in responses[i]], dtype=torch.long)
+    return MicroBatch(input_ids, position_ids, attention_mask, target_index, target_ids, response_lengths,
+                      list(indices), cu_seqlens if packed else None, width)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,6 +175,7 @@ class TokenScorer(torch.nn.Module):
 
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None):
         super().__init__()
+        attention.prepare_for_packing(causal_lm)
         self.causal_lm = causal_lm
         self.autocast_dtype = autocast_dtype
         """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
@@ -182,8 +188,15 @@ class TokenScorer(torch.nn.Module):
 
     def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         backbone = self.causal_lm.get_decoder()
+        packed = {}
+        if batch.cu_seqlens is not None:
+            implementation = self.causal_lm.config._attn_implementation
+            if not attention.handles_packing(implementation):
+                raise ValueError(f"attn_implementation={implementation!r} has no packed path; use train.packing=padded")
+            packed = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
+                          max_length_q=batch.max_length, max_length_k=batch.max_length)
         hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                          attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+                          attention_mask=batch.attention_mask, use_cache=False, **packed).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]    # (n, H)
         head = self.causal_lm.get_output_embeddings()
         logps, entropies = [], []
@@ -214,8 +227,22 @@ def unflatten(values: torch.Tensor, lengths: list[int], width: int | None = None
     return out.masked_scatter(mask, values)
 
 
-def supports_packing(attn_implementation: str) -> bool:
-    return attn_implementation in PACKING_ATTENTION
+def choose_packing(mode: str, attn_implementation: str, device: torch.device) -> tuple[bool, str]:
+    """`train.packing` -> (packed?, why), decided once per run.
+
+    auto: packed where a variable-length kernel runs it (CUDA with torch's varlen_attn, or a
+    flash-attention implementation); padded elsewhere, because on CPU length-sorted padded rows
+    measured fastest (bench/update_speed.py): one batched SDPA call beats a call per sequence.
+    """
+    if mode != "auto":
+        if mode == "packed" and not attention.handles_packing(attn_implementation):
+            raise ValueError(f"train.packing=packed: attn_implementation={attn_implementation!r} has no packed path")
+        return mode == "packed", f"train.packing={mode}"
+    if attn_implementation in attention.NATIVE_VARLEN:
+        return True, f"packed rows ({attn_implementation} runs them variable-length)"
+    if attn_implementation in attention.SWITCHED_TO_PACKED and attention.varlen_available(device):
+        return True, "packed rows (torch varlen_attn on CUDA)"
+    return False, f"length-sorted padded rows ({attn_implementation} on {device.type}: no variable-length kernel)"
 
 
 def model_bytes(path: str) -> int:

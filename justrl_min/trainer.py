@@ -38,10 +38,10 @@ from justrl_min.model import (
     DTYPES,
     TokenScorer,
     build_microbatch,
+    choose_packing,
     load_causal_lm,
     load_tokenizer,
     plan_microbatches,
-    supports_packing,
     unflatten,
 )
 from justrl_min.reward import VerifierPool
@@ -146,7 +146,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             compute_dtype)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
-    packed = supports_packing(cfg.model.attn_implementation) if t.packing == "auto" else t.packing == "packed"
+    packed, layout = choose_packing(t.packing, cfg.model.attn_implementation, device)
     estimator = build_advantage_estimator(cfg, resume_from, packed, device, info, compute_dtype, autocast)
     total_reward = build_reward(cfg, tokenizer, device)
     engine = build_engine(cfg, policy, tokenizer, info)
@@ -167,6 +167,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
+    tracker.message(f"micro-batch layout: {layout}")
     consecutive_skips = 0
 
     def save(step: int) -> None:
@@ -412,8 +413,10 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
     a = cfg.algorithm
     normalizer = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
     seq_lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
-    loss_sum, kl_sum, nonfinite = 0.0, 0.0, False
-    token_weighted: dict[str, float] = {}
+    diagnostics = ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl")
+    # Per micro-batch statistics stay on the device and are read back in one copy at the end:
+    # a .item() per micro-batch would stall a GPU once per micro-batch.
+    stats: list[torch.Tensor] = []                       # each (3 + len(diagnostics),) float64
     for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
         idx = [rows[g] for g in group]
         micro = build_microbatch(batch.prompts, batch.responses, idx, packed, batch.pad_id).to(device)
@@ -427,22 +430,24 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
             logp, batch.old_logp[idx, :width].to(device), advantages.to(device), mask,
             clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, token_normalizer=normalizer,
             token_weights=tis)
+        kl_term = loss.new_zeros(())
         if batch.ref_logp is not None:
             kl = algo.kl_penalty(logp, batch.ref_logp[idx, :width].to(device), a.kl_kind)
             kl_term = algo.masked_sum(kl, mask) / normalizer
             loss = loss + a.kl_coef * kl_term
-            kl_sum += kl_term.item()
         if a.entropy_coef:
             entropy = unflatten(entropy, micro.response_lengths, width)
             loss = loss - a.entropy_coef * algo.masked_sum(entropy, mask) / normalizer
-        nonfinite |= not math.isfinite(loss.item())
         # FSDP averages gradients over ranks; scaling by the world size turns that into a sum.
         (loss * info.world_size).backward()
-        loss_sum += loss.item()
-        tokens = mask.sum().item()
-        for key in ("clip_frac", "clip_frac_low", "clip_frac_high", "dual_clip_frac", "approx_kl"):
-            token_weighted[key] = token_weighted.get(key, 0.0) + getattr(metrics, key).item() * tokens
-    nonfinite = bool(_sum(int(nonfinite), info))
+        tokens = mask.sum().double()
+        stats.append(torch.stack([loss.detach().double(), kl_term.detach().double(),
+                                  (~torch.isfinite(loss.detach())).double(),
+                                  *(getattr(metrics, key).detach().double() * tokens for key in diagnostics)]))
+    per_micro = torch.stack(stats).cpu().tolist()
+    loss_sum, kl_sum, nonfinite = (sum(row[c] for row in per_micro) for c in range(3))
+    token_weighted = {key: sum(row[3 + k] for row in per_micro) for k, key in enumerate(diagnostics)}
+    nonfinite = bool(_sum(nonfinite, info))
     return MiniBatchResult(_sum(loss_sum, info), _sum(kl_sum, info), nonfinite, token_weighted)
 
 

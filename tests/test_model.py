@@ -121,3 +121,14 @@ def test_accumulated_microbatches_equal_whole_batch(scorer, packing):
     assert abs(whole_loss - split_loss) < 1e-10
     for name in whole:
         assert torch.allclose(whole[name], split[name], atol=1e-10), name
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_target_index_points_one_before_each_response_token(packed):
+    prompts, responses = random_sequences(5, seed=4)
+    micro = build_microbatch(prompts, responses, [4, 0, 2], packed, pad_id=0)
+    flat = micro.input_ids.reshape(-1)
+    # the hidden state at flat position t predicts the token at t + 1
+    assert torch.equal(flat[micro.target_index + 1], micro.target_ids)
+    assert micro.target_ids.tolist() == responses[4] + responses[0] + responses[2]
+    assert micro.response_lengths == [len(responses[i]) for i in (4, 0, 2)]

@@ -1,0 +1,72 @@
+"""Where one step's update time goes: cProfile of the old-log-prob pass and the policy update.
+
+Runs the tiny recipe for `--steps` steps (default 2, shape of bench/step_time_vs_trl.py: 32 prompts
+x 8 samples, one optimizer update per step) and profiles `prepare_batch` + `update_policy` of the
+last step only, so start-up, the warm start and the first step's one-off costs stay out. Prints
+the step's time split and the top entries by own time (tottime) and by cumulative time.
+
+    python bench/profile_update.py [--steps 2] [--top 5] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from justrl_min import trainer  # noqa: E402
+from justrl_min.config import load_recipe  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("overrides", nargs="*", help="extra key=value recipe overrides")
+    args = parser.parse_args(argv)
+
+    profiler = cProfile.Profile()
+    calls = {"prepare_batch": 0, "update_policy": 0}
+
+    def profiled(name):
+        original = getattr(trainer, name)
+
+        def run(*a, **kw):
+            calls[name] += 1
+            if calls[name] < args.steps:
+                return original(*a, **kw)
+            profiler.enable()
+            try:
+                return original(*a, **kw)
+            finally:
+                profiler.disable()
+        return run
+
+    for name in calls:
+        setattr(trainer, name, profiled(name))
+    with tempfile.TemporaryDirectory() as out:
+        overrides = [f"train.steps={args.steps}", "train.prompts_per_step=32", "train.mini_batch_prompts=32",
+                     f"run.output_dir={out}", "run.name=profile", "log.curves_at_end=false", "log.tensorboard=false",
+                     "log.samples_per_step=0", f"checkpoint.every_steps={args.steps + 1}", *args.overrides]
+        run_dir = trainer.train(load_recipe(str(ROOT / "recipes/tiny_cpu.yaml"), overrides))
+        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    print("last step: " + "  ".join(f"{k.removeprefix('time/')} {last[k]:.3f}"
+                                    for k in ("time/step_s", "time/rollout_s", "time/reward_s", "time/update_s")))
+    for key in ("tottime", "cumulative"):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(args.top)
+        body = text.getvalue()
+        print(f"--- prepare_batch + update_policy of the last step, top {args.top} by {key}")
+        print(body[body.index("   ncalls"):].rstrip())
+
+
+if __name__ == "__main__":
+    main()
