@@ -3,6 +3,7 @@
     engine.generate(prompt_token_ids, n, sampling) -> Rollouts
     engine.load_weights(named_tensors)       # push the trainer's new weights
     engine.sleep() / engine.wake_up()        # free / reclaim accelerator memory around training
+    engine.close()                           # at the end of the run
 
 `HFEngine` samples with `transformers` `generate` on any device and shares the policy module with
 the trainer, so `load_weights` has nothing to copy. `VLLMEngine` owns a colocated vLLM instance
@@ -113,6 +114,9 @@ class HFEngine:
         pass
 
     def wake_up(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -317,6 +321,15 @@ class VLLMEngine:
 
     def wake_up(self) -> None:
         self._wake({"weights", "kv_cache"})
+
+    def close(self) -> None:
+        """Shut the engine down while the trainer's process group still exists.
+
+        Left to vLLM's exit-time finalizer, the shutdown would destroy its process groups after the
+        trainer has destroyed the default one ("Invalid process group specified" under torchrun).
+        vllm 0.32.0's `LLM` has no public shutdown; this is the call its finalizer makes.
+        """
+        self.llm.llm_engine.engine_core.shutdown()
 
     def _wake(self, tags: set[str]) -> None:
         # Weights first: a caller that loads new weights wakes only those.

@@ -252,6 +252,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                                 f"python train.py {run_dir / 'config.yaml'} run.resume=true")
                 break
     tracker.close()
+    engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
         from justrl_min.curves import plot_runs
 

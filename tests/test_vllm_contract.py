@@ -349,6 +349,14 @@ def test_sleep_then_load_weights_then_generate(engine):
     assert set(engine.llm.loaded) == {"model.embed_tokens.weight", "lm_head.weight"}
 
 
+def test_close_is_the_in_process_engine_shutdown():
+    # VLLMEngine.close reaches llm.llm_engine.engine_core.shutdown(): an in-process client's shutdown.
+    InprocClient = _vllm("vllm.v1.engine.core_client:InprocClient")
+    assert inspect.signature(InprocClient.shutdown).bind(None)
+    assert "engine_core" in inspect.getsource(_vllm("vllm.v1.engine.llm_engine:LLMEngine").__init__)
+    assert "llm_engine" in inspect.getsource(vllm.LLM.__init__)
+
+
 def test_sleep_level_two_discards_weights_per_the_installed_docs():
     doc = inspect.getdoc(vllm.LLM.sleep)
     assert "Level 1: Offload model weights to CPU" in doc
