@@ -43,7 +43,9 @@ demo-vllm: install-vllm
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The import first: here a vLLM that fails to import is an error, not a reason for the tests to skip.
 test-vllm: install-vllm
+	$(BIN)/python -c "import vllm"
 	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py
 
 lint: install
