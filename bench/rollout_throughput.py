@@ -3,13 +3,17 @@
 Both engines get the same prompts, n and sampling (temperature 1, top-p 1, a seed) and the same
 float32 weights: a random model of the tiny recipe's shape and a random model of Qwen2-0.5B's shape
 (hidden 896, 24 layers, 14 heads / 2 KV heads, MLP 4864, vocabulary 151,936, tied head). Random
-weights spread the next-token distribution over the whole vocabulary, so EOS is rare and both engines
-generate close to max_tokens per sample; the counts are the tokens each actually returned. Each
+weights spread the next-token distribution over the whole vocabulary, so with 151,936 tokens EOS is
+rare and samples run to max_tokens; with the tiny model's few hundred it comes early and the engines
+return different token counts. Rates divide the tokens each engine actually returned. Each
 engine does one short warm-up call, then `--repeats` timed calls; the best call counts (the machine
 is shared). Engine start-up (vLLM: import, load, KV-cache set-up) is printed but not in the rate.
 
-    python bench/rollout_throughput.py [--prompts 4] [--n 8] [--max-tokens 256] [--repeats 2]
+    python bench/rollout_throughput.py [--prompts 4] [--n 8] [--max-tokens 256] [--repeats 1]
         [--models tiny,qwen2-0.5b] [--threads T]
+
+On 2 cores the Qwen2-0.5B shape at these defaults takes well over 10 minutes (HF keeps every
+step's full-vocabulary scores); `--models qwen2-0.5b --prompts 2 --max-tokens 128` is shorter.
 
 Needs vLLM (`make install-vllm`). Run under `flock /tmp/justrl_cpu.lock` on a shared machine.
 """
@@ -101,7 +105,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--models", default="tiny,qwen2-0.5b", help=f"comma-separated: {', '.join(SHAPES)}")
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
