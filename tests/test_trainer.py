@@ -175,7 +175,7 @@ def test_gpu_recipe_on_cpu_stops_with_the_fix(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
-    assert "rollout.engine=vllm needs a CUDA GPU" in result.stderr and "recipes/tiny_cpu.yaml" in result.stderr
+    assert "run.device=cuda needs a CUDA GPU" in result.stderr and "recipes/tiny_cpu.yaml" in result.stderr
     assert "Traceback" not in result.stderr
 
 

