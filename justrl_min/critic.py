@@ -154,8 +154,9 @@ class CriticGAE:
                 loss_total, clipped_tokens, passes = loss_total + loss, clipped_tokens + clipped, passes + 1
                 grad_norm_total += grad_norm if math.isfinite(grad_norm) else 0.0
         tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs
+        clip_frac = dist.sum_scalar(clipped_tokens, info) / max(tokens, 1.0)
         return {**self.metrics, "train/value_loss": loss_total / passes, "train/critic_grad_norm":
-                grad_norm_total / passes, "train/value_clip_frac": _sum(clipped_tokens, info) / max(tokens, 1.0)}
+                grad_norm_total / passes, "train/value_clip_frac": clip_frac}
 
     def _minibatch_backward(self, batch, rows: list[int]) -> tuple[float, float]:
         """Accumulate one mini-batch's value-loss gradient; returns (loss over all ranks, clipped tokens here)."""
@@ -174,7 +175,7 @@ class CriticGAE:
             (loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
             loss_sum += loss.item()
             clipped += metrics.clip_frac.item() * mask.sum().item()
-        return _sum(loss_sum, info), clipped
+        return dist.sum_scalar(loss_sum, info), clipped
 
     def state_writer(self) -> Callable[[Path], None]:
         """Gather the critic's full state (a collective under FSDP); the returned function writes it
@@ -223,7 +224,3 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, packed: boo
             dist.load_optimizer_state(model, optimizer, torch.load(saved / "optimizer.pt", weights_only=False), info)
         kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"]
     return CriticGAE(cfg, model, optimizer, kl_coef, packed, device, info)
-
-
-def _sum(value: float, info: dist.DistInfo) -> float:
-    return dist.all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), info).item()

@@ -58,6 +58,11 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def sum_scalar(value: int | float, info: DistInfo) -> float:
+    """One number summed over ranks, in float64."""
+    return all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), info).item()
+
+
 def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     values = values.detach().clone()
     if info.enabled:

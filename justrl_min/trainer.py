@@ -234,8 +234,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             metrics.update({
                 "train/lr": lr,
                 "train/skipped_steps": skipped_total,
-                "train/reward_timeouts": _sum(scored.timeouts, info),
-                "train/reward_errors": _sum(scored.errors, info),
+                "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
+                "train/reward_errors": dist.sum_scalar(scored.errors, info),
                 "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
                 "time/step_s": time.monotonic() - step_started,
             })
@@ -251,7 +251,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 ][:cfg.log.samples_per_step])
 
             # ---- checkpoint, stop
-            stopping = bool(_sum(int(stop.requested), info))
+            stopping = bool(dist.sum_scalar(int(stop.requested), info))
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
                 save(step)
             if stopping:
@@ -382,7 +382,7 @@ def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packe
         stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
         for key, value in mini.token_weighted.items():
             token_weighted[key] = token_weighted.get(key, 0.0) + value
-    total_tokens = _sum(tokens_seen, info)
+    total_tokens = dist.sum_scalar(tokens_seen, info)
     passes = max(1, stats.updates + stats.skipped)
     stats.loss, stats.kl, stats.grad_norm = stats.loss / passes, stats.kl / passes, stats.grad_norm / passes
     for key, value in token_weighted.items():
@@ -393,7 +393,8 @@ def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packe
 
 def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:
     """Token-mean approximate KL of the policy to the rollout policy over one mini-batch (all ranks)."""
-    return _sum(mini.token_weighted["approx_kl"], info) / max(_sum(batch.mask[rows].sum().item(), info), 1.0)
+    tokens = dist.sum_scalar(batch.mask[rows].sum().item(), info)
+    return dist.sum_scalar(mini.token_weighted["approx_kl"], info) / max(tokens, 1.0)
 
 
 @dataclass
@@ -450,8 +451,8 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
     per_micro = torch.stack(stats).cpu().tolist()
     loss_sum, kl_sum, nonfinite = (sum(row[c] for row in per_micro) for c in range(3))
     token_weighted = {key: sum(row[3 + k] for row in per_micro) for k, key in enumerate(diagnostics)}
-    nonfinite = bool(_sum(nonfinite, info))
-    return MiniBatchResult(_sum(loss_sum, info), _sum(kl_sum, info), nonfinite, token_weighted)
+    nonfinite = bool(dist.sum_scalar(nonfinite, info))
+    return MiniBatchResult(dist.sum_scalar(loss_sum, info), dist.sum_scalar(kl_sum, info), nonfinite, token_weighted)
 
 
 def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, batch: Batch, update: UpdateStats,
@@ -518,10 +519,6 @@ def _record_skip(run_dir: Path, step: int, update: UpdateStats, rewards, info: d
 
 def _generation_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101) % 2**31
-
-
-def _sum(value: int | float, info: dist.DistInfo) -> float:
-    return dist.all_reduce_sum(torch.tensor(float(value), dtype=torch.float64), info).item()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
