@@ -12,8 +12,9 @@
   under torchrun, and is saved in `checkpoints/step_N/critic/` for an exact resume. For its first
   `critic.warmup_steps` steps only the critic trains.
 
-Both expose `advantages(rewards, batch)`, `policy_trains(step)`, `update(batch) -> metrics` and
-`state_writer() -> write(folder) | None`, so the loop has no branches on the estimator.
+Both expose `advantages(rewards, batch)`, `policy_trains(step)`, `update(batch) -> metrics`,
+`state_writer() -> write(folder) | None` and `reads_old_logp`, so the loop has no branches on the
+estimator.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class GroupBaseline:
     def __init__(self, cfg: Config):
         self.group_size = cfg.rollout.n
         self.scale_by_std, self.eps = cfg.algorithm.scale_by_std, cfg.algorithm.adv_eps
+        self.reads_old_logp = False
 
     def advantages(self, rewards: torch.Tensor, _batch) -> torch.Tensor:
         return algo.group_advantages(rewards, self.group_size, self.scale_by_std, self.eps).float()   # (R,)
@@ -89,6 +91,8 @@ class CriticGAE:
         self.values: torch.Tensor | None = None         # (R, T) the rollout's values, for the clipped loss
         self.returns: torch.Tensor | None = None        # (R, T)
         self.metrics: dict[str, float] = {}
+        self.reads_old_logp = cfg.algorithm.kl_in_reward
+        """`advantages` reads the old log-probs (the KL in the reward), so they must exist first."""
 
     def policy_trains(self, step: int) -> bool:
         return step > self.cfg.critic.warmup_steps

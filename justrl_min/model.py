@@ -92,6 +92,12 @@ class MicroBatch:
     cu_seqlens: torch.Tensor | None = None
     max_length: int = 0
     """Longest sequence (what a variable-length kernel sizes its tiles by)."""
+    prompt_lengths: torch.Tensor | None = None
+    """Padded layout: (b,) each row's prompt length, for the shared-prompt forward."""
+    prompt_of_row: torch.Tensor | None = None
+    """Padded layout: (b,) which distinct prompt each row has, numbered in order of first row."""
+    first_row_of_prompt: torch.Tensor | None = None
+    """Padded layout: (P,) the first row holding each distinct prompt."""
 
     @property
     def computed_tokens(self) -> int:
@@ -101,7 +107,8 @@ class MicroBatch:
         move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
         return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
                           move(self.target_index), move(self.target_ids), self.response_lengths,
-                          self.sequence_indices, move(self.cu_seqlens), self.max_length)
+                          self.sequence_indices, move(self.cu_seqlens), self.max_length,
+                          move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt))
 
 
 def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
@@ -141,6 +148,7 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
     response_lengths = [len(responses[i]) for i in indices]
     width = int(lengths.max())
     cu_seqlens = attention.cu_seqlens_of(lengths.tolist())
+    sharing = {}
     if packed:
         input_ids = torch.tensor([tok for row in rows for tok in row])[None]
         starts = cu_seqlens[:-1].long()
@@ -151,15 +159,24 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
         attention_mask = (torch.arange(width)[None] < lengths[:, None]).long()
         position_ids = torch.arange(width)[None].expand(len(rows), -1).clone()
         starts = torch.arange(len(rows)) * width
+        distinct: dict[tuple[int, ...], int] = {}
+        prompt_of_row = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i in indices]
+        sharing = dict(prompt_lengths=torch.tensor([len(prompts[i]) for i in indices]),
+                       prompt_of_row=torch.tensor(prompt_of_row),
+                       first_row_of_prompt=torch.tensor([prompt_of_row.index(p) for p in range(len(distinct))]))
     # The hidden state at position t predicts token t + 1: sequence j's response tokens are
     # predicted from flat positions start_j + p_j - 1 onwards, one per response token.
     n = torch.tensor(response_lengths)
-    first = starts + lengths - n - 1
-    offsets_within = torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)
-    target_index = first.repeat_interleave(n) + offsets_within
+    target_index = (starts + lengths - n - 1).repeat_interleave(n) + _offsets_within(n)
     target_ids = torch.tensor([tok for i in indices for tok in responses[i]], dtype=torch.long)
     return MicroBatch(input_ids, position_ids, attention_mask, target_index, target_ids, response_lengths,
-                      list(indices), cu_seqlens if packed else None, width)
+                      list(indices), cu_seqlens if packed else None, width, **sharing)
+
+
+def _offsets_within(lengths: torch.Tensor) -> torch.Tensor:
+    """0..l0-1, 0..l1-1, ... for runs of the given lengths, concatenated."""
+    starts = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+    return torch.arange(int(lengths.sum()), device=lengths.device) - starts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,12 +190,15 @@ class TokenScorer(torch.nn.Module):
     wrapper is the root that gathers the embedding / final norm / LM head for its forward.
     """
 
-    def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
+                 share_prompts: bool = False):
         super().__init__()
         attention.prepare_for_packing(causal_lm)
         self.causal_lm = causal_lm
         self.autocast_dtype = autocast_dtype
         """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
+        self.share_prompts = share_prompts
+        """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`)."""
 
     def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         if self.autocast_dtype is None:
@@ -195,9 +215,12 @@ class TokenScorer(torch.nn.Module):
                 raise ValueError(f"attn_implementation={implementation!r} has no packed path; use train.packing=padded")
             packed = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
                           max_length_q=batch.max_length, max_length_k=batch.max_length)
-        hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                          attention_mask=batch.attention_mask, use_cache=False, **packed).last_hidden_state
-        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]    # (n, H)
+        if self.share_prompts and batch.prompt_of_row is not None:
+            hidden = _shared_prompt_hidden(backbone, batch)
+        else:
+            hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                              attention_mask=batch.attention_mask, use_cache=False, **packed).last_hidden_state
+            hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]    # (n, H)
         head = self.causal_lm.get_output_embeddings()
         logps, entropies = [], []
         for h, ids in zip(hidden.split(chunk_tokens), batch.target_ids.split(chunk_tokens)):
@@ -209,6 +232,46 @@ class TokenScorer(torch.nn.Module):
             logps.append(logp)
             entropies.append(entropy)
         return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
+
+
+def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
+    """Hidden states that predict the response tokens, each distinct prompt computed once.
+
+    The n samples of a prompt share it token for token, so its keys and values are the same in
+    every row: one pass over the P distinct prompts (right-padded) fills a KV cache, which is
+    indexed out to the b rows (`reorder_cache`: an index_select whose backward sums the rows'
+    gradients back into their prompt), and a second pass runs only the responses on top of it,
+    at the positions they have in the full sequence. The same function as the padded forward, up
+    to float rounding, for (P * prompt + b * response) tokens instead of b * (prompt + response).
+    Needs the cache, so not with gradient checkpointing (transformers drops the cache there).
+    """
+    ids, prompt_lengths, prompt_of_row = batch.input_ids, batch.prompt_lengths, batch.prompt_of_row
+    device = ids.device
+    first_rows = batch.first_row_of_prompt
+    prompt_width = int(prompt_lengths.max())
+    columns = torch.arange(prompt_width, device=device)
+    prompt_mask = (columns[None] < prompt_lengths[first_rows, None]).long()                 # (P, Lp)
+    prompt_pass = backbone(input_ids=ids[first_rows, :prompt_width], attention_mask=prompt_mask,
+                           position_ids=columns[None].expand(len(first_rows), -1), use_cache=True)
+    cache = prompt_pass.past_key_values
+    cache.reorder_cache(prompt_of_row)                                                       # P -> b rows
+    # The last prompt token predicts the first response token.
+    last_prompt_hidden = prompt_pass.last_hidden_state[prompt_of_row, prompt_lengths - 1]   # (b, H)
+
+    response_lengths = torch.tensor(batch.response_lengths, device=device)
+    response_width = max(batch.response_lengths)
+    steps = torch.arange(response_width, device=device)
+    positions = prompt_lengths[:, None] + steps[None]                                        # (b, Lr)
+    response_ids = ids.gather(1, positions.clamp(max=ids.shape[1] - 1))
+    response_mask = (steps[None] < response_lengths[:, None]).long()
+    response_pass = backbone(input_ids=response_ids, position_ids=positions, past_key_values=cache,
+                             attention_mask=torch.cat([prompt_mask[prompt_of_row], response_mask], 1),
+                             use_cache=True)
+    hidden = torch.cat([last_prompt_hidden[:, None], response_pass.last_hidden_state], 1)   # (b, Lr + 1, H)
+    # Row j's response tokens are predicted from its positions 0 .. len_j - 1 of `hidden`.
+    rows = torch.arange(len(response_lengths), device=device) * (response_width + 1)
+    target_index = rows.repeat_interleave(response_lengths) + _offsets_within(response_lengths)
+    return hidden.reshape(-1, hidden.shape[-1])[target_index]                               # (n, H)
 
 
 def _chunk_logprob_entropy(hidden: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Module,
@@ -243,6 +306,18 @@ def choose_packing(mode: str, attn_implementation: str, device: torch.device) ->
     if attn_implementation in attention.SWITCHED_TO_PACKED and attention.varlen_available(device):
         return True, "packed rows (torch varlen_attn on CUDA)"
     return False, f"length-sorted padded rows ({attn_implementation} on {device.type}: no variable-length kernel)"
+
+
+def choose_prompt_sharing(mode: str, packed: bool, gradient_checkpointing: bool) -> tuple[bool, str]:
+    """`train.share_prompts` -> (share?, why), decided once per run."""
+    blocker = ("packed rows" if packed else
+               "gradient checkpointing (transformers drops the KV cache under it)" if gradient_checkpointing else "")
+    if mode == "on" and blocker:
+        raise ValueError(f"train.share_prompts=on does not work with {blocker}; use train.share_prompts=auto")
+    if mode == "off" or blocker:
+        why = "train.share_prompts=off" if mode == "off" else blocker
+        return False, f"each prompt computed once per response ({why})"
+    return True, "each distinct prompt computed once per micro-batch, responses on its KV cache"
 
 
 def model_bytes(path: str) -> int:

@@ -39,6 +39,7 @@ from justrl_min.model import (
     TokenScorer,
     build_microbatch,
     choose_packing,
+    choose_prompt_sharing,
     load_causal_lm,
     load_tokenizer,
     plan_microbatches,
@@ -62,6 +63,10 @@ class Batch:
     tis_weights: torch.Tensor | None
     rollout_logp: torch.Tensor | None        # the engine's own log-probs, when it reports them
     pad_id: int
+    entropy: torch.Tensor | None = None      # (R, T) of the sampling policy, for the step's metrics
+    fresh_rows: int = 0
+    """Rows [0, fresh_rows) have no old log-probs yet: the update's first forward over them, taken
+    before any optimizer step of this step, gives them (see `fresh_row_count`)."""
 
 
 class TrainingAborted(RuntimeError):
@@ -137,16 +142,17 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
     # FSDP's mixed-precision policy casts for the forward; a single process uses autocast instead.
     autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] and not info.enabled else None
-    scorer = dist.shard(TokenScorer(policy, autocast), info, compute_dtype)
+    packed, layout = choose_packing(t.packing, cfg.model.attn_implementation, device)
+    share_prompts, prompt_layout = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
+    scorer = dist.shard(TokenScorer(policy, autocast, share_prompts), info, compute_dtype)
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = dist.shard(TokenScorer(load_causal_lm(
             cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False), autocast), info,
-            compute_dtype)
+            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False), autocast, share_prompts),
+            info, compute_dtype)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
-    packed, layout = choose_packing(t.packing, cfg.model.attn_implementation, device)
     estimator = build_advantage_estimator(cfg, resume_from, packed, device, info, compute_dtype, autocast)
     total_reward = build_reward(cfg, tokenizer, device)
     engine = build_engine(cfg, policy, tokenizer, info)
@@ -167,7 +173,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
-    tracker.message(f"micro-batch layout: {layout}")
+    tracker.message(f"micro-batch layout: {layout}; {prompt_layout}")
     consecutive_skips = 0
 
     def save(step: int) -> None:
@@ -208,13 +214,15 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
             # ---- old log-probs, then advantages (group baseline, or the critic's GAE)
             t0 = time.monotonic()
-            batch, entropy = prepare_batch(cfg, rollouts, scorer, reference, packed, tokenizer.pad_token_id, device)
+            trains = estimator.policy_trains(step)
+            batch = prepare_batch(cfg, rollouts, scorer, reference, packed, tokenizer.pad_token_id, device,
+                                  fresh_rows=fresh_row_count(cfg, estimator, trains, len(rollouts), info))
             batch.advantages = estimator.advantages(rewards, batch)
 
             # ---- update
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
             update = (update_policy(cfg, batch, scorer, optimizer, scheduler, packed, device, info)
-                      if estimator.policy_trains(step) else UpdateStats())
+                      if trains else UpdateStats())
             critic_metrics = estimator.update(batch)
             skipped_total += update.skipped
             consecutive_skips = consecutive_skips + update.skipped if not update.updates else update.trailing_skips
@@ -229,7 +237,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             update_s = time.monotonic() - t0
 
             # ---- log (and evaluate)
-            metrics = step_metrics(cfg, rollouts, rewards, correct, entropy, batch, update, info)
+            metrics = step_metrics(cfg, rollouts, rewards, correct, batch, update, info)
             metrics.update(critic_metrics)
             metrics.update({
                 "train/lr": lr,
@@ -301,23 +309,40 @@ def _weights_for_engine(cfg: Config, scorer, info: dist.DistInfo):
             for name, tensor in dist.iter_full_tensors(scorer, info, compute_dtype))
 
 
+def fresh_row_count(cfg: Config, estimator, trains: bool, rows: int, info: dist.DistInfo) -> int:
+    """How many leading rows skip the separate old-log-prob pass.
+
+    The first mini-batch is scored by the update before any optimizer step, with the very weights
+    that sampled it, so its old log-probs are that forward's own, detached: the ratio is exactly 1,
+    as the separate pass would make it up to float rounding. With one mini-batch and one epoch per
+    step (TRL's default shape) the separate pass disappears. Not when anything reads the old
+    log-probs before the update: the critic's KL-in-reward, or the TIS weights.
+    """
+    if not trains or estimator.reads_old_logp or cfg.rollout.tis_cap > 0:
+        return 0
+    return min(rows, cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n)
+
+
 @torch.no_grad()
 def prepare_batch(cfg: Config, rollouts: Rollouts, scorer, reference, packed: bool, pad_id: int,
-                  device: torch.device) -> tuple[Batch, torch.Tensor]:
-    """Old (and reference) log-probs of every response in one no-grad pass; also the entropy."""
+                  device: torch.device, fresh_rows: int = 0) -> Batch:
+    """Old log-probs and entropy of rows [fresh_rows, R), reference log-probs of all, in no-grad passes."""
     lengths = [len(r) for r in rollouts.response_ids]
     width = max(lengths, default=1)
     mask = unflatten(torch.ones(sum(lengths)), lengths, width)
     old_logp, ref_logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
     seq_lengths = [len(p) + n for p, n in zip(rollouts.prompt_ids, lengths)]
-    for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
-        micro = build_microbatch(rollouts.prompt_ids, rollouts.response_ids, group, packed, pad_id).to(device)
-        logp, ent = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
-        old_logp[group] = unflatten(logp.float().cpu(), micro.response_lengths, width)
-        entropy[group] = unflatten(ent.float().cpu(), micro.response_lengths, width)
-        if reference is not None:
-            logp, _ = reference(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
-            ref_logp[group] = unflatten(logp.float().cpu(), micro.response_lengths, width)
+
+    def score(model, rows: list[int], *outputs: torch.Tensor) -> None:
+        for group in plan_microbatches([seq_lengths[i] for i in rows], cfg.train.max_tokens_per_microbatch, packed):
+            idx = [rows[g] for g in group]
+            micro = build_microbatch(rollouts.prompt_ids, rollouts.response_ids, idx, packed, pad_id).to(device)
+            for out, values in zip(outputs, model(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)):
+                out[idx] = unflatten(values.float().cpu(), micro.response_lengths, width)
+
+    score(scorer, list(range(fresh_rows, len(lengths))), old_logp, entropy)
+    if reference is not None:
+        score(reference, list(range(len(lengths))), ref_logp)
     tis_weights = None
     if rollouts.rollout_logprobs is not None:
         rollout_logp = unflatten(torch.tensor([x for row in rollouts.rollout_logprobs for x in row]), lengths, width)
@@ -325,9 +350,8 @@ def prepare_batch(cfg: Config, rollouts: Rollouts, scorer, reference, packed: bo
             tis_weights = algo.truncated_is_weights(old_logp, rollout_logp, cfg.rollout.tis_cap)
     else:
         rollout_logp = None
-    batch = Batch(rollouts.prompt_ids, rollouts.response_ids, mask, None, old_logp,
-                  ref_logp if reference is not None else None, tis_weights, rollout_logp, pad_id)
-    return batch, entropy
+    return Batch(rollouts.prompt_ids, rollouts.response_ids, mask, None, old_logp,
+                 ref_logp if reference is not None else None, tis_weights, rollout_logp, pad_id, entropy, fresh_rows)
 
 
 @dataclass
@@ -359,6 +383,7 @@ def update_policy(cfg: Config, batch: Batch, scorer, optimizer, scheduler, packe
     for epoch, number, start in ((e, m, s) for e in range(cfg.algorithm.ppo_epochs) for m, s in enumerate(starts)):
         rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
         mini = minibatch_backward(cfg, batch, rows, scorer, packed, device, info)
+        batch.fresh_rows = 0  # taken by the first mini-batch, which held them all
         if cfg.algorithm.target_kl and _approx_kl(mini, batch, rows, info) > cfg.algorithm.target_kl:
             optimizer.zero_grad(set_to_none=True)  # this mini-batch's update and all later ones are dropped
             stats.kl_stop = (epoch, number)
@@ -430,8 +455,11 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
         mask = batch.mask[idx, :width].to(device)
         advantages = batch.advantages[idx, :width] if batch.advantages.dim() == 2 else batch.advantages[idx]
         tis = batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None
+        old_logp = batch.old_logp[idx, :width].to(device)
+        if batch.fresh_rows:
+            old_logp = _take_fresh_old_logp(batch, idx, logp, entropy, micro.response_lengths, old_logp)
         loss, metrics = algo.ppo_clip_loss(
-            logp, batch.old_logp[idx, :width].to(device), advantages.to(device), mask,
+            logp, old_logp, advantages.to(device), mask,
             clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, token_normalizer=normalizer,
             token_weights=tis)
         kl_term = loss.new_zeros(())
@@ -455,7 +483,21 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
     return MiniBatchResult(dist.sum_scalar(loss_sum, info), dist.sum_scalar(kl_sum, info), nonfinite, token_weighted)
 
 
-def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, batch: Batch, update: UpdateStats,
+def _take_fresh_old_logp(batch: Batch, idx: list[int], logp: torch.Tensor, entropy: torch.Tensor,
+                         response_lengths: list[int], old_logp: torch.Tensor) -> torch.Tensor:
+    """For rows below `batch.fresh_rows`: this forward's log-probs, detached, are the old ones.
+
+    They are also written into the batch (with the entropy) for later epochs and the metrics.
+    """
+    width = logp.shape[1]
+    fresh = torch.tensor(idx) < batch.fresh_rows                                  # (b,)
+    rows = [i for i, f in zip(idx, fresh.tolist()) if f]
+    batch.old_logp[rows, :width] = logp.detach()[fresh.to(logp.device)].float().cpu()
+    batch.entropy[rows, :width] = unflatten(entropy.detach().float().cpu(), response_lengths, width)[fresh]
+    return torch.where(fresh.to(logp.device)[:, None], logp.detach(), old_logp)
+
+
+def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, batch: Batch, update: UpdateStats,
                  info: dist.DistInfo) -> dict[str, float]:
     """Flat, namespaced step metrics, reduced over ranks (sums of sums, never means of means)."""
     n = cfg.rollout.n
@@ -463,7 +505,7 @@ def step_metrics(cfg: Config, rollouts: Rollouts, rewards, correct, entropy, bat
     group_correct = correct.reshape(-1, n).mean(1)
     sums = torch.tensor([rewards.sum(), correct.sum(), len(lengths), lengths.sum(),
                          float(sum(rollouts.truncated)), (group_correct == 0).sum(), (group_correct == 1).sum(),
-                         len(group_correct), algo.masked_sum(entropy, batch.mask), batch.mask.sum(),
+                         len(group_correct), algo.masked_sum(batch.entropy, batch.mask), batch.mask.sum(),
                          sum(len(p) for p in rollouts.prompt_ids) + lengths.sum()], dtype=torch.float64)
     s = dist.all_reduce_sum(sums, info).tolist()
     metrics = {

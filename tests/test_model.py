@@ -132,3 +132,109 @@ def test_target_index_points_one_before_each_response_token(packed):
     assert torch.equal(flat[micro.target_index + 1], micro.target_ids)
     assert micro.target_ids.tolist() == responses[4] + responses[0] + responses[2]
     assert micro.response_lengths == [len(responses[i]) for i in (4, 0, 2)]
+
+
+@pytest.mark.parametrize("packing", ["packed", "padded"])
+def test_fresh_rows_take_old_logprobs_from_the_update_forward(scorer, packing):
+    """Skipping the old-log-prob pass for the first mini-batch changes nothing but float rounding.
+
+    Same rollouts twice: once with every old log-prob from the separate no-grad pass, once with the
+    first mini-batch's (rows 0..5 of 9) taken from its own update forward. The batch stores old
+    log-probs in float32, so the separate pass's ratios are 1 only to ~1e-8 while the fresh ones are
+    exactly 1: loss and gradients agree to 1e-7, the stored values to float32 resolution.
+    """
+    from justrl_min.rollout import Rollouts
+    from justrl_min.trainer import prepare_batch
+
+    prompts, responses = random_sequences(9, seed=5)
+    rollouts = Rollouts(prompts, responses, None, [False] * 9, group_size=3)
+    cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", f"rollout.temperature={TEMPERATURE}",
+                             "model.logprob_chunk_tokens=5", "rollout.n=3", "train.mini_batch_prompts=2"])
+    advantages = torch.randn(9, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for fresh_rows in (0, 6):
+        batch = prepare_batch(cfg, rollouts, scorer, None, packing == "packed", 0, torch.device("cpu"),
+                              fresh_rows=fresh_rows)
+        assert batch.old_logp[:fresh_rows].abs().sum() == 0  # not computed by the pass
+        batch.advantages = advantages
+        scorer.zero_grad()
+        result = minibatch_backward(cfg, batch, list(range(6)), scorer, packing == "packed", torch.device("cpu"),
+                                    dist.DistInfo())
+        runs.append((batch, result, {n: p.grad.clone() for n, p in scorer.named_parameters()}))
+    (full, full_result, full_grads), (fresh, fresh_result, fresh_grads) = runs
+    assert full.old_logp.abs().sum() > 0
+    assert torch.equal(fresh.old_logp[6:], full.old_logp[6:])
+    assert torch.allclose(fresh.old_logp, full.old_logp, atol=1e-6, rtol=0)
+    assert torch.allclose(fresh.entropy, full.entropy, atol=1e-6, rtol=0)
+    assert abs(fresh_result.loss - full_result.loss) < 1e-7
+    assert fresh_result.token_weighted["approx_kl"] == 0.0  # the ratio is exactly 1
+    assert full_result.token_weighted["approx_kl"] != 0.0   # float32 storage: 1 only up to rounding
+    for name in full_grads:
+        assert torch.allclose(fresh_grads[name], full_grads[name], atol=1e-7, rtol=0), name
+
+
+@pytest.fixture
+def float64_norms(monkeypatch):
+    """transformers' Qwen2RMSNorm computes in float32 whatever the model's dtype, so float64 models
+    still round like float32 there; in float64 throughout, layout bugs stand out from rounding."""
+    from transformers.models.qwen2 import modeling_qwen2
+
+    def forward(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+    monkeypatch.setattr(modeling_qwen2.Qwen2RMSNorm, "forward", forward)
+
+
+def grouped_sequences(groups, n, seed=0):
+    """`groups` prompts of ragged lengths, each repeated for n ragged responses (groups contiguous)."""
+    prompts, responses = random_sequences(groups * n, seed=seed)
+    return [prompts[i // n * n] for i in range(groups * n)], responses
+
+
+def test_build_microbatch_numbers_distinct_prompts():
+    prompts, responses = grouped_sequences(3, 2, seed=6)
+    micro = build_microbatch(prompts, responses, [5, 0, 4, 1, 2], packed=False)
+    # rows hold prompts 2, 0, 2, 0, 1: numbered by first appearance
+    assert micro.prompt_of_row.tolist() == [0, 1, 0, 1, 2]
+    assert micro.first_row_of_prompt.tolist() == [0, 1, 4]
+    assert micro.prompt_lengths.tolist() == [len(prompts[i]) for i in (5, 0, 4, 1, 2)]
+    assert build_microbatch(prompts, responses, [0, 1], packed=True).prompt_of_row is None
+
+
+@pytest.mark.usefixtures("float64_norms")
+@pytest.mark.parametrize("indices", [list(range(12)), [7, 0, 11, 3, 4], [2]])
+def test_shared_prompts_equal_padded_values_and_gradients(indices):
+    """One pass per distinct prompt + responses on its cache = the padded forward, to 1e-12 in float64.
+
+    Ragged prompts and responses, rows of several groups in any order, groups split between
+    micro-batches, a single row; gradients flow back through the cache into the prompt pass.
+    """
+    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
+    prompts, responses = grouped_sequences(4, 3, seed=7)
+    micro = build_microbatch(prompts, responses, indices, packed=False)
+    results = []
+    for share in (False, True):
+        scorer = TokenScorer(model, share_prompts=share)
+        model.zero_grad()
+        logp, entropy = scorer(micro, TEMPERATURE, chunk_tokens=4)
+        (logp.sum() + 0.3 * entropy.sum()).backward()
+        results.append((logp.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (logp, entropy, grads), (shared_logp, shared_entropy, shared_grads) = results
+    assert shared_logp.shape == (sum(len(responses[i]) for i in indices),)
+    assert torch.allclose(shared_logp, logp, atol=1e-12, rtol=0)
+    assert torch.allclose(shared_entropy, entropy, atol=1e-12, rtol=0)
+    for name in grads:
+        assert torch.allclose(shared_grads[name], grads[name], atol=1e-12, rtol=0), name
+
+
+def test_choose_prompt_sharing():
+    from justrl_min.model import choose_prompt_sharing
+
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=False)[0] is True
+    assert choose_prompt_sharing("auto", packed=True, gradient_checkpointing=False)[0] is False
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=True)[0] is False
+    assert choose_prompt_sharing("off", packed=False, gradient_checkpointing=False)[0] is False
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        choose_prompt_sharing("on", packed=False, gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="packed rows"):
+        choose_prompt_sharing("on", packed=True, gradient_checkpointing=False)

@@ -66,7 +66,7 @@ def logprob_gap(cfg, engine, scorer, prompts) -> float:
     """Largest |trainer log-prob - vLLM log-prob| over the tokens vLLM samples now: the trainer's own
     train/rollout_logp_diff_max."""
     rollouts = engine.generate(prompts, 4, SAMPLING)
-    batch, _ = trainer.prepare_batch(cfg, rollouts, scorer, None, False, 0, torch.device("cpu"))
+    batch = trainer.prepare_batch(cfg, rollouts, scorer, None, False, 0, torch.device("cpu"))
     diff = (batch.old_logp - batch.rollout_logp).abs()
     return torch.where(batch.mask.bool(), diff, torch.zeros_like(diff)).max().item()
 
