@@ -20,9 +20,10 @@ def torchrun(args, timeout=600):
     return result.stdout + result.stderr
 
 
-def test_two_ranks_give_the_same_loss_and_gradients_as_one(tmp_path):
+@pytest.mark.parametrize("layout", ["packed", "shared_prompts"])
+def test_two_ranks_give_the_same_loss_and_gradients_as_one(tmp_path, layout):
     out = tmp_path / "eq.json"
-    torchrun([str(ROOT / "tests/dist/grad_equivalence.py"), str(out)])
+    torchrun([str(ROOT / "tests/dist/grad_equivalence.py"), str(out), layout])
     r = json.loads(out.read_text())
     assert r["world_size"] == 2 and r["params"] > 0
     assert r["loss_split"] == pytest.approx(r["loss_whole"], abs=1e-12)

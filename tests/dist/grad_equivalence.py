@@ -1,5 +1,11 @@
 """Run under `torchrun --nproc_per_node 2`: FSDP2 (gloo, CPU) loss and gradients on a global batch
-split by rank must equal one process computing the whole batch. Rank 0 writes the comparison."""
+split by rank must equal one process computing the whole batch. Rank 0 writes the comparison.
+
+    grad_equivalence.py OUT.json [packed | shared_prompts]
+
+`shared_prompts`: padded rows with each distinct prompt run once (two backbone passes per
+micro-batch under FSDP2). Qwen2's RMSNorm is switched to float64 arithmetic here (transformers
+computes it in float32 for any dtype), so that the only difference left is summation order."""
 
 import json
 import sys
@@ -36,28 +42,37 @@ def shard_rows(batch: Batch, rows: list[int]) -> Batch:
                  batch.advantages[rows], batch.old_logp[rows, :width], None, None, None, batch.pad_id)
 
 
-def main(out_path: str) -> None:
+def float64_rms_norm(self, hidden_states):
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def main(out_path: str, layout: str) -> None:
+    from transformers.models.qwen2 import modeling_qwen2
+
+    modeling_qwen2.Qwen2RMSNorm.forward = float64_rms_norm
+    packed, share = layout == "packed", layout == "shared_prompts"
     info = dist.init("cpu")
     cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", "rollout.temperature=0.9",
                              "model.logprob_chunk_tokens=7", "rollout.n=4", "train.mini_batch_prompts=4",
                              "train.prompts_per_step=4"])
     model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    reference = TokenScorer(model)
+    reference = TokenScorer(model, share_prompts=share)
     reference_copy = {k: v.clone() for k, v in reference.state_dict().items()}
     batch = global_batch(n_prompts=4, group=4)
 
     # One process, whole batch.
-    whole = minibatch_backward(cfg, batch, list(range(16)), reference, True, torch.device("cpu"), dist.DistInfo())
+    whole = minibatch_backward(cfg, batch, list(range(16)), reference, packed, torch.device("cpu"), dist.DistInfo())
     whole_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
 
     # Two ranks, FSDP2, each with its own whole prompt groups.
     sharded_model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    scorer = TokenScorer(sharded_model)
+    scorer = TokenScorer(sharded_model, share_prompts=share)
     scorer.load_state_dict(reference_copy)
     scorer = dist.shard(scorer, info, torch.float64)
     rows = list(range(info.rank * 8, (info.rank + 1) * 8))
     local = shard_rows(batch, rows)
-    split = minibatch_backward(cfg, local, list(range(8)), scorer, True, torch.device("cpu"), info)
+    split = minibatch_backward(cfg, local, list(range(8)), scorer, packed, torch.device("cpu"), info)
     split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters()}
 
     if info.rank == 0:
@@ -71,4 +86,4 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "packed")
