@@ -1,10 +1,11 @@
 """The JustRL loop: sample -> score -> advantages -> update -> sync -> log, with fixed hyperparameters.
 
 Each step: B prompts, n samples each; the verifier's correct/incorrect mapped to reward values;
-group-mean (optionally std-scaled) advantages; one no-grad pass for the old log-probs (and the
-reference's, only when kl_coef > 0); then per mini-batch, micro-batches packed by token budget,
-clipped PPO loss token-meaned over the whole mini-batch (across micro-batches and ranks), one
-optimizer step. No critic, no KL, no entropy bonus, no length penalty, no dynamic sampling by default.
+group-mean (optionally std-scaled) advantages; one no-grad pass for the old log-probs of every
+mini-batch but the first, whose own update forward gives them (and the reference's of all, only
+when kl_coef > 0); then per mini-batch, micro-batches packed by token budget, clipped PPO loss
+token-meaned over the whole mini-batch (across micro-batches and ranks), one optimizer step. No
+critic, no KL, no entropy bonus, no length penalty, no dynamic sampling by default.
 """
 
 from __future__ import annotations
