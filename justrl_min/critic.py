@@ -28,7 +28,7 @@ import torch
 
 from justrl_min import algo, dist
 from justrl_min.config import Config, ConfigError
-from justrl_min.model import MicroBatch, build_microbatch, load_causal_lm, plan_microbatches, unflatten
+from justrl_min.model import MicroBatch, build_microbatch, load_causal_lm, unflatten
 
 CRITIC_DIR = "critic"
 
@@ -136,7 +136,7 @@ class CriticGAE:
         values = torch.zeros_like(batch.mask)
         width = values.shape[1]
         lengths = [len(p) + len(r) for p, r in zip(batch.prompts, batch.responses)]
-        for group in plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed):
+        for group in dist.plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed, self.info):
             micro = build_microbatch(batch.prompts, batch.responses, group, self.packed, batch.pad_id).to(self.device)
             values[group] = unflatten(self.model(micro).cpu(), micro.response_lengths, width)
         return values
@@ -167,7 +167,7 @@ class CriticGAE:
         info, normalizer = self.info, dist.all_reduce_sum(batch.mask[rows].sum().double(), self.info).item()
         lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
         loss_sum, clipped = 0.0, 0.0
-        for group in plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed):
+        for group in dist.plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed, self.info):
             idx = [rows[g] for g in group]
             micro = build_microbatch(batch.prompts, batch.responses, idx, self.packed, batch.pad_id).to(self.device)
             width = max(micro.response_lengths)

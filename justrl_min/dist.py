@@ -70,6 +70,17 @@ def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool, info: DistInfo) -> list[list[int]]:
+    """`model.plan_microbatches`, split further where needed so that every rank runs as many
+    micro-batches as the rank that needs the most (FSDP collectives run in each one)."""
+    from justrl_min import model
+
+    groups = model.plan_microbatches(lengths, max_tokens, packed)
+    if not info.enabled:
+        return groups
+    return model.split_microbatches(groups, int(all_reduce_max(torch.tensor(len(groups)), info).item()))
+
+
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj

@@ -140,6 +140,23 @@ def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list
     return [sorted(g) for g in groups]
 
 
+def split_microbatches(groups: list[list[int]], count: int) -> list[list[int]]:
+    """Split micro-batches (largest first, in halves of their order) until there are `count`.
+
+    Halves of a planned micro-batch fit its budget in either layout. Under FSDP every rank must run
+    the same number of forwards and backwards (each one gathers and reduces the parameters), so a
+    rank with fewer micro-batches than another splits its own rather than hang the others.
+    """
+    groups = [list(g) for g in groups]
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda g: len(groups[g]))
+        group = groups[largest]
+        if len(group) < 2:
+            raise RuntimeError(f"cannot make {count} micro-batches from {sum(map(len, groups))} sequences")
+        groups[largest:largest + 1] = [group[:len(group) // 2], group[len(group) // 2:]]
+    return groups
+
+
 def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indices: list[int],
                      packed: bool, pad_id: int = 0) -> MicroBatch:
     """Lay out the sequences `indices` (prompt + response each) for one forward pass."""

@@ -43,7 +43,6 @@ from justrl_min.model import (
     choose_prompt_sharing,
     load_causal_lm,
     load_tokenizer,
-    plan_microbatches,
     unflatten,
 )
 from justrl_min.reward import VerifierPool
@@ -217,7 +216,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             t0 = time.monotonic()
             trains = estimator.policy_trains(step)
             batch = prepare_batch(cfg, rollouts, scorer, reference, packed, tokenizer.pad_token_id, device,
-                                  fresh_rows=fresh_row_count(cfg, estimator, trains, len(rollouts), info))
+                                  fresh_row_count(cfg, estimator, trains, len(rollouts), info), info)
             batch.advantages = estimator.advantages(rewards, batch)
 
             # ---- update
@@ -326,8 +325,9 @@ def fresh_row_count(cfg: Config, estimator, trains: bool, rows: int, info: dist.
 
 @torch.no_grad()
 def prepare_batch(cfg: Config, rollouts: Rollouts, scorer, reference, packed: bool, pad_id: int,
-                  device: torch.device, fresh_rows: int = 0) -> Batch:
+                  device: torch.device, fresh_rows: int = 0, info: dist.DistInfo | None = None) -> Batch:
     """Old log-probs and entropy of rows [fresh_rows, R), reference log-probs of all, in no-grad passes."""
+    info = info or dist.DistInfo()
     lengths = [len(r) for r in rollouts.response_ids]
     width = max(lengths, default=1)
     mask = unflatten(torch.ones(sum(lengths)), lengths, width)
@@ -335,7 +335,8 @@ def prepare_batch(cfg: Config, rollouts: Rollouts, scorer, reference, packed: bo
     seq_lengths = [len(p) + n for p, n in zip(rollouts.prompt_ids, lengths)]
 
     def score(model, rows: list[int], *outputs: torch.Tensor) -> None:
-        for group in plan_microbatches([seq_lengths[i] for i in rows], cfg.train.max_tokens_per_microbatch, packed):
+        lengths_of_rows = [seq_lengths[i] for i in rows]
+        for group in dist.plan_microbatches(lengths_of_rows, cfg.train.max_tokens_per_microbatch, packed, info):
             idx = [rows[g] for g in group]
             micro = build_microbatch(rollouts.prompt_ids, rollouts.response_ids, idx, packed, pad_id).to(device)
             for out, values in zip(outputs, model(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)):
@@ -447,7 +448,7 @@ def minibatch_backward(cfg: Config, batch: Batch, rows: list[int], scorer, packe
     # Per micro-batch statistics stay on the device and are read back in one copy at the end:
     # a .item() per micro-batch would stall a GPU once per micro-batch.
     stats: list[torch.Tensor] = []                       # each (3 + len(diagnostics),) float64
-    for group in plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed):
+    for group in dist.plan_microbatches(seq_lengths, cfg.train.max_tokens_per_microbatch, packed, info):
         idx = [rows[g] for g in group]
         micro = build_microbatch(batch.prompts, batch.responses, idx, packed, batch.pad_id).to(device)
         logp, entropy = scorer(micro, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)

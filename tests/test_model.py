@@ -5,7 +5,7 @@ import torch
 
 from justrl_min import dist, tiny
 from justrl_min.config import load_recipe
-from justrl_min.model import TokenScorer, build_microbatch, plan_microbatches, unflatten
+from justrl_min.model import TokenScorer, build_microbatch, plan_microbatches, split_microbatches, unflatten
 from justrl_min.trainer import Batch, minibatch_backward
 
 TEMPERATURE = 0.7
@@ -238,3 +238,10 @@ def test_choose_prompt_sharing():
         choose_prompt_sharing("on", packed=False, gradient_checkpointing=True)
     with pytest.raises(ValueError, match="packed rows"):
         choose_prompt_sharing("on", packed=True, gradient_checkpointing=False)
+
+
+def test_split_microbatches_reaches_the_count_by_halving_the_largest():
+    assert split_microbatches([[0, 1, 2, 3, 4], [5]], 2) == [[0, 1, 2, 3, 4], [5]]
+    assert split_microbatches([[0, 1, 2, 3, 4], [5]], 4) == [[0, 1], [2], [3, 4], [5]]
+    with pytest.raises(RuntimeError, match="cannot make 3 micro-batches from 2"):
+        split_microbatches([[0], [1]], 3)

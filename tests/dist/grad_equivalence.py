@@ -22,11 +22,14 @@ from justrl_min.trainer import Batch, minibatch_backward
 def global_batch(n_prompts: int, group: int) -> Batch:
     g = torch.Generator().manual_seed(0)
     prompts, responses = [], []
-    for _ in range(n_prompts):
+    for p in range(n_prompts):
         prompt = torch.randint(0, 255, (int(torch.randint(3, 8, (1,), generator=g)),), generator=g).tolist()
+        # Rank 0's groups (the first half) get long responses: under the micro-batch budget it needs
+        # several times as many micro-batches as rank 1, which must run as many or FSDP hangs.
+        shortest, longest = (15, 30) if p < n_prompts // 2 else (1, 10)
         for _ in range(group):
             prompts.append(prompt)
-            responses.append(torch.randint(0, 255, (int(torch.randint(1, 10, (1,), generator=g)),),
+            responses.append(torch.randint(0, 255, (int(torch.randint(shortest, longest, (1,), generator=g)),),
                                            generator=g).tolist())
     lengths = [len(r) for r in responses]
     width = max(lengths)
