@@ -8,8 +8,9 @@ token-mean loss with clip 0.2 / 0.28, lr 1e-3, the same symbolic verifier reache
 outside the timed steps on both sides.
 
 What is timed, per step, after `--warmup` untimed steps:
-  this trainer  `time/step_s` of metrics.jsonl: sample + score + old log-probs + update + weight
-                sync + step metrics (logging and checkpoints come after it).
+  this trainer  `time/step_s` of metrics.jsonl: sample + score + update + weight sync + step
+                metrics (logging and checkpoints come after it). With one mini-batch per step there
+                is no separate old-log-prob pass: the update's own forward gives them, as in TRL.
   TRL           `on_step_begin` -> `on_step_end` of a TrainerCallback: generation + reward +
                 old log-probs (when needed) + loss + backward + optimizer step.
 

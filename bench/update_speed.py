@@ -3,7 +3,10 @@
 The same batch of rollouts goes through the update's core (micro-batches planned by token budget,
 log-probs through `TokenScorer`, backward of their token mean) in each layout:
 
-padded        length-sorted, right-padded rows under a padding mask (`train.packing=padded`).
+padded        length-sorted, right-padded rows under a padding mask (`train.packing=padded
+              train.share_prompts=off`).
+padded-shared the same rows, each distinct prompt run once and the responses on its KV cache
+              (`train.packing=padded train.share_prompts=on`, the CPU default).
 packed        one row per micro-batch, attention per sequence (`train.packing=packed`: torch's
               varlen_attn on CUDA, SDPA per sequence slice on CPU; justrl_min/attention.py).
 packed-dense  the layout before issue 12: one row per micro-batch under transformers' sdpa, which
@@ -47,7 +50,7 @@ SAMPLES = 8
 RESPONSE_MEDIAN, RESPONSE_MIN, RESPONSE_CAP, RUNAWAY = 3500, 64, 15360, 0.05
 DIFFICULTY_SIGMA, SAMPLE_SIGMA = 0.5, 0.6
 PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MIN, PROMPT_MAX = 250, 0.7, 100, 1024
-LAYOUTS = ("padded", "packed", "packed-dense", "packed-flex")
+LAYOUTS = ("padded", "padded-shared", "packed", "packed-dense", "packed-flex")
 
 
 def justrl_like_lengths(prompts: int, scale: float, seed: int) -> tuple[list[int], list[int]]:
@@ -67,7 +70,8 @@ def justrl_like_lengths(prompts: int, scale: float, seed: int) -> tuple[list[int
 
 def scorer_for(layout: str, seed: int, hidden: int, layers: int) -> TokenScorer:
     torch.manual_seed(seed)
-    scorer = TokenScorer(tiny.build_model(tiny.build_tokenizer(), seed=seed, hidden=hidden, layers=layers))
+    scorer = TokenScorer(tiny.build_model(tiny.build_tokenizer(), seed=seed, hidden=hidden, layers=layers),
+                         share_prompts=layout == "padded-shared")
     if layout == "packed-dense":
         scorer.causal_lm.set_attn_implementation("sdpa")
     elif layout == "packed-flex":
@@ -76,12 +80,20 @@ def scorer_for(layout: str, seed: int, hidden: int, layers: int) -> TokenScorer:
 
 
 def microbatches(layout: str, prompts, responses, budget: int):
-    packed = layout != "padded"
+    packed = not layout.startswith("padded")
     plan = plan_microbatches([len(p) + len(r) for p, r in zip(prompts, responses)], budget, packed)
     for group in plan:
         micro = build_microbatch(prompts, responses, group, packed)
         # The dense and flex layouts leave the packed row to transformers' own mask building.
-        yield micro if layout in ("padded", "packed") else dataclasses.replace(micro, cu_seqlens=None)
+        yield micro if layout in ("padded", "padded-shared", "packed") else dataclasses.replace(micro, cu_seqlens=None)
+
+
+def computed_tokens(micro, layout: str) -> int:
+    """Token positions the backbone runs: shared prompts are P x prompt width + b x response width."""
+    if layout != "padded-shared":
+        return micro.computed_tokens
+    prompts = len(micro.first_row_of_prompt)
+    return prompts * int(micro.prompt_lengths.max()) + len(micro.response_lengths) * max(micro.response_lengths)
 
 
 def update_once(scorer: TokenScorer, layout: str, prompts, responses, budget: int) -> float:
@@ -119,24 +131,24 @@ def main(argv=None):
           f"tokens; {sum(sequences):,} tokens, {trained:,} trained (response) tokens")
     print(f"model: tiny Qwen2, hidden {args.hidden}, {args.layers} layers, {torch.get_num_threads()} threads; "
           f"median of {args.repeats} after a warm-up")
-    print(f"{'budget':>7} {'layout':<13}{'micro-b.':>9}{'computed':>10}{'update s':>10}{'us/token':>10}"
+    print(f"{'budget':>7} {'layout':<14}{'micro-b.':>9}{'computed':>10}{'update s':>10}{'us/token':>10}"
           f"{'vs padded':>10}")
     for budget in args.budgets:
         per_token = {}
         for layout in args.layouts:
             scorer = scorer_for(layout, args.seed, args.hidden, args.layers)
             micros = list(microbatches(layout, prompts, responses, budget))
-            computed = sum(m.computed_tokens for m in micros)
+            computed = sum(computed_tokens(m, layout) for m in micros)
             try:
                 update_once(scorer, layout, prompts, responses, budget)  # warm-up
             except Exception as error:  # noqa: BLE001 - a kernel missing on this machine is a result
-                print(f"{budget:>7} {layout:<13} skipped: {type(error).__name__}: {str(error)[:80]}")
+                print(f"{budget:>7} {layout:<14} skipped: {type(error).__name__}: {str(error)[:80]}")
                 continue
             seconds = statistics.median(update_once(scorer, layout, prompts, responses, budget)
                                         for _ in range(args.repeats))
             per_token[layout] = seconds / trained
             ratio = per_token[layout] / per_token["padded"] if "padded" in per_token else float("nan")
-            print(f"{budget:>7} {layout:<13}{len(micros):>9}{computed:>10,}{seconds:>10.3f}"
+            print(f"{budget:>7} {layout:<14}{len(micros):>9}{computed:>10,}{seconds:>10.3f}"
                   f"{per_token[layout] * 1e6:>10.1f}{ratio:>9.2f}x")
 
 
