@@ -6,7 +6,8 @@ log-probs through `TokenScorer`, backward of their token mean) in each layout:
 padded        length-sorted, right-padded rows under a padding mask (`train.packing=padded
               train.share_prompts=off`).
 padded-shared the same rows, each distinct prompt run once and the responses on its KV cache
-              (`train.packing=padded train.share_prompts=on`, the CPU default).
+              where that saves a quarter of the tokens (`train.packing=padded
+              train.share_prompts=auto`, the CPU default); padded elsewhere.
 packed        one row per micro-batch, attention per sequence (`train.packing=packed`: torch's
               varlen_attn on CUDA, SDPA per sequence slice on CPU; justrl_min/attention.py).
 packed-dense  the layout before issue 12: one row per micro-batch under transformers' sdpa, which
@@ -71,7 +72,7 @@ def justrl_like_lengths(prompts: int, scale: float, seed: int) -> tuple[list[int
 def scorer_for(layout: str, seed: int, hidden: int, layers: int) -> TokenScorer:
     torch.manual_seed(seed)
     scorer = TokenScorer(tiny.build_model(tiny.build_tokenizer(), seed=seed, hidden=hidden, layers=layers),
-                         share_prompts=layout == "padded-shared")
+                         share_prompts="auto" if layout == "padded-shared" else "off")
     if layout == "packed-dense":
         scorer.causal_lm.set_attn_implementation("sdpa")
     elif layout == "packed-flex":
@@ -88,12 +89,9 @@ def microbatches(layout: str, prompts, responses, budget: int):
         yield micro if layout in ("padded", "padded-shared", "packed") else dataclasses.replace(micro, cu_seqlens=None)
 
 
-def computed_tokens(micro, layout: str) -> int:
-    """Token positions the backbone runs: shared prompts are P x prompt width + b x response width."""
-    if layout != "padded-shared":
-        return micro.computed_tokens
-    prompts = len(micro.first_row_of_prompt)
-    return prompts * int(micro.prompt_lengths.max()) + len(micro.response_lengths) * max(micro.response_lengths)
+def computed_tokens(micro, scorer: TokenScorer) -> int:
+    """Token positions the backbone runs: P x prompt width + b x response width where prompts are shared."""
+    return micro.shared_prompt_tokens if scorer.shares_prompts(micro) else micro.computed_tokens
 
 
 def update_once(scorer: TokenScorer, layout: str, prompts, responses, budget: int) -> float:
@@ -138,7 +136,7 @@ def main(argv=None):
         for layout in args.layouts:
             scorer = scorer_for(layout, args.seed, args.hidden, args.layers)
             micros = list(microbatches(layout, prompts, responses, budget))
-            computed = sum(computed_tokens(m, layout) for m in micros)
+            computed = sum(computed_tokens(m, scorer) for m in micros)
             try:
                 update_once(scorer, layout, prompts, responses, budget)  # warm-up
             except Exception as error:  # noqa: BLE001 - a kernel missing on this machine is a result

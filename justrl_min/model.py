@@ -98,6 +98,14 @@ class MicroBatch:
     """Padded layout: (b,) which distinct prompt each row has, numbered in order of first row."""
     first_row_of_prompt: torch.Tensor | None = None
     """Padded layout: (P,) the first row holding each distinct prompt."""
+    prompt_width: int = 0
+    """Padded layout: the longest prompt."""
+
+    @property
+    def shared_prompt_tokens(self) -> int:
+        """Token positions of the shared-prompt forward: P x prompt width + b x response width."""
+        prompts, rows = len(self.first_row_of_prompt), len(self.response_lengths)
+        return prompts * self.prompt_width + rows * max(self.response_lengths)
 
     @property
     def computed_tokens(self) -> int:
@@ -108,7 +116,8 @@ class MicroBatch:
         return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
                           move(self.target_index), move(self.target_ids), self.response_lengths,
                           self.sequence_indices, move(self.cu_seqlens), self.max_length,
-                          move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt))
+                          move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt),
+                          self.prompt_width)
 
 
 def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
@@ -180,7 +189,8 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
         prompt_of_row = [distinct.setdefault(tuple(prompts[i]), len(distinct)) for i in indices]
         sharing = dict(prompt_lengths=torch.tensor([len(prompts[i]) for i in indices]),
                        prompt_of_row=torch.tensor(prompt_of_row),
-                       first_row_of_prompt=torch.tensor([prompt_of_row.index(p) for p in range(len(distinct))]))
+                       first_row_of_prompt=torch.tensor([prompt_of_row.index(p) for p in range(len(distinct))]),
+                       prompt_width=max(len(prompts[i]) for i in indices))
     # The hidden state at position t predicts token t + 1: sequence j's response tokens are
     # predicted from flat positions start_j + p_j - 1 onwards, one per response token.
     n = torch.tensor(response_lengths)
@@ -208,14 +218,15 @@ class TokenScorer(torch.nn.Module):
     """
 
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
-                 share_prompts: bool = False):
+                 share_prompts: str = "off"):
         super().__init__()
         attention.prepare_for_packing(causal_lm)
         self.causal_lm = causal_lm
         self.autocast_dtype = autocast_dtype
         """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
         self.share_prompts = share_prompts
-        """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`)."""
+        """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`), always
+        (on), never (off), or where that saves a quarter of the token positions or more (auto)."""
 
     def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         if self.autocast_dtype is None:
@@ -232,7 +243,7 @@ class TokenScorer(torch.nn.Module):
                 raise ValueError(f"attn_implementation={implementation!r} has no packed path; use train.packing=padded")
             packed = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
                           max_length_q=batch.max_length, max_length_k=batch.max_length)
-        if self.share_prompts and batch.prompt_of_row is not None:
+        if self.shares_prompts(batch):
             hidden = _shared_prompt_hidden(backbone, batch)
         else:
             hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
@@ -251,6 +262,18 @@ class TokenScorer(torch.nn.Module):
         return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
 
 
+    def shares_prompts(self, batch: MicroBatch) -> bool:
+        if self.share_prompts == "off" or batch.prompt_of_row is None:
+            return False
+        # The response pass attends through a padding mask into the indexed-out cache; measured here
+        # (bench/update_speed.py, bench/step_time_vs_trl.py) that needs a clear saving in tokens.
+        return self.share_prompts == "on" or batch.shared_prompt_tokens <= SHARE_PROMPTS_AT * batch.computed_tokens
+
+
+SHARE_PROMPTS_AT = 0.75
+"""train.share_prompts=auto shares a micro-batch's prompts when that runs <= this share of its tokens."""
+
+
 def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
     """Hidden states that predict the response tokens, each distinct prompt computed once.
 
@@ -265,7 +288,7 @@ def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch
     ids, prompt_lengths, prompt_of_row = batch.input_ids, batch.prompt_lengths, batch.prompt_of_row
     device = ids.device
     first_rows = batch.first_row_of_prompt
-    prompt_width = int(prompt_lengths.max())
+    prompt_width = batch.prompt_width
     columns = torch.arange(prompt_width, device=device)
     prompt_mask = (columns[None] < prompt_lengths[first_rows, None]).long()                 # (P, Lp)
     prompt_pass = backbone(input_ids=ids[first_rows, :prompt_width], attention_mask=prompt_mask,
@@ -325,16 +348,17 @@ def choose_packing(mode: str, attn_implementation: str, device: torch.device) ->
     return False, f"length-sorted padded rows ({attn_implementation} on {device.type}: no variable-length kernel)"
 
 
-def choose_prompt_sharing(mode: str, packed: bool, gradient_checkpointing: bool) -> tuple[bool, str]:
-    """`train.share_prompts` -> (share?, why), decided once per run."""
+def choose_prompt_sharing(mode: str, packed: bool, gradient_checkpointing: bool) -> tuple[str, str]:
+    """`train.share_prompts` -> (the scorer's share_prompts, why), decided once per run."""
     blocker = ("packed rows" if packed else
                "gradient checkpointing (transformers drops the KV cache under it)" if gradient_checkpointing else "")
     if mode == "on" and blocker:
         raise ValueError(f"train.share_prompts=on does not work with {blocker}; use train.share_prompts=auto")
     if mode == "off" or blocker:
         why = "train.share_prompts=off" if mode == "off" else blocker
-        return False, f"each prompt computed once per response ({why})"
-    return True, "each distinct prompt computed once per micro-batch, responses on its KV cache"
+        return "off", f"each prompt computed once per response ({why})"
+    where = f" where that runs <= {SHARE_PROMPTS_AT:.0%} of its tokens" if mode == "auto" else ""
+    return mode, f"each distinct prompt computed once per micro-batch{where}, responses on its KV cache"
 
 
 def model_bytes(path: str) -> int:

@@ -213,7 +213,7 @@ def test_shared_prompts_equal_padded_values_and_gradients(indices):
     prompts, responses = grouped_sequences(4, 3, seed=7)
     micro = build_microbatch(prompts, responses, indices, packed=False)
     results = []
-    for share in (False, True):
+    for share in ("off", "on"):
         scorer = TokenScorer(model, share_prompts=share)
         model.zero_grad()
         logp, entropy = scorer(micro, TEMPERATURE, chunk_tokens=4)
@@ -230,10 +230,11 @@ def test_shared_prompts_equal_padded_values_and_gradients(indices):
 def test_choose_prompt_sharing():
     from justrl_min.model import choose_prompt_sharing
 
-    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=False)[0] is True
-    assert choose_prompt_sharing("auto", packed=True, gradient_checkpointing=False)[0] is False
-    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=True)[0] is False
-    assert choose_prompt_sharing("off", packed=False, gradient_checkpointing=False)[0] is False
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=False)[0] == "auto"
+    assert choose_prompt_sharing("on", packed=False, gradient_checkpointing=False)[0] == "on"
+    assert choose_prompt_sharing("auto", packed=True, gradient_checkpointing=False)[0] == "off"
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=True)[0] == "off"
+    assert choose_prompt_sharing("off", packed=False, gradient_checkpointing=False)[0] == "off"
     with pytest.raises(ValueError, match="gradient checkpointing"):
         choose_prompt_sharing("on", packed=False, gradient_checkpointing=True)
     with pytest.raises(ValueError, match="packed rows"):
@@ -245,3 +246,23 @@ def test_split_microbatches_reaches_the_count_by_halving_the_largest():
     assert split_microbatches([[0, 1, 2, 3, 4], [5]], 4) == [[0, 1], [2], [3, 4], [5]]
     with pytest.raises(RuntimeError, match="cannot make 3 micro-batches from 2"):
         split_microbatches([[0], [1]], 3)
+
+
+def test_auto_shares_prompts_only_where_that_saves_a_quarter_of_the_tokens(monkeypatch):
+    import justrl_min.model as model_module
+
+    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2)
+    scorer = TokenScorer(model, share_prompts="auto")
+    shared = []
+    monkeypatch.setattr(model_module, "_shared_prompt_hidden",
+                        lambda _backbone, batch: shared.append(batch) or torch.zeros(len(batch.target_ids), 32))
+    long_prompt, other = [7] * 12, [9] * 12
+    # 4 rows, 1 distinct prompt: 12 + 4 x 2 = 20 positions shared vs 4 x 14 = 56 padded -> share
+    many = build_microbatch([long_prompt] * 4, [[1, 2]] * 4, [0, 1, 2, 3], packed=False)
+    # 2 rows, 2 distinct prompts: 2 x 12 + 2 x 2 = 28 vs 2 x 14 = 28 -> no saving, padded forward
+    few = build_microbatch([long_prompt, other], [[1, 2]] * 2, [0, 1], packed=False)
+    assert (many.shared_prompt_tokens, many.computed_tokens) == (20, 56)
+    assert (few.shared_prompt_tokens, few.computed_tokens) == (28, 28)
+    scorer(many, 1.0, 8)
+    scorer(few, 1.0, 8)
+    assert shared == [many]
