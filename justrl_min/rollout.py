@@ -73,10 +73,10 @@ class HFEngine:
                     # One seed per chunk keeps a step's samples reproducible whatever ran before.
                     torch.manual_seed(generator_seed + start)
                 # Row r samples prompt r // n; a chunk may begin or end inside a prompt's group.
-                first, last = start // n, (min(start + self.batch_size, rows) - 1) // n
-                prompt_of_row = [r // n - first for r in range(start, min(start + self.batch_size, rows))]
+                stop = min(start + self.batch_size, rows)
+                first, last = start // n, (stop - 1) // n
                 out_ids, out_logprobs, out_truncated = self._generate_chunk(
-                    prompt_token_ids[first:last + 1], prompt_of_row, sampling)
+                    prompt_token_ids[first:last + 1], [r // n - first for r in range(start, stop)], sampling)
                 responses += out_ids
                 logprobs += out_logprobs
                 truncated += out_truncated
@@ -89,14 +89,15 @@ class HFEngine:
         """Sample one row per entry of `prompt_of_row`, an index into `prompts`."""
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)      # (P, W)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (P, W)
         for i, p in enumerate(prompts):
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention_mask[i, width - len(p):] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        row_index = torch.tensor(prompt_of_row, device=device)
+        row_index = torch.tensor(prompt_of_row, device=device)                          # (B,)
         shared = {}
+        # Nothing to share when no prompt repeats (n = 1) or there is no prefix (one-token prompts).
         if len(prompts) < len(prompt_of_row) and width > 1:
             shared["past_key_values"] = self._prefill_prompts(input_ids, attention_mask, row_index)
         out = self.model.generate(
