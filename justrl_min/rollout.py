@@ -45,7 +45,11 @@ class Rollouts:
 
 
 class HFEngine:
-    """Sampling with `model.generate`, in batches of `batch_size` sequences, left-padded."""
+    """Sampling with `model.generate`, in batches of `batch_size` sequences, left-padded.
+
+    The n samples of a prompt are identical rows until they sample, so each chunk runs the model over
+    every distinct prompt's prefix once and hands `generate` the copied KV cache (`_prefill_prompts`).
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
         self.model = model
@@ -56,7 +60,7 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts:
-        expanded = [list(p) for p in prompt_token_ids for _ in range(n)]
+        rows = len(prompt_token_ids) * n
         generator_seed = sampling.seed
         responses: list[list[int]] = []
         logprobs: list[list[float]] = []
@@ -64,30 +68,40 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(expanded), self.batch_size):
+            for start in range(0, rows, self.batch_size):
                 if generator_seed is not None:
                     # One seed per chunk keeps a step's samples reproducible whatever ran before.
                     torch.manual_seed(generator_seed + start)
-                chunk = expanded[start:start + self.batch_size]
-                out_ids, out_logprobs, out_truncated = self._generate_chunk(chunk, sampling)
+                # Row r samples prompt r // n; a chunk may begin or end inside a prompt's group.
+                stop = min(start + self.batch_size, rows)
+                first, last = start // n, (stop - 1) // n
+                out_ids, out_logprobs, out_truncated = self._generate_chunk(
+                    prompt_token_ids[first:last + 1], [r // n - first for r in range(start, stop)], sampling)
                 responses += out_ids
                 logprobs += out_logprobs
                 truncated += out_truncated
         finally:
             self.model.train(was_training)
-        return Rollouts(prompt_ids=expanded, response_ids=responses, rollout_logprobs=logprobs,
-                        truncated=truncated, group_size=n)
+        return Rollouts(prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)], response_ids=responses,
+                        rollout_logprobs=logprobs, truncated=truncated, group_size=n)
 
-    def _generate_chunk(self, prompts: list[list[int]], sampling: Sampling):
+    def _generate_chunk(self, prompts: list[list[int]], prompt_of_row: list[int], sampling: Sampling):
+        """Sample one row per entry of `prompt_of_row`, an index into `prompts`."""
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)      # (P, W)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (P, W)
         for i, p in enumerate(prompts):
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention_mask[i, width - len(p):] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        row_index = torch.tensor(prompt_of_row, device=device)                          # (B,)
+        shared = {}
+        # Nothing to share when no prompt repeats (n = 1) or there is no prefix (one-token prompts).
+        if len(prompts) < len(prompt_of_row) and width > 1:
+            shared["past_key_values"] = self._prefill_prompts(input_ids, attention_mask, row_index)
         out = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            input_ids=input_ids[row_index], attention_mask=attention_mask[row_index], **shared,
             do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
             max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
             output_scores=True, return_dict_in_generate=True,
@@ -106,6 +120,23 @@ class HFEngine:
             logprobs.append(row_logprobs[:length])
             truncated.append(length == sampling.max_tokens and row[length - 1] not in self.eos_ids)
         return ids, logprobs, truncated
+
+    def _prefill_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, row_index: torch.Tensor):
+        """The KV cache of every prompt but its last token, computed once per distinct prompt and
+        copied to each row that samples it.
+
+        `generate` given this cache runs the model only from each row's last prompt token on. The
+        positions are the ones `generate` derives from the left-padded mask, so the cache holds what
+        its own prefill would have computed, up to float rounding (batch shapes differ).
+        """
+        from transformers import DynamicCache
+
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                   position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(row_index)
+        return cache
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Nothing to copy: the engine samples from the trainer's own module."""
