@@ -19,7 +19,11 @@ TRL is not a project dependency; the script prints a notice and times only this 
 separate venv (torch and transformers pinned to this project's versions) and run the script with
 that venv's python.
 
-    python bench/step_time_vs_trl.py [--steps 6] [--warmup 1] [--packing auto]
+The machine's speed drifts (a shared 2-core VM measured here varied by +-10% between runs), so
+`--rounds R` alternates the two trainers R times in one process and also gives the ratio of the
+medians over all rounds' steps.
+
+    python bench/step_time_vs_trl.py [--steps 6] [--warmup 1] [--rounds 1] [--packing auto]
 """
 
 from __future__ import annotations
@@ -116,21 +120,32 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per trainer")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the two trainers this many times")
     parser.add_argument("--packing", default="auto", choices=("auto", "packed", "padded"))
     args = parser.parse_args(argv)
 
     print(f"{PROMPTS} prompts x {SAMPLES} samples, {NEW_TOKENS} new tokens, one optimizer update per step; "
-          f"{args.warmup} warm-up + {args.steps} timed steps")
-    ours = time_this_trainer(args.steps, args.warmup, args.packing)
-    print(f"justrl-min (train.packing={args.packing}): {describe(ours)}")
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} round(s)")
     try:
         import trl
     except ImportError:
+        trl = None
         print("TRL: not installed here (`import trl` failed); skipped. See the docstring to run both.")
-        return
-    theirs = time_trl(args.steps, args.warmup)
-    print(f"TRL {trl.__version__} GRPOTrainer: {describe(theirs)}")
-    print(f"ratio of median step times, justrl-min / TRL: {statistics.median(ours) / statistics.median(theirs):.2f}x")
+    all_ours, all_theirs = [], []
+    for round_ in range(1, args.rounds + 1):
+        ours = time_this_trainer(args.steps, args.warmup, args.packing)
+        all_ours += ours
+        print(f"round {round_} justrl-min (train.packing={args.packing}): {describe(ours)}")
+        if trl is None:
+            continue
+        theirs = time_trl(args.steps, args.warmup)
+        all_theirs += theirs
+        print(f"round {round_} TRL {trl.__version__} GRPOTrainer: {describe(theirs)}")
+        print(f"round {round_} ratio of median step times, justrl-min / TRL: "
+              f"{statistics.median(ours) / statistics.median(theirs):.2f}x")
+    if trl is not None and args.rounds > 1:
+        print(f"all rounds: justrl-min {describe(all_ours)}; TRL {describe(all_theirs)}; ratio of medians "
+              f"{statistics.median(all_ours) / statistics.median(all_theirs):.2f}x")
 
 
 if __name__ == "__main__":
