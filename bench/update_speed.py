@@ -4,7 +4,7 @@ The same batch of rollouts goes through the update's core (micro-batches planned
 log-probs through `TokenScorer`, backward of their token mean) in each layout:
 
 padded        length-sorted, right-padded rows under a padding mask (`train.packing=padded
-              train.share_prompts=off`).
+              train.share_prompts=false`).
 padded-shared the same rows, each distinct prompt run once and the responses on its KV cache
               where that saves a quarter of the tokens (`train.packing=padded
               train.share_prompts=auto`, the CPU default); padded elsewhere.
@@ -72,7 +72,7 @@ def justrl_like_lengths(prompts: int, scale: float, seed: int) -> tuple[list[int
 def scorer_for(layout: str, seed: int, hidden: int, layers: int) -> TokenScorer:
     torch.manual_seed(seed)
     scorer = TokenScorer(tiny.build_model(tiny.build_tokenizer(), seed=seed, hidden=hidden, layers=layers),
-                         share_prompts="auto" if layout == "padded-shared" else "off")
+                         share_prompts="when_smaller" if layout == "padded-shared" else "never")
     if layout == "packed-dense":
         scorer.causal_lm.set_attn_implementation("sdpa")
     elif layout == "packed-flex":

@@ -164,9 +164,10 @@ class TrainConfig:
     padded on CPU, where it measured fastest (bench/update_speed.py). Logged once at start."""
     share_prompts: str = "auto"
     """Padded layout: run each distinct prompt of a micro-batch once and the n responses on top of
-    its KV cache, instead of the prompt once per response (on | off | auto = on wherever it applies:
-    padded rows without gradient checkpointing, which drops the cache). Float rounding aside, the
-    same log-probs and gradients (tests/test_model.py)."""
+    its KV cache, instead of the prompt once per response. auto: in each padded micro-batch where
+    that runs at most 75% of its token positions, unless gradient checkpointing is on (it drops the
+    cache); true: in every padded micro-batch; false: never. Float rounding aside, the same
+    log-probs and gradients (tests/test_model.py)."""
     lr: float = 1e-6
     warmup_steps: int = 10
     """Optimizer updates of linear warm-up, then constant."""
@@ -293,7 +294,7 @@ class Config:
             _require(getattr(self.model, key) in ("float32", "bfloat16", "float16", "float64", "")
                      and self.model.dtype, f"model.{key}", "must be float32 | bfloat16 | float16 | float64")
         _require(t.packing in ("auto", "packed", "padded"), "train.packing", "must be auto | packed | padded")
-        _require(t.share_prompts in ("auto", "on", "off"), "train.share_prompts", "must be auto | on | off")
+        _require(t.share_prompts in ("auto", "true", "false"), "train.share_prompts", "must be auto | true | false")
         _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
         _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

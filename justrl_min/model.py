@@ -218,15 +218,15 @@ class TokenScorer(torch.nn.Module):
     """
 
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
-                 share_prompts: str = "off"):
+                 share_prompts: str = "never"):
         super().__init__()
         attention.prepare_for_packing(causal_lm)
         self.causal_lm = causal_lm
         self.autocast_dtype = autocast_dtype
         """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
         self.share_prompts = share_prompts
-        """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`), always
-        (on), never (off), or where that saves a quarter of the token positions or more (auto)."""
+        """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`): "always",
+        "never", or "when_smaller": where that runs at most SHARE_PROMPTS_AT of the token positions."""
 
     def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         if self.autocast_dtype is None:
@@ -263,15 +263,16 @@ class TokenScorer(torch.nn.Module):
 
 
     def shares_prompts(self, batch: MicroBatch) -> bool:
-        if self.share_prompts == "off" or batch.prompt_of_row is None:
+        if self.share_prompts == "never" or batch.prompt_of_row is None:
             return False
         # The response pass attends through a padding mask into the indexed-out cache; measured here
         # (bench/update_speed.py, bench/step_time_vs_trl.py) that needs a clear saving in tokens.
-        return self.share_prompts == "on" or batch.shared_prompt_tokens <= SHARE_PROMPTS_AT * batch.computed_tokens
+        return (self.share_prompts == "always"
+                or batch.shared_prompt_tokens <= SHARE_PROMPTS_AT * batch.computed_tokens)
 
 
 SHARE_PROMPTS_AT = 0.75
-"""train.share_prompts=auto shares a micro-batch's prompts when that runs <= this share of its tokens."""
+"""share_prompts="when_smaller" shares a micro-batch's prompts when that runs <= this share of its tokens."""
 
 
 def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch.Tensor:
@@ -349,16 +350,18 @@ def choose_packing(mode: str, attn_implementation: str, device: torch.device) ->
 
 
 def choose_prompt_sharing(mode: str, packed: bool, gradient_checkpointing: bool) -> tuple[str, str]:
-    """`train.share_prompts` -> (the scorer's share_prompts, why), decided once per run."""
+    """`train.share_prompts` (auto | true | false) -> (TokenScorer's share_prompts, why), once per run."""
     blocker = ("packed rows" if packed else
                "gradient checkpointing (transformers drops the KV cache under it)" if gradient_checkpointing else "")
-    if mode == "on" and blocker:
-        raise ValueError(f"train.share_prompts=on does not work with {blocker}; use train.share_prompts=auto")
-    if mode == "off" or blocker:
-        why = "train.share_prompts=off" if mode == "off" else blocker
-        return "off", f"each prompt computed once per response ({why})"
-    where = f" where that runs <= {SHARE_PROMPTS_AT:.0%} of its tokens" if mode == "auto" else ""
-    return mode, f"each distinct prompt computed once per micro-batch{where}, responses on its KV cache"
+    if mode == "true" and blocker:
+        raise ValueError(f"train.share_prompts=true does not work with {blocker}; use train.share_prompts=auto")
+    if mode == "false" or blocker:
+        why = "train.share_prompts=false" if mode == "false" else blocker
+        return "never", f"each prompt computed once per response ({why})"
+    if mode == "true":
+        return "always", "each distinct prompt computed once per micro-batch, responses on its KV cache"
+    return "when_smaller", (f"each distinct prompt computed once per micro-batch where that runs <= "
+                            f"{SHARE_PROMPTS_AT:.0%} of its tokens, responses on its KV cache")
 
 
 def model_bytes(path: str) -> int:

@@ -213,7 +213,7 @@ def test_shared_prompts_equal_padded_values_and_gradients(indices):
     prompts, responses = grouped_sequences(4, 3, seed=7)
     micro = build_microbatch(prompts, responses, indices, packed=False)
     results = []
-    for share in ("off", "on"):
+    for share in ("never", "always"):
         scorer = TokenScorer(model, share_prompts=share)
         model.zero_grad()
         logp, entropy = scorer(micro, TEMPERATURE, chunk_tokens=4)
@@ -230,15 +230,15 @@ def test_shared_prompts_equal_padded_values_and_gradients(indices):
 def test_choose_prompt_sharing():
     from justrl_min.model import choose_prompt_sharing
 
-    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=False)[0] == "auto"
-    assert choose_prompt_sharing("on", packed=False, gradient_checkpointing=False)[0] == "on"
-    assert choose_prompt_sharing("auto", packed=True, gradient_checkpointing=False)[0] == "off"
-    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=True)[0] == "off"
-    assert choose_prompt_sharing("off", packed=False, gradient_checkpointing=False)[0] == "off"
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=False)[0] == "when_smaller"
+    assert choose_prompt_sharing("true", packed=False, gradient_checkpointing=False)[0] == "always"
+    assert choose_prompt_sharing("auto", packed=True, gradient_checkpointing=False)[0] == "never"
+    assert choose_prompt_sharing("auto", packed=False, gradient_checkpointing=True)[0] == "never"
+    assert choose_prompt_sharing("false", packed=False, gradient_checkpointing=False)[0] == "never"
     with pytest.raises(ValueError, match="gradient checkpointing"):
-        choose_prompt_sharing("on", packed=False, gradient_checkpointing=True)
+        choose_prompt_sharing("true", packed=False, gradient_checkpointing=True)
     with pytest.raises(ValueError, match="packed rows"):
-        choose_prompt_sharing("on", packed=True, gradient_checkpointing=False)
+        choose_prompt_sharing("true", packed=True, gradient_checkpointing=False)
 
 
 def test_split_microbatches_reaches_the_count_by_halving_the_largest():
@@ -252,7 +252,7 @@ def test_auto_shares_prompts_only_where_that_saves_a_quarter_of_the_tokens(monke
     import justrl_min.model as model_module
 
     model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2)
-    scorer = TokenScorer(model, share_prompts="auto")
+    scorer = TokenScorer(model, share_prompts="when_smaller")
     shared = []
     monkeypatch.setattr(model_module, "_shared_prompt_hidden",
                         lambda _backbone, batch: shared.append(batch) or torch.zeros(len(batch.target_ids), 32))

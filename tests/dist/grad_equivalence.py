@@ -54,7 +54,7 @@ def main(out_path: str, layout: str) -> None:
     from transformers.models.qwen2 import modeling_qwen2
 
     modeling_qwen2.Qwen2RMSNorm.forward = float64_rms_norm
-    packed, share = layout == "packed", "on" if layout == "shared_prompts" else "off"
+    packed, share = layout == "packed", "always" if layout == "shared_prompts" else "never"
     info = dist.init("cpu")
     cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", "rollout.temperature=0.9",
                              "model.logprob_chunk_tokens=7", "rollout.n=4", "train.mini_batch_prompts=4",
