@@ -261,7 +261,6 @@ class TokenScorer(torch.nn.Module):
             entropies.append(entropy)
         return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
 
-
     def shares_prompts(self, batch: MicroBatch) -> bool:
         if self.share_prompts == "never" or batch.prompt_of_row is None:
             return False

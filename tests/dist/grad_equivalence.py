@@ -46,6 +46,7 @@ def shard_rows(batch: Batch, rows: list[int]) -> Batch:
 
 
 def float64_rms_norm(self, hidden_states):
+    """Qwen2RMSNorm.forward in the input's dtype (transformers upcasts to float32 only)."""
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
     return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
