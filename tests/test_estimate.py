@@ -32,8 +32,8 @@ def test_tiny_shape_by_hand():
     # q 8*8+8, k and v 2*(8*4+4), o 8*8, mlp 3*8*16, norms 2*8 = 72 + 72 + 64 + 384 + 16
     assert shape.layer_params == 608
     assert shape.params == 2 * 608 + 2 * 10 * 8 + 8
-    # two fp32 norm inputs 2*4*8 = 64, plus 2 bytes x (two normed inputs 2*8, q k v 2*8+2*4 + attention
-    # output 8 counted as 16+8, o_proj's input 8, MLP gate/up/SiLU/product 4*16) = 2 * 112
+    # two fp32 norm inputs 2*4*8 = 64, plus 2 bytes x (two normed inputs 2*8 = 16; q, k, v and the
+    # attention output 8+4+4+8 = 24; o_proj's input 8; MLP gate, up, SiLU, product 4*16 = 64) = 2 * 112
     assert shape.activation_bytes_per_token(2) == 288
 
 
