@@ -1,0 +1,243 @@
+"""The main command, rehearsed on this CPU: `recipes/deepseek_1p5b.yaml` on the offline stand-in of
+DeepSeek-R1-Distill-Qwen-1.5B (full width and vocabulary, a few layers, random weights), with only size
+overrides, killed with SIGKILL after a checkpoint, resumed and finished; once in one process and once
+under `torchrun --nproc_per_node 2`. Prints one table: the estimator's prediction beside the measured
+phase times and peak resident memory, and whether the resumed steps equal an uninterrupted run's.
+
+    python bench/rehearsal.py                 # make rehearsal (~20-30 min on 2 cores)
+    python bench/rehearsal.py --smoke         # 1 layer, 1 step each, no torchrun, no kill (CI)
+    python bench/rehearsal.py --engine hf     # the same with HF generate
+
+Everything but the sizes stays as the recipe: fp32 master weights, gradient checkpointing, the chunked
+LM head at 151,936 rows, four mini-batches per step, the +-1 verifier reward, checkpoints. The compute
+dtype is the recipe's unless this CPU computes it slowly (justrl_min.dtypes says which, once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from justrl_min.checkpoint import Checkpointer  # noqa: E402
+from justrl_min.config import load_recipe  # noqa: E402
+from justrl_min.estimate import GiB, Hardware, ModelShape, Workload, estimate, measure_cpu  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
+PHASES = {"generation": "time/rollout_s", "scoring": "time/reward_s", "old log-probs": "time/old_logp_s",
+          "update": "time/update_s", "weight sync": "time/sync_s", "step": "time/step_s"}
+# The DAPO-Math-17k wrapper (justrl_min.data strips it), around problems this script makes up.
+DAPO_WRAP = ("Solve the following math problem step by step. The last line of your response should be of the "
+             "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
+             "Remember to put your answer on its own line after \"Answer:\".")
+
+
+def shared_benchmarks() -> Path:
+    for candidate in (ROOT.parent / "shared" / "benchmarks", ROOT.parents[1] / "shared" / "benchmarks"):
+        if (candidate / "AIME24" / "test.parquet").is_file():
+            return candidate
+    raise SystemExit("the rehearsal evaluates on ../shared/benchmarks/AIME24/test.parquet, which is not here")
+
+
+def write_dapo_file(path: Path, rows: int = 64) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = []
+    for i in range(rows):
+        a, b = 3 + 7 * i % 89, 11 + 5 * i % 97
+        records.append({"data_source": "math_dapo", "ability": "MATH",
+                        "prompt": [{"role": "user", "content": DAPO_WRAP.format(
+                            f"Let $x = {a}$ and $y = {b}$. Find the value of $x \\cdot y + {i}$.")}],
+                        "reward_model": {"style": "rule", "ground_truth": str(a * b + i)},
+                        "extra_info": {"index": i}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+def build_standin(out: Path, layers: int) -> tuple[Path, float]:
+    folder = out / f"standin-{layers}l"
+    if (folder / "config.json").is_file():
+        return folder, 0.0
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "justrl_min.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
+                    str(folder), "--layers", str(layers), "--seed", "0"], check=True, cwd=ROOT)
+    return folder, time.perf_counter() - start
+
+
+class PeakRSS:
+    """Largest summed resident memory of a process and its descendants, polled twice a second."""
+
+    def __init__(self, pid: int):
+        self.process, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@dataclass
+class Run:
+    wall_s: float
+    peak_rss: int
+    killed: bool
+
+
+def train(overrides: list[str], ranks: int, kill_at_step: int | None, log: Path, run_dir: Path) -> Run:
+    """One `train.py` process (or torchrun job); with `kill_at_step`, SIGKILL it a few seconds into
+    that step, once the checkpoint of the step before it is complete."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks)] if ranks > 1
+                else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks))}
+    start = time.perf_counter()
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen([*launcher, "train.py", str(RECIPE), *overrides], cwd=ROOT, env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        rss = PeakRSS(proc.pid)
+        killed = False
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if kill_at_step is not None and _checkpointed(run_dir, kill_at_step - 1):
+                time.sleep(5.0)
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    killed = True
+                break
+        proc.wait()
+        peak = rss.stop()
+    if proc.returncode != 0 and not killed:
+        raise SystemExit(f"train.py failed (exit {proc.returncode}); its output is in {log}")
+    return Run(time.perf_counter() - start, peak, killed)
+
+
+def _checkpointed(run_dir: Path, step: int) -> bool:
+    latest = Checkpointer(run_dir, keep=1).latest()
+    return latest is not None and latest.name == f"step_{step}"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def medians(rows: list[dict]) -> dict[str, float]:
+    out = {}
+    for phase, key in PHASES.items():
+        values = sorted(r[key] for r in rows if key in r)
+        if values:
+            out[phase] = values[len(values) // 2]
+    return out
+
+
+def resume_diff(resumed: list[dict], reference: list[dict]) -> float:
+    """Largest |difference| over the train/* values of the steps both runs have."""
+    by_step = {r["step"]: r for r in reference}
+    return max((abs(r[k] - by_step[r["step"]][k]) for r in resumed if r["step"] in by_step
+                for k in r if k.startswith("train/") and k in by_step[r["step"]]), default=float("nan"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="1 layer, 1 step, one process, no kill")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step (4 mini-batches of 1)")
+    parser.add_argument("--n", type=int, default=2, help="samples per prompt")
+    parser.add_argument("--response-tokens", type=int, default=32)
+    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "rehearsal")
+    parser.add_argument("--no-torchrun", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.layers, args.steps, args.no_torchrun = 1, 1, True
+    args.out.mkdir(parents=True, exist_ok=True)
+    standin, build_s = build_standin(args.out, args.layers)
+    data = write_dapo_file(args.out / "dapo_sample.parquet")
+    sizes = [f"model.path={standin}", "run.device=cpu", f"rollout.engine={args.engine}", f"data.train={data}",
+             f"eval.data_dir={shared_benchmarks()}", "eval.benchmarks=[aime24]", "eval.n=1",
+             f"eval.max_tokens={args.response_tokens}", f"eval.every_steps={args.steps}",
+             f"train.prompts_per_step={args.prompts}", f"train.mini_batch_prompts={max(1, args.prompts // 4)}",
+             f"rollout.n={args.n}", f"rollout.max_response_length={args.response_tokens}",
+             f"train.steps={args.steps}", "checkpoint.every_steps=1", f"run.output_dir={args.out}",
+             "run.overwrite=true"]
+    results: dict[str, dict] = {}
+    plans = [("one process", 1)] + ([] if args.no_torchrun else [("torchrun x2", 2)])
+    reference_rows: list[dict] = []
+    for label, ranks in plans:
+        name = "single" if ranks == 1 else "two_ranks"
+        log = args.out / f"{name}.log"
+        log.unlink(missing_ok=True)
+        common = sizes + [f"run.name={name}"]
+        if args.smoke:
+            first = train(common + ["run.resume=false"], ranks, None, log, args.out / name)
+            runs = [first]
+        else:
+            kill_step = args.steps
+            first = train(common + ["run.resume=false"], ranks, kill_step, log, args.out / name)
+            resumed = train(common + ["run.resume=true"], ranks, None, log, args.out / name)
+            runs = [first, resumed]
+        rows = metrics(args.out / name)
+        results[label] = {"rows": rows, "wall_s": sum(r.wall_s for r in runs),
+                          "peak_rss": max(r.peak_rss for r in runs), "killed": any(r.killed for r in runs)}
+        if ranks == 1 and not args.smoke:
+            ref_log = args.out / "reference.log"
+            ref_log.unlink(missing_ok=True)
+            train(sizes + ["run.name=reference", "run.resume=false"], 1, None, ref_log, args.out / "reference")
+            reference_rows = metrics(args.out / "reference")
+            results[label]["resume_diff"] = resume_diff(rows, reference_rows)
+
+    cfg = load_recipe(RECIPE, sizes)
+    shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
+    tflops, bandwidth = measure_cpu()
+    predicted = estimate(cfg, shape, Hardware(ranks=1, mem_gib=0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True),
+                         Workload(prompt_tokens=120, response_tokens=args.response_tokens))
+    print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at full width), built in "
+          f"{build_s:.0f} s{' (cached)' if not build_s else ''}; this CPU: fp32 matmul {tflops * 1e3:.0f} GFLOP/s, "
+          f"copy {bandwidth * 1e3:.1f} GB/s")
+    labels = list(results)
+    print(f"\n| phase (median s per step) | predicted | {' | '.join(labels)} |")
+    print("| --- | --- |" + " --- |" * len(labels))
+    measured = {label: medians(r["rows"]) for label, r in results.items()}
+    predicted_phase = {"generation": predicted.times["generation"], "old log-probs": predicted.times["old log-probs"],
+                       "update": predicted.times["update"], "weight sync": predicted.times["weight sync"],
+                       "step": predicted.times["step"]}
+    for phase in PHASES:
+        cells = [f"{measured[label][phase]:.1f}" if phase in measured[label] else "-" for label in labels]
+        guess = f"{predicted_phase[phase]:.1f}" if phase in predicted_phase else "-"
+        print(f"| {phase} | {guess} | {' | '.join(cells)} |")
+    peak = max(predicted.peaks.values())
+    print(f"| peak RSS (GiB) | {peak / GiB:.1f} | "
+          + " | ".join(f"{r['peak_rss'] / GiB:.1f}" for r in results.values()) + " |")
+    print("| wall, all runs (s) | - | " + " | ".join(f"{r['wall_s']:.0f}" for r in results.values()) + " |")
+    print("| killed and resumed | - | " + " | ".join("yes" if r["killed"] else "no" for r in results.values()) + " |")
+    if "resume_diff" in results.get("one process", {}):
+        print(f"\nresumed run against an uninterrupted one: max |diff| over train/* = "
+              f"{results['one process']['resume_diff']:.3g}")
+
+
+if __name__ == "__main__":
+    main()
