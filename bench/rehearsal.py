@@ -26,14 +26,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from justrl_min.checkpoint import Checkpointer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
-from justrl_min.estimate import GiB, Hardware, ModelShape, Workload, estimate, measure_cpu  # noqa: E402
+from justrl_min.estimate import (  # noqa: E402
+    GiB,
+    Hardware,
+    ModelShape,
+    Workload,
+    compute_dtype,
+    estimate,
+    measure_cpu,
+)
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
 PHASES = {"generation": "time/rollout_s", "scoring": "time/reward_s", "old log-probs": "time/old_logp_s",
@@ -44,17 +50,22 @@ DAPO_WRAP = ("Solve the following math problem step by step. The last line of yo
              "Remember to put your answer on its own line after \"Answer:\".")
 
 
-def shared_benchmarks() -> Path:
-    for candidate in (ROOT.parent / "shared" / "benchmarks", ROOT.parents[1] / "shared" / "benchmarks"):
-        if (candidate / "AIME24" / "test.parquet").is_file():
-            return candidate
-    raise SystemExit("the rehearsal evaluates on ../shared/benchmarks/AIME24/test.parquet, which is not here")
+def eval_overrides(steps: int, tokens: int) -> list[str]:
+    """In-training evaluation on the shared AIME24 file at the last step, where the file (and pyarrow,
+    to read it) are here; otherwise none, said once."""
+    import importlib.util
+
+    for candidate in (ROOT / "shared" / "benchmarks", ROOT.parent / "shared" / "benchmarks",
+                      ROOT.parents[1] / "shared" / "benchmarks"):
+        if (candidate / "AIME24" / "test.parquet").is_file() and importlib.util.find_spec("pyarrow"):
+            return [f"eval.data_dir={candidate}", "eval.benchmarks=[aime24]", "eval.n=1",
+                    f"eval.max_tokens={tokens}", f"eval.every_steps={steps}"]
+    print("no shared/benchmarks/AIME24/test.parquet (or no pyarrow) here: the rehearsal runs without evaluation")
+    return ["eval.every_steps=0"]
 
 
 def write_dapo_file(path: Path, rows: int = 64) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """A DAPO-Math-17k-schema (verl) file of made-up problems, as JSON lines: no pyarrow needed."""
     records = []
     for i in range(rows):
         a, b = 3 + 7 * i % 89, 11 + 5 * i % 97
@@ -64,7 +75,7 @@ def write_dapo_file(path: Path, rows: int = 64) -> Path:
                         "reward_model": {"style": "rule", "ground_truth": str(a * b + i)},
                         "extra_info": {"index": i}})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records), path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
 
@@ -78,32 +89,65 @@ def build_standin(out: Path, layers: int) -> tuple[Path, float]:
     return folder, time.perf_counter() - start
 
 
-class PeakRSS:
-    """Largest summed resident memory of a process and its descendants, polled twice a second."""
+class PeakMemory:
+    """Largest summed resident memory of a process and its descendants (from /proc), and on a GPU
+    machine the largest memory nvidia-smi reports in use, polled twice a second."""
 
-    def __init__(self, pid: int):
-        self.process, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+    def __init__(self, pid: int, gpu: bool):
+        self.pid, self.gpu, self.rss, self.gpu_bytes = pid, gpu, 0, 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
-            try:
-                tree = [self.process, *self.process.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
+            self.rss = max(self.rss, sum(_rss(p) for p in _tree(self.pid)))
+            if self.gpu:
+                self.gpu_bytes = max(self.gpu_bytes, _gpu_used_bytes())
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self._stop.set()
         self._thread.join()
-        return self.peak
+        return self.rss, self.gpu_bytes
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _gpu_used_bytes() -> int:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return sum(int(v) for v in out.split()) * 2**20
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return 0
 
 
 @dataclass
 class Run:
     wall_s: float
     peak_rss: int
+    peak_gpu: int
     killed: bool
 
 
@@ -117,7 +161,7 @@ def train(overrides: list[str], ranks: int, kill_at_step: int | None, log: Path,
     with open(log, "ab") as sink:
         proc = subprocess.Popen([*launcher, "train.py", str(RECIPE), *overrides], cwd=ROOT, env=env, stdout=sink,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        rss = PeakRSS(proc.pid)
+        memory = PeakMemory(proc.pid, gpu=any(o == "run.device=cuda" for o in overrides))
         killed = False
         while proc.poll() is None:
             time.sleep(1.0)
@@ -129,10 +173,10 @@ def train(overrides: list[str], ranks: int, kill_at_step: int | None, log: Path,
                     killed = True
                 break
         proc.wait()
-        peak = rss.stop()
+        peak_rss, peak_gpu = memory.stop()
     if proc.returncode != 0 and not killed:
         raise SystemExit(f"train.py failed (exit {proc.returncode}); its output is in {log}")
-    return Run(time.perf_counter() - start, peak, killed)
+    return Run(time.perf_counter() - start, peak_rss, peak_gpu, killed)
 
 
 def _checkpointed(run_dir: Path, step: int) -> bool:
@@ -168,7 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (4 mini-batches of 1)")
     parser.add_argument("--n", type=int, default=2, help="samples per prompt")
     parser.add_argument("--response-tokens", type=int, default=32)
-    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
+    parser.add_argument("--engine", choices=("vllm", "hf", "auto"), default="vllm",
+                        help="auto: vllm where it is installed, else hf")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--gpu-tflops", type=float, default=989.0, help="for the prediction: H100/H200 dense bf16")
+    parser.add_argument("--gpu-bw", type=float, default=4.8, help="for the prediction: H200 TB/s")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "rehearsal")
     parser.add_argument("--no-torchrun", action="store_true")
     args = parser.parse_args(argv)
@@ -176,10 +224,14 @@ def main(argv: list[str] | None = None) -> None:
         args.layers, args.steps, args.no_torchrun = 1, 1, True
     args.out.mkdir(parents=True, exist_ok=True)
     standin, build_s = build_standin(args.out, args.layers)
-    data = write_dapo_file(args.out / "dapo_sample.parquet")
-    sizes = [f"model.path={standin}", "run.device=cpu", f"rollout.engine={args.engine}", f"data.train={data}",
-             f"eval.data_dir={shared_benchmarks()}", "eval.benchmarks=[aime24]", "eval.n=1",
-             f"eval.max_tokens={args.response_tokens}", f"eval.every_steps={args.steps}",
+    data = write_dapo_file(args.out / "dapo_sample.jsonl")
+    engine = args.engine
+    if engine == "auto":
+        import importlib.util
+
+        engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    sizes = [f"model.path={standin}", f"run.device={args.device}", f"rollout.engine={engine}", f"data.train={data}",
+             *eval_overrides(args.steps, args.response_tokens),
              f"train.prompts_per_step={args.prompts}", f"train.mini_batch_prompts={max(1, args.prompts // 4)}",
              f"rollout.n={args.n}", f"rollout.max_response_length={args.response_tokens}",
              f"train.steps={args.steps}", "checkpoint.every_steps=1", f"run.output_dir={args.out}",
@@ -202,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             runs = [first, resumed]
         rows = metrics(args.out / name)
         results[label] = {"rows": rows, "wall_s": sum(r.wall_s for r in runs),
-                          "peak_rss": max(r.peak_rss for r in runs), "killed": any(r.killed for r in runs)}
+                          "peak_rss": max(r.peak_rss for r in runs), "peak_gpu": max(r.peak_gpu for r in runs),
+                          "killed": any(r.killed for r in runs)}
         if ranks == 1 and not args.smoke:
             ref_log = args.out / "reference.log"
             ref_log.unlink(missing_ok=True)
@@ -212,12 +265,19 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_recipe(RECIPE, sizes)
     shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
-    tflops, bandwidth = measure_cpu()
-    predicted = estimate(cfg, shape, Hardware(ranks=1, mem_gib=0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True),
-                         Workload(prompt_tokens=120, response_tokens=args.response_tokens))
+    if args.device == "cuda":
+        import torch
+
+        memory_gib = torch.cuda.get_device_properties(0).total_memory / GiB
+        tflops, bandwidth = args.gpu_tflops, args.gpu_bw
+        hardware = Hardware(ranks=1, mem_gib=memory_gib, tflops=tflops, bandwidth_tbs=bandwidth)
+    else:
+        tflops, bandwidth = measure_cpu(compute_dtype(cfg, cpu=True))
+        hardware = Hardware(ranks=1, mem_gib=0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True)
+    predicted = estimate(cfg, shape, hardware, Workload(prompt_tokens=120, response_tokens=args.response_tokens))
     print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at full width), built in "
-          f"{build_s:.0f} s{' (cached)' if not build_s else ''}; this CPU: fp32 matmul {tflops * 1e3:.0f} GFLOP/s, "
-          f"copy {bandwidth * 1e3:.1f} GB/s")
+          f"{build_s:.0f} s{' (cached)' if not build_s else ''}; matmul {tflops * 1e3:.0f} GFLOP/s in "
+          f"{compute_dtype(cfg, cpu=args.device == 'cpu')}, memory {bandwidth * 1e3:.1f} GB/s")
     labels = list(results)
     print(f"\n| phase (median s per step) | predicted | {' | '.join(labels)} |")
     print("| --- | --- |" + " --- |" * len(labels))
@@ -232,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     peak = max(predicted.peaks.values())
     print(f"| peak RSS (GiB) | {peak / GiB:.1f} | "
           + " | ".join(f"{r['peak_rss'] / GiB:.1f}" for r in results.values()) + " |")
+    if args.device == "cuda":
+        print("| peak GPU memory in use (GiB) | - | "
+              + " | ".join(f"{r['peak_gpu'] / GiB:.1f}" for r in results.values()) + " |")
     print("| wall, all runs (s) | - | " + " | ".join(f"{r['wall_s']:.0f}" for r in results.values()) + " |")
     print("| killed and resumed | - | " + " | ".join("yes" if r["killed"] else "no" for r in results.values()) + " |")
     if "resume_diff" in results.get("one process", {}):

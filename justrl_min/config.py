@@ -50,6 +50,10 @@ class ModelConfig:
     would silently drop most updates."""
     compute_dtype: str = ""
     """Dtype of the forward/backward math (bfloat16 on GPUs) and of the vLLM engine; empty = dtype."""
+    cpu_float32_fallback: bool = True
+    """On CPU, compute in float32 instead when the compute dtype's matmuls run more than 4x slower than
+    float32's on this machine (measured once at start-up, justrl_min.dtypes; said once). CPUs without
+    bf16 matrix instructions run bf16 hundreds of times slower; CPUs with AMX run it faster."""
     gradient_checkpointing: bool = False
     logprob_chunk_tokens: int = 512
     """Tokens per chunk through the LM head when computing log-probs and entropy."""

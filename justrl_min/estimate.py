@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from justrl_min.config import Config, load_recipe
+from justrl_min.dtypes import DTYPES, fast_cpu_dtype
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -130,9 +131,14 @@ def estimate(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload) -> Es
     return est
 
 
+def compute_dtype(cfg: Config, cpu: bool) -> str:
+    """The recipe's compute dtype, or on CPU what the trainer will pick (float32 where it is slow here)."""
+    name = cfg.model.compute_dtype or cfg.model.dtype
+    return fast_cpu_dtype(name)[0] if cpu and cfg.model.cpu_float32_fallback else name
+
+
 def _compute_bytes(cfg: Config, hw: Hardware) -> int:
-    # This CPU has no fast bf16 matmul, so CPU runs compute in fp32 (README, DESIGN.md section 5).
-    return 4 if hw.cpu else DTYPE_BYTES[cfg.model.compute_dtype or cfg.model.dtype]
+    return DTYPE_BYTES[compute_dtype(cfg, hw.cpu)]
 
 
 def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None:
@@ -162,7 +168,8 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
                            f"without checkpointing, {shape.hidden * c / 1024:.1f} KiB with it")
     if hw.cpu:
         other = 1.5 * GiB
-        est.assumptions.append("CPU: fp32 compute; 1.5 GiB of interpreter, torch and tokenizer memory per process")
+        est.assumptions.append(f"CPU: {compute_dtype(cfg, True)} compute (justrl_min.dtypes measured it); 1.5 GiB "
+                               "of interpreter, torch and tokenizer memory per process")
     else:
         other = 2.0 * GiB
         est.assumptions.append("GPU: 2 GiB of CUDA context, allocator slack and NCCL buffers per rank")
@@ -173,7 +180,7 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
     if cfg.rollout.engine == "vllm":
         if hw.cpu:
             kv = cfg.rollout.cpu_kv_cache_gib * GiB
-            m["vLLM weights (fp32, full copy)"] = engine_weights
+            m["vLLM weights (full copy)"] = engine_weights
             m["vLLM KV cache (rollout.cpu_kv_cache_gib)"] = kv
             est.peaks["generation"] = trainer + engine_weights + kv
             est.peaks["training"] = est.peaks["generation"]    # vLLM-CPU has no sleep mode
@@ -254,9 +261,10 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
                                    "generation will take longer than shown")
 
 
-def measure_cpu(seconds: float = 1.0) -> tuple[float, float]:
-    """This machine's fp32 matmul peak (TFLOP/s) and memory bandwidth (TB/s, a large copy), measured."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def measure_cpu(dtype: str = "float32", seconds: float = 1.0) -> tuple[float, float]:
+    """This machine's matmul peak in `dtype` on all its threads (TFLOP/s) and its memory bandwidth
+    (TB/s, from a large copy), measured."""
+    a, b = torch.randn(2048, 2048).to(DTYPES[dtype]), torch.randn(2048, 2048).to(DTYPES[dtype])
     a @ b
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -319,10 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_recipe(args.recipe, args.overrides)
     shape = model_shape(cfg, args.model_config)
     if args.cpu:
-        tflops, bandwidth = measure_cpu()
+        dtype = compute_dtype(cfg, cpu=True)
+        tflops, bandwidth = measure_cpu(dtype)
         hw = Hardware(ranks=args.gpus, mem_gib=0.0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True,
                       train_mfu=args.mfu)
-        print(f"measured here: fp32 matmul {tflops * 1000:.0f} GFLOP/s, copy bandwidth {bandwidth * 1000:.1f} GB/s")
+        print(f"measured here: {dtype} matmul {tflops * 1000:.0f} GFLOP/s, copy bandwidth {bandwidth * 1000:.1f} GB/s")
     else:
         hw = Hardware(ranks=args.gpus, mem_gib=args.gpu_mem, tflops=args.gpu_tflops, bandwidth_tbs=args.gpu_bw,
                       link_gbs=args.link_gbs, train_mfu=args.mfu)
