@@ -63,6 +63,9 @@ def test_vllm_samples_gap_ids_keeps_eos_and_reloads_full_vocabulary_weights(engi
     assert by_token[EOS] == pytest.approx(math.log(P_EOS), abs=1e-4)
     assert by_token[next(t for t in by_token if t in GAP)] == pytest.approx(math.log(P_GAP / len(GAP)), abs=1e-4)
 
+    with_gap_id = prompts[0][:-3] + [GAP[0]] + prompts[0][-3:]  # vLLM bounds prompt ids by the model's rows
+    assert len(engine.generate([with_gap_id], 2, SAMPLING)) == 2
+
     texts = standin_tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
     with VerifierPool(workers=1, timeout_s=10.0) as pool:
         scored = pool.score(texts, ["391"] * len(texts))
