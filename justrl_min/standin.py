@@ -274,11 +274,10 @@ def model_config(spec: StandinSpec, layers: int | None = None, narrow: bool = Fa
 def build_model(config: dict, seed: int):
     """Seeded random `Qwen2ForCausalLM` in the config's dtype (bf16 at full size: 3.6 GB for 28 layers)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2Config
 
-    dtype = getattr(torch, config["torch_dtype"])
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM._from_config(Qwen2Config.from_dict(config), dtype=dtype)
+    return AutoModelForCausalLM.from_config(Qwen2Config.from_dict(config), dtype=getattr(torch, config["torch_dtype"]))
 
 
 def write_standin(name: str, out: str | Path, *, layers: int | None = None, seed: int = 0,

@@ -118,6 +118,14 @@ def test_config_is_the_real_one_and_layers_change_only_depth():
     assert not SPEC.approximate
 
 
+def test_weights_are_seeded():
+    config = {**standin.model_config(SPEC, layers=1, narrow=True), "torch_dtype": "float32"}
+    first, again, other = (dict(standin.build_model(config, seed).named_parameters()) for seed in (0, 0, 1))
+    assert first.keys() == again.keys() and "lm_head.weight" in first  # untied head, as the real model
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["model.layers.0.mlp.up_proj.weight"], other["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_folder_loads_with_the_real_config_values(standin_folder):
     from transformers import AutoConfig, GenerationConfig
 

@@ -109,10 +109,10 @@ def test_one_training_step_on_the_standin_with_the_deepseek_recipe(rigged_standi
     cfg = load_recipe(ROOT / "recipes/deepseek_1p5b.yaml", [
         f"model.path={rigged_standin}", f"data.train={DAPO_SAMPLE}", "run.device=cpu", "rollout.engine=hf",
         "model.compute_dtype=float32", "model.gradient_checkpointing=false", "model.logprob_chunk_tokens=256",
-        f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}", "train.steps=1", "train.prompts_per_step=4",
+        f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}", "train.steps=1", "train.prompts_per_step=2",
         "train.mini_batch_prompts=2", "rollout.n=4", "rollout.max_response_length=16",
-        "train.max_tokens_per_microbatch=4096", "eval.every_steps=0", "reward.workers=1",
-        "log.curves_at_end=false", "log.samples_per_step=4", "train.lr=1e-3"])
+        "train.max_tokens_per_microbatch=4096", "eval.every_steps=0", "reward.workers=1", "log.curves_at_end=false",
+        "log.samples_per_step=4", "log.tensorboard=false", "checkpoint.save_optimizer=false"])
     trainer.train(cfg)
 
     [metrics] = read_metrics(run_dir)
