@@ -179,9 +179,10 @@ _QWEN2_1P5B_SHAPE = {
     "transformers_version": "4.44.0",
 }
 
-NARROW_TEST_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
-"""The test variant's body (head_dim 32, a size vLLM's CPU attention serves); vocabulary, tokenizer and
-everything else unchanged."""
+NARROW_TEST_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "torch_dtype": "float32"}
+"""The test variant's body (head_dim 32, a size vLLM's CPU attention serves) in the trainer's dtype;
+vocabulary, tokenizer and everything else unchanged."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,6 @@ def write_standin(name: str, out: str | Path, *, layers: int | None = None, seed
         raise ValueError(f"unknown stand-in {name!r}; choose from: {', '.join(STANDINS)}")
     spec, out = STANDINS[name], Path(out)
     config = model_config(spec, layers, narrow)
-    if narrow:
-        config["torch_dtype"] = "float32"  # the trainer's dtype; the test variant is never served in bf16
     out.mkdir(parents=True, exist_ok=True)
     build_model(config, seed).save_pretrained(out)
     tokenizer = build_tokenizer(spec)
