@@ -46,7 +46,7 @@ test: install
 # The import first: here a vLLM that fails to import is an error, not a reason for the tests to skip.
 test-vllm: install-vllm
 	$(BIN)/python -c "import vllm"
-	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py
+	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py tests/test_vllm_standin.py
 
 lint: install
 	$(BIN)/ruff check .
