@@ -79,13 +79,14 @@ def write_dapo_file(path: Path, rows: int = 64) -> Path:
     return path
 
 
-def build_standin(out: Path, layers: int) -> tuple[Path, float]:
-    folder = out / f"standin-{layers}l"
+def build_standin(out: Path, layers: int, narrow: bool) -> tuple[Path, float]:
+    folder = out / f"standin-{layers}l{'-narrow' if narrow else ''}"
     if (folder / "config.json").is_file():
         return folder, 0.0
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "justrl_min.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
-                    str(folder), "--layers", str(layers), "--seed", "0"], check=True, cwd=ROOT)
+                    str(folder), "--layers", str(layers), "--seed", "0", *(["--narrow-test-variant"] * narrow)],
+                   check=True, cwd=ROOT)
     return folder, time.perf_counter() - start
 
 
@@ -206,7 +207,9 @@ def resume_diff(resumed: list[dict], reference: list[dict]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="1 layer, 1 step, one process, no kill")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: the narrow stand-in (real tokenizer and vocabulary, 128 wide), 1 layer, "
+                        "1 step of 8-token responses with the HF engine, one process, no kill")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (4 mini-batches of 1)")
@@ -221,9 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-torchrun", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.layers, args.steps, args.no_torchrun = 1, 1, True
+        args.layers, args.steps, args.no_torchrun, args.engine, args.response_tokens = 1, 1, True, "hf", 8
     args.out.mkdir(parents=True, exist_ok=True)
-    standin, build_s = build_standin(args.out, args.layers)
+    standin, build_s = build_standin(args.out, args.layers, narrow=args.smoke)
     data = write_dapo_file(args.out / "dapo_sample.jsonl")
     engine = args.engine
     if engine == "auto":
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         tflops, bandwidth = measure_cpu(compute_dtype(cfg, cpu=True))
         hardware = Hardware(ranks=1, mem_gib=0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True)
     predicted = estimate(cfg, shape, hardware, Workload(prompt_tokens=120, response_tokens=args.response_tokens))
-    print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at full width), built in "
+    width = "the narrow test variant" if args.smoke else "full width"
+    print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at {width}), built in "
           f"{build_s:.0f} s{' (cached)' if not build_s else ''}; matmul {tflops * 1e3:.0f} GFLOP/s in "
           f"{compute_dtype(cfg, cpu=args.device == 'cpu')}, memory {bandwidth * 1e3:.1f} GB/s")
     labels = list(results)
