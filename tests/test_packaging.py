@@ -162,6 +162,14 @@ def test_the_checkout_scripts_run_the_same_code_from_another_directory(tmp_path)
         assert done.returncode == 0 and expected in done.stdout, (script, done.stdout, done.stderr)
 
 
+def test_the_command_and_its_help_import_no_torch():
+    # `justrl --help` stays instant: the subcommands' modules (torch, transformers) load only when run.
+    code = ("import sys; from justrl_min import cli; cli.usage(); "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr
+
+
 def test_python_dash_m_justrl_min_is_the_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "justrl_min", "--version"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
