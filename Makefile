@@ -1,5 +1,5 @@
 # make demo: train the embedded tiny model on CPU and draw its curves (fresh machine: ~10 min).
-# make test: the test suite.  Both create .venv on first use.
+# make test: the test suite.  Both create .venv on first use (with the `justrl` command in .venv/bin).
 # make install-vllm / test-vllm / demo-vllm: the same with vLLM's CPU build added to .venv
 # (rollout.engine=vllm without a GPU).
 PYTHON ?= python3
@@ -11,11 +11,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install install-vllm demo demo-vllm test test-vllm lint clean
 
-$(BIN)/.installed: requirements.txt
+# requirements.txt is the package's dependencies plus its dev extra; the package itself goes in
+# editable, without dependencies (all installed already), for .venv/bin/justrl.
+$(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(BIN)/.installed

@@ -1,7 +1,7 @@
-"""data/prepare.py offline: small files in the hub schemas written here, and the shared benchmark files."""
+"""`justrl prepare-data` (justrl_min/prepare_data.py) offline: small files in the hub schemas written here,
+and the shared benchmark files."""
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from justrl_min import evaluate
+from justrl_min import prepare_data as prepare
 from justrl_min.data import Problem, load_problems
 from tests.test_data import SHARED, write_dapo_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("data_prepare", ROOT / "data" / "prepare.py")
-prepare = sys.modules.setdefault("data_prepare", importlib.util.module_from_spec(SPEC))  # dataclasses look it up
-SPEC.loader.exec_module(prepare)
 
 
 def _manifest(out, folder):
