@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "prepare-data": Subcommand("justrl_min.prepare_data", "write the training set and benchmarks as local parquet"),
     "doctor": Subcommand("justrl_min.doctor", "health report of a run"),
     "standin": Subcommand("justrl_min.standin", "offline stand-ins of the paper's models", extra="dev"),
+    "estimate": Subcommand("justrl_min.estimate", "memory per rank and step time of a recipe on given GPUs"),
 }
 
 

@@ -2,7 +2,7 @@
 the model's `config.json`, with every assumption printed beside the figures.
 
     python -m justrl_min.estimate recipes/deepseek_1p5b.yaml --gpus 8 --gpu-mem 80
-    python -m justrl_min.estimate recipes/deepseek_1p5b.yaml --cpu model.path=/tmp/standin rollout.n=2
+    justrl estimate deepseek_1p5b --cpu model.path=/tmp/standin rollout.n=2
 
 The model: dense decoder (Qwen2 / Llama shape). Memory counts what the trainer holds (fp32 master
 weights, gradients and AdamW moments, sharded over the ranks by FSDP2; compute-dtype copies of the
@@ -28,6 +28,7 @@ import torch
 
 from justrl_min.config import Config, load_recipe
 from justrl_min.dtypes import DTYPES, fast_cpu_dtype
+from justrl_min.recipe_files import find_recipe
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -283,11 +284,19 @@ def measure_cpu(dtype: str = "float32", seconds: float = 1.0) -> tuple[float, fl
 
 
 def model_shape(cfg: Config, config_json: str | None) -> ModelShape:
+    """From --model-config, else model.path's config.json, else the stand-in's copy of a known hub
+    model's config.json (read offline; justrl_min.standin)."""
     path = Path(config_json) if config_json else Path(cfg.model.path) / "config.json"
-    if not path.is_file():
-        raise SystemExit(f"no model config at {path}: pass --model-config PATH/config.json (model.path is "
-                         f"{cfg.model.path!r}; a hub id cannot be read offline)")
-    return ModelShape.from_config(json.loads(path.read_text()))
+    if path.is_file():
+        return ModelShape.from_config(json.loads(path.read_text()))
+    if not config_json:
+        from justrl_min.standin import STANDINS
+
+        known = {spec.hub_id: spec.config for spec in STANDINS.values()}
+        if cfg.model.path in known:
+            return ModelShape.from_config(known[cfg.model.path])
+    raise SystemExit(f"no model config at {path}: pass --model-config PATH/config.json (model.path is "
+                     f"{cfg.model.path!r}, which is neither a local folder nor a model the stand-ins know)")
 
 
 def format_report(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> str:
@@ -310,7 +319,7 @@ def _seconds(value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m justrl_min.estimate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     parser.add_argument("--gpus", type=int, default=8, help="training ranks (one GPU each)")
@@ -324,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)
     parser.add_argument("--response-tokens", type=int, default=Workload.response_tokens)
     args = parser.parse_args(argv)
-    cfg = load_recipe(args.recipe, args.overrides)
+    cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     shape = model_shape(cfg, args.model_config)
     if args.cpu:
         dtype = compute_dtype(cfg, cpu=True)

@@ -83,3 +83,8 @@ def test_cli_prints_every_component_and_assumption(tmp_path, capsys):
 def test_cli_names_the_missing_model_config(tmp_path):
     with pytest.raises(SystemExit, match="--model-config"):
         main(["recipes/deepseek_1p5b.yaml", f"model.path={tmp_path}"])
+
+
+def test_a_known_hub_model_is_read_from_the_stand_in_facts(capsys):
+    main(["deepseek_1p5b", "--gpus", "8"])     # a shipped recipe by name; its model.path is a hub id
+    assert "1.777B parameters" in capsys.readouterr().out
