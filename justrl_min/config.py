@@ -235,6 +235,9 @@ class EvalConfig:
     judge: str = ""
     """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.judge) asked about every
     response the grader rejects; its exact answer `A` counts as correct. Empty: no judge."""
+    judge_prompt: str = ""
+    """File with the judge's prompt template (str.format fields {question}, {gold_answer},
+    {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.judge.DEFAULT_TEMPLATE."""
 
 
 @dataclass
