@@ -177,20 +177,29 @@ def _train_warm_start(folder: Path, steps: int, seed: int, log) -> None:
     batch_size = 64
     prompt_cache: dict[str, list[int]] = {}
     log(f"tiny warm start: {steps} supervised steps on imperfect solutions -> {folder}")
+
+    def batch_at(step: int):
+        batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
+        return _sft_batch(tokenizer, batch, rng, prompt_cache)
+
+    supervised_steps(model, optimizer, batch_at, steps, log, "sft")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
+                                                         "version": WARM_START_VERSION}))
+
+
+def supervised_steps(model, optimizer, batch_at, steps: int, log, name: str) -> None:
+    """``steps`` optimizer steps on ``batch_at(step) -> (input_ids, labels)``, logging every 100."""
     model.train()
     for step in range(steps):
-        batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
-        input_ids, labels = _sft_batch(tokenizer, batch, rng, prompt_cache)
+        input_ids, labels = batch_at(step)
         loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == steps - 1:
-            log(f"  sft step {step:4d}  loss {loss.item():.4f}")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
-                                                         "version": WARM_START_VERSION}))
+            log(f"  {name} step {step:4d}  loss {loss.item():.4f}")
 
 
 def prompt_token_ids(tokenizer, question: str) -> list[int]:

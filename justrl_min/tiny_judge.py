@@ -59,32 +59,24 @@ def _train(folder: Path, steps: int, seed: int, log) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     rows, label_rows = _encode(tokenizer, labelled_items(4_000, seed=seed + 1))
     log(f"tiny judge: {steps} supervised steps -> {folder}")
-    model.train()
     threads = torch.get_num_threads()
     # A model this small gains nothing from threads and loses much on a busy machine (measured on 2
     # shared cores: 2.0 s per step with one thread, 9.6 s with two).
     torch.set_num_threads(1)
+    batch_size = 64
+
+    def batch_at(step: int):
+        picked = [(step * batch_size + i) % len(rows) for i in range(batch_size)]
+        return tiny.pad_batch([rows[i] for i in picked], [label_rows[i] for i in picked], tokenizer.pad_token_id)
+
     try:
-        _fit(model, optimizer, rows, label_rows, tokenizer.pad_token_id, steps, log)
+        tiny.supervised_steps(model, optimizer, batch_at, steps, log, "judge")
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / PROMPT_FILE).write_text(TEMPLATE)
     (folder / "judge.json").write_text(json.dumps({"steps": steps, "seed": seed, "version": VERSION}))
-
-
-def _fit(model, optimizer, rows, label_rows, pad_id: int, steps: int, log) -> None:
-    batch_size = 64
-    for step in range(steps):
-        picked = [(step * batch_size + i) % len(rows) for i in range(batch_size)]
-        input_ids, labels = tiny.pad_batch([rows[i] for i in picked], [label_rows[i] for i in picked], pad_id)
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps - 1:
-            log(f"  judge step {step:4d}  loss {loss.item():.4f}")
 
 
 def _encode(tokenizer, items: list[tuple[JudgeItem, str]]) -> tuple[list[list[int]], list[list[int]]]:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from justrl_min.config import BOXED_SUFFIX, ConfigError, load_recipe, save_config
+from justrl_min.config import BOXED_SUFFIX, ConfigError, config_to_dict, load_recipe, save_config
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))  # subfolders too (recipes/ablations/)
@@ -98,14 +98,10 @@ def test_default_prompt_suffix_is_the_papers():
     assert BOXED_SUFFIX == "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def _flat(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _keyed(cfg):
+    """{"section.key": value} of a config (the tree is sections of fields, two levels)."""
+    return {f"{section}.{key}": value
+            for section, fields in config_to_dict(cfg).items() for key, value in fields.items()}
 
 
 @pytest.mark.parametrize("ablation, changed", [
@@ -115,10 +111,8 @@ def _flat(tree, prefix=""):
     ("small_batch", {"train.prompts_per_step": 64}),
 ])
 def test_ablation_recipes_differ_from_the_deepseek_recipe_only_where_they_say(ablation, changed):
-    from justrl_min.config import config_to_dict
-
-    base = _flat(config_to_dict(load_recipe(RECIPE_DIR / "deepseek_1p5b.yaml")))
-    variant = _flat(config_to_dict(load_recipe(RECIPE_DIR / "ablations" / f"{ablation}.yaml")))
+    base = _keyed(load_recipe(RECIPE_DIR / "deepseek_1p5b.yaml"))
+    variant = _keyed(load_recipe(RECIPE_DIR / "ablations" / f"{ablation}.yaml"))
     differing = {key for key in base if base[key] != variant[key]} - {"run.name"}
     assert differing == {key for key in changed if base[key] != changed[key]}
     assert {key: variant[key] for key in changed} == changed
