@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import re
 
-from justrl_min.reward import extract_boxed
+from justrl_min import reward  # module, not name: reward.py may import this module back (mode table)
 
 MAX_SYMPY_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 
@@ -69,10 +69,10 @@ def grade(response: str, gold: str) -> bool:
     if not gold:
         return False
     if "\\boxed" in gold:
-        gold = extract_boxed(gold)
+        gold = reward.extract_boxed(gold)
         if gold is None:
             return False
-    answer = extract_boxed(response)
+    answer = reward.extract_boxed(response)
     if answer is None:
         return False
     return grade_answer(answer, gold)
