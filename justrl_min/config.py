@@ -180,12 +180,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_skipped_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
+    mask_truncated: bool = False
+    """Overlong filtering (DAPO section 3.4, TRL's `mask_truncated_completions`): responses cut at
+    rollout.max_response_length keep their reward but contribute no token to the loss."""
 
 
 @dataclass
 class RewardConfig:
     mode: str = "symbolic"
-    """symbolic (math-verify equivalence) | exact (JustRL's strict string match of the last box)."""
+    """symbolic (math-verify equivalence) | exact (JustRL's strict string match of the last box) |
+    deepscaler (DeepScaleR's rule grader, justrl_min.deepscaler; the paper's "robust verifier" ablation)."""
     correct: float = 1.0
     incorrect: float = 0.0
     timeout_s: float = 10.0
@@ -203,6 +207,16 @@ class RewardConfig:
     with_verifier: bool = True
     """With `function` or `model`: also add the verifier's correct / incorrect reward; false leaves
     the function / model alone (the verifier still runs for train/accuracy)."""
+    overlong_buffer: int = 0
+    """Tokens before rollout.max_response_length where DAPO's soft overlong penalty ramps in
+    (justrl_min.shaping.overlong_penalty; the paper's ablation: 4096). 0: off."""
+    overlong_penalty: float = 1.0
+    """The overlong penalty's factor: a response of max_response_length tokens (EOS counted) gets
+    -overlong_penalty added to its reward, right or wrong."""
+    length_target: int = 0
+    """Linear length penalty: response tokens (EOS counted) beyond which each token costs length_coef."""
+    length_coef: float = 0.0
+    """Linear length penalty -length_coef * max(0, length - length_target) added to every reward. 0: off."""
 
 
 @dataclass
@@ -219,6 +233,15 @@ class EvalConfig:
     top_p: float = 0.9
     max_tokens: int = 31744
     at_start: bool = False
+    grader: str = "math-verify"
+    """Rule grader of evaluation: math-verify (reward.py's symbolic mode) | deepscaler (DeepScaleR's
+    rules, the paper's Table 3 pipeline) | exact (strict string match of the last box)."""
+    judge: str = ""
+    """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.judge) asked about every
+    response the grader rejects; its exact answer `A` counts as correct. Empty: no judge."""
+    judge_prompt: str = ""
+    """File with the judge's prompt template (str.format fields {question}, {gold_answer},
+    {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.judge.DEFAULT_TEMPLATE."""
 
 
 @dataclass
@@ -291,7 +314,16 @@ class Config:
         _require(c.warmup_steps >= 0 and c.lr > 0, "critic.warmup_steps", "warmup_steps >= 0 and lr > 0")
         _require(self.reward.model_batch_size > 0, "reward.model_batch_size", "must be > 0")
         _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
-        _require(self.reward.mode in ("symbolic", "exact"), "reward.mode", "must be symbolic | exact")
+        _require(self.reward.mode in ("symbolic", "exact", "deepscaler"), "reward.mode",
+                 "must be symbolic | exact | deepscaler")
+        rw = self.reward
+        _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",
+                 f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off)")
+        _require(rw.overlong_penalty >= 0, "reward.overlong_penalty", "must be >= 0 (a penalty factor)")
+        _require(rw.length_target >= 0, "reward.length_target", "must be >= 0")
+        _require(rw.length_coef >= 0, "reward.length_coef", "must be >= 0 (0: off)")
+        _require(self.eval.grader in ("math-verify", "deepscaler", "exact"), "eval.grader",
+                 f"unknown grader {self.eval.grader!r} (math-verify | deepscaler | exact)")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
         _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
         for key in ("dtype", "compute_dtype"):

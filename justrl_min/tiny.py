@@ -129,9 +129,12 @@ def imperfect_answer(problem: TinyProblem, rng: random.Random) -> str:
 # Warm start
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("JUSTRL_CACHE") or Path.home() / ".cache" / "justrl_min")
+
+
 def default_cache_dir() -> Path:
-    root = os.environ.get("JUSTRL_CACHE") or Path.home() / ".cache" / "justrl_min"
-    return Path(root) / f"tiny-warm-v{WARM_START_VERSION}"
+    return cache_root() / f"tiny-warm-v{WARM_START_VERSION}"
 
 
 def prepare_warm_start(folder: str | Path | None = None, *, steps: int = 800, seed: int = 0,
@@ -142,14 +145,26 @@ def prepare_warm_start(folder: str | Path | None = None, *, steps: int = 800, se
     returned as is. About 1-2 minutes on 2 CPU cores. Processes that ask at the same time (ranks
     under torchrun) wait on a file lock: one trains, the others load its result.
     """
+    folder = Path(folder) if folder is not None else default_cache_dir()
+    return cached_build(folder, "warm_start.json", lambda tmp: _train_warm_start(tmp, steps, seed, log))
+
+
+def cached_build(folder: Path, marker: str, build) -> Path:
+    """``folder``, built once by ``build(tmp_folder)`` (which writes ``marker`` last) and renamed into
+    place; processes that ask at the same time wait on a file lock and reuse the result."""
     import fcntl
 
-    folder = Path(folder) if folder is not None else default_cache_dir()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "warm_start.json").is_file():
-            _train_warm_start(folder, steps, seed, log)
+        if not (folder / marker).is_file():
+            tmp = folder.with_name(folder.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            build(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
     return folder
 
 
@@ -162,24 +177,29 @@ def _train_warm_start(folder: Path, steps: int, seed: int, log) -> None:
     batch_size = 64
     prompt_cache: dict[str, list[int]] = {}
     log(f"tiny warm start: {steps} supervised steps on imperfect solutions -> {folder}")
+
+    def batch_at(step: int):
+        batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
+        return _sft_batch(tokenizer, batch, rng, prompt_cache)
+
+    supervised_steps(model, optimizer, batch_at, steps, log, "sft")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
+                                                         "version": WARM_START_VERSION}))
+
+
+def supervised_steps(model, optimizer, batch_at, steps: int, log, name: str) -> None:
+    """``steps`` optimizer steps on ``batch_at(step) -> (input_ids, labels)``, logging every 100."""
     model.train()
     for step in range(steps):
-        batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
-        input_ids, labels = _sft_batch(tokenizer, batch, rng, prompt_cache)
+        input_ids, labels = batch_at(step)
         loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == steps - 1:
-            log(f"  sft step {step:4d}  loss {loss.item():.4f}")
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
-                                                      "version": WARM_START_VERSION}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+            log(f"  {name} step {step:4d}  loss {loss.item():.4f}")
 
 
 def prompt_token_ids(tokenizer, question: str) -> list[int]:
@@ -200,8 +220,13 @@ def _sft_batch(tokenizer, problems: list[TinyProblem], rng: random.Random,
                                add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt_ids + answer_ids)
         label_rows.append([-100] * len(prompt_ids) + answer_ids)
+    return pad_batch(rows, label_rows, tokenizer.pad_token_id)
+
+
+def pad_batch(rows: list[list[int]], label_rows: list[list[int]], pad_id: int):
+    """(input_ids, labels) right-padded to the longest row; padding is ignored by the loss (-100)."""
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    input_ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), -100)
     for i, (row, label_row) in enumerate(zip(rows, label_rows)):
         input_ids[i, :len(row)] = torch.tensor(row)

@@ -4,12 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from justrl_min.config import BOXED_SUFFIX, ConfigError, load_recipe, save_config
+from justrl_min.config import BOXED_SUFFIX, ConfigError, config_to_dict, load_recipe, save_config
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))  # subfolders too (recipes/ablations/)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_recipe_list_covers_subfolders():
+    assert RECIPE_DIR / "ablations" / "overlong_penalty.yaml" in RECIPES
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(RECIPE_DIR)) for r in RECIPES])
 def test_every_shipped_recipe_loads(recipe):
     cfg = load_recipe(recipe)
     assert cfg.train.prompts_per_step % cfg.train.mini_batch_prompts == 0
@@ -27,6 +32,19 @@ def test_overrides_are_typed():
     assert cfg.train.betas == (0.9, 0.95)
 
 
+def test_length_shaping_and_protocol_keys_default_off():
+    cfg = load_recipe(None)
+    assert (cfg.reward.overlong_buffer, cfg.reward.length_coef, cfg.train.mask_truncated) == (0, 0.0, False)
+    assert (cfg.eval.grader, cfg.eval.judge) == ("math-verify", "")
+    cfg = load_recipe(None, ["reward.overlong_buffer=4096", "reward.overlong_penalty=1", "train.mask_truncated=true",
+                             "reward.length_target=4000", "reward.length_coef=1e-4", "eval.grader=deepscaler",
+                             "eval.judge=/models/CompassVerifier-3B", "reward.mode=deepscaler"])
+    assert (cfg.reward.overlong_buffer, cfg.reward.overlong_penalty, cfg.train.mask_truncated) == (4096, 1.0, True)
+    assert (cfg.reward.length_target, cfg.reward.length_coef) == (4000, 1e-4)
+    assert (cfg.eval.grader, cfg.eval.judge, cfg.reward.mode) == ("deepscaler", "/models/CompassVerifier-3B",
+                                                                  "deepscaler")
+
+
 def test_derived_values():
     cfg = load_recipe(None, ["train.prompts_per_step=256", "train.mini_batch_prompts=64", "rollout.n=8"])
     assert cfg.updates_per_step == 4 and cfg.responses_per_step == 2048
@@ -41,7 +59,14 @@ def test_derived_values():
     ("algorithm.dual_clip=0.5", "algorithm.dual_clip: must be > 1 or null"),
     ("rollout.engine=sglang", "rollout.engine: unknown engine 'sglang'"),
     ("train.lr", "not of the form section.key=value"),
-    ("reward.mode=fuzzy", "reward.mode: must be symbolic | exact"),
+    ("reward.mode=fuzzy", "reward.mode: must be symbolic | exact | deepscaler"),
+    ("reward.overlong_buffer=20000", "reward.overlong_buffer: must be in [0, rollout.max_response_length=15360]"),
+    ("reward.overlong_buffer=-1", "reward.overlong_buffer: must be in [0,"),
+    ("reward.overlong_penalty=-1", "reward.overlong_penalty: must be >= 0"),
+    ("reward.length_target=-5", "reward.length_target: must be >= 0"),
+    ("reward.length_coef=-0.1", "reward.length_coef: must be >= 0"),
+    ("train.mask_truncated=maybe", "train.mask_truncated: expected bool"),
+    ("eval.grader=fuzzy", "eval.grader: unknown grader 'fuzzy' (math-verify | deepscaler | exact)"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
@@ -71,3 +96,23 @@ def test_resolved_config_round_trips(tmp_path):
 def test_default_prompt_suffix_is_the_papers():
     assert load_recipe(None).data.prompt_suffix == BOXED_SUFFIX
     assert BOXED_SUFFIX == "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+def _keyed(cfg):
+    """{"section.key": value} of a config (the tree is sections of fields, two levels)."""
+    return {f"{section}.{key}": value
+            for section, fields in config_to_dict(cfg).items() for key, value in fields.items()}
+
+
+@pytest.mark.parametrize("ablation, changed", [
+    ("overlong_penalty", {"reward.overlong_buffer": 4096, "reward.overlong_penalty": 1.0}),
+    ("overlong_deepscaler", {"reward.overlong_buffer": 4096, "reward.overlong_penalty": 1.0,
+                             "reward.mode": "deepscaler", "reward.correct": 1.0, "reward.incorrect": -1.0}),
+    ("small_batch", {"train.prompts_per_step": 64}),
+])
+def test_ablation_recipes_differ_from_the_deepseek_recipe_only_where_they_say(ablation, changed):
+    base = _keyed(load_recipe(RECIPE_DIR / "deepseek_1p5b.yaml"))
+    variant = _keyed(load_recipe(RECIPE_DIR / "ablations" / f"{ablation}.yaml"))
+    differing = {key for key in base if base[key] != variant[key]} - {"run.name"}
+    assert differing == {key for key in changed if base[key] != changed[key]}
+    assert {key: variant[key] for key in changed} == changed

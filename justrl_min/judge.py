@@ -1,0 +1,156 @@
+"""The model verifier ("judge") of JustRL's Table 3 pipeline: its prompt, its verdicts, no engine.
+
+JustRL grades each evaluation response with DeepScaleR's rule grader and sends the responses the
+rule rejects to CompassVerifier-3B (open-compass/CompassVerifier, arXiv 2508.03686). The judge
+reads the question, the gold answer and the *full* response, and answers with one label:
+``A`` correct, ``B`` incorrect, ``C`` invalid (cut off, repetitive, a refusal). It decodes greedily,
+at most ``JUDGE_MAX_NEW_TOKENS`` new tokens, through its own chat template; a response counts as
+correct only when the judge's output, stripped of surrounding white space, is exactly ``A``.
+
+``DEFAULT_TEMPLATE`` is this project's own prompt with the same structure and labels as
+CompassVerifier's (criteria, the three labels, then the question, gold and response in delimited
+blocks). It is not CompassVerifier's official wording, which the model was trained on: a user
+with the real CompassVerifier should pass its official prompt as a file (``load_template(path)``;
+the config key ``eval.judge_prompt``). A template is a ``str.format`` string with the fields
+``{question}``, ``{gold_answer}`` and ``{llm_response}`` (CompassVerifier's names, so its prompt
+drops in as it is); literal braces are doubled (``\\boxed{{}}``).
+
+The engine is plugged in by the caller: ``judge`` takes ``generate(prompts) -> outputs``, one output
+text per user-message text, and expects it to apply the judge's chat template and decode greedily
+within ``JUDGE_MAX_NEW_TOKENS``. ``hf_greedy_generate`` is such a callable on a transformers model
+(CPU tests, small runs); the evaluation wires the rollout engines the same way.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+JUDGE_MAX_NEW_TOKENS = 2048
+CORRECT_LABEL = "A"
+LABELS = ("A", "B", "C")
+TEMPLATE_FIELDS = frozenset(("question", "gold_answer", "llm_response"))
+
+DEFAULT_TEMPLATE = """You are grading a student's answer to a math problem against the reference answer.
+
+Rules:
+1. The reference answer is correct and the problem is well posed. Do not solve the problem again;
+   only decide whether the student's final answer agrees with the reference answer.
+2. Judge the final answer only. Mistakes in the reasoning do not matter.
+3. The same value may be written in different forms (a fraction or a decimal, an expanded or a
+   factored expression, with or without units). Count it as agreeing when it means the same thing.
+4. When the reference answer has several parts, every part must agree.
+5. If the final answer is inside \\boxed{{}}, judge what is inside the box.
+6. If the response is invalid (it is cut off before it finishes, it repeats itself without end, or
+   it declines to answer), choose C.
+
+Labels:
+A: CORRECT
+B: INCORRECT
+C: INVALID
+Reply with the single letter A, B or C and nothing else.
+
+[Problem]
+{question}
+[End of problem]
+
+[Reference answer]
+{gold_answer}
+[End of reference answer]
+
+[Student response]
+{llm_response}
+[End of student response]
+
+Your label:"""
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    question: str
+    gold: str
+    response: str
+    """The full response, reasoning included (the judge must see a cut-off or looping one)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    """True only when the judge's output, stripped, is exactly ``A``."""
+    label: str
+    """A, B or C when the stripped output is one of them, else empty."""
+    output: str
+
+
+def check_template(template: str, source: str = "judge prompt") -> str:
+    """``template`` itself, after checking it has exactly the fields the judge fills; errors name ``source``."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:  # a lone "{" or "}": literal braces must be doubled
+        raise ValueError(f"{source}: not a str.format template ({e}); write literal braces as {{{{ }}}}") from None
+    if any(not name or name.isdigit() for name in fields):
+        raise ValueError(f"{source}: has a positional field such as {{}}; write literal braces as {{{{ }}}}")
+    missing, unknown = TEMPLATE_FIELDS - fields, fields - TEMPLATE_FIELDS
+    if missing or unknown:
+        raise ValueError(f"{source}: a judge prompt needs the fields {{question}}, {{gold_answer}} and "
+                         f"{{llm_response}}; missing {sorted(missing)}, unknown {sorted(unknown)}")
+    return template
+
+
+def load_template(path: str | Path | None) -> str:
+    """The template in the file at ``path`` (checked), or ``DEFAULT_TEMPLATE`` when ``path`` is empty."""
+    if not path:
+        return DEFAULT_TEMPLATE
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"judge prompt not found: {path}")
+    return check_template(path.read_text(), source=str(path))
+
+
+def build_prompt(item: JudgeItem, template: str = DEFAULT_TEMPLATE) -> str:
+    """The judge's user message for one response (the chat template is the generator's job)."""
+    return template.format(question=item.question, gold_answer=item.gold, llm_response=item.response)
+
+
+def parse_verdict(output: str) -> Verdict:
+    stripped = output.strip()
+    return Verdict(correct=stripped == CORRECT_LABEL, label=stripped if stripped in LABELS else "", output=output)
+
+
+def judge(items: Sequence[JudgeItem], generate: Callable[[list[str]], list[str]],
+          template: str = DEFAULT_TEMPLATE) -> list[Verdict]:
+    """The judge's verdict on each item, in order: one ``generate`` call over all the prompts."""
+    if not items:
+        return []
+    outputs = generate([build_prompt(item, template) for item in items])
+    if len(outputs) != len(items):
+        raise ValueError(f"judge generate() returned {len(outputs)} outputs for {len(items)} prompts")
+    return [parse_verdict(output) for output in outputs]
+
+
+def hf_greedy_generate(model, tokenizer, *, batch_size: int = 16,
+                       max_new_tokens: int = JUDGE_MAX_NEW_TOKENS) -> Callable[[list[str]], list[str]]:
+    """A ``generate`` for ``judge`` on a transformers causal LM: chat template, greedy, left-padded batches."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def generate(prompts: list[str]) -> list[str]:
+        outputs = []
+        device = next(model.parameters()).device
+        for start in range(0, len(prompts), batch_size):
+            rows = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                  tokenize=False) for p in prompts[start:start + batch_size]]
+            ids = [tokenizer(row, add_special_tokens=False)["input_ids"] for row in rows]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
+            generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        return outputs
+
+    return generate
