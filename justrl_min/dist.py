@@ -10,6 +10,7 @@ when the parameters are bf16. NCCL on GPUs, gloo on CPU (which is how the tests 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -32,8 +33,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (nothing to do without it)."""
+def init(device_type: str, timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group torchrun describes in the environment (nothing to do without it).
+    A collective that waits `timeout_s` for another rank raises instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
@@ -41,7 +43,8 @@ def init(device_type: str) -> DistInfo:
     if not torch_dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                      timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
