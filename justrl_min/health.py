@@ -85,11 +85,13 @@ class Finding:
 
 @dataclass
 class Episode:
-    """Consecutive steps on which a check failed; `text` describes its worst step."""
+    """Consecutive steps on which a check failed: the finding that opened it (what was reported
+    live) and its worst one."""
     check: str
     title: str
     first_step: int
     last_step: int
+    opened: Finding
     worst: Finding
 
     @property
@@ -99,7 +101,7 @@ class Episode:
 
     @property
     def message(self) -> str:
-        return f"health warning [{self.check}] {self.title}: {self.worst.text}"
+        return f"health warning [{self.check}] {self.title}: {self.opened.text}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,11 +217,13 @@ class Truncation:
         if s is None:
             return None
         now = s.smooth[-1]
-        before = s.smooth[-self.window - 1] if len(s.smooth) > self.window else now
-        excess = max(now - self.max_frac, (now - before) - self.max_rise)
-        return Finding(excess <= 0, excess,
-                       f"smoothed truncated share {now:.3f} (limit {self.max_frac:g}), {now - before:+.3f} over "
-                       f"{min(self.window, len(s.smooth) - 1)} steps (limit {self.max_rise:+g})")
+        text = f"smoothed truncated share {now:.3f} (limit {self.max_frac:g})"
+        excess = now - self.max_frac
+        if len(s.smooth) > self.window:
+            rise = now - s.smooth[-self.window - 1]
+            excess = max(excess, rise - self.max_rise)
+            text += f", {rise:+.3f} over {self.window} steps (limit {self.max_rise:+g})"
+        return Finding(excess <= 0, excess, text)
 
 
 @dataclass(frozen=True)
@@ -380,7 +384,7 @@ class HealthMonitor:
             if finding.ok:
                 self.open.pop(check.name, None)
             elif episode is None:
-                episode = self.open[check.name] = Episode(check.name, check.title, step, step, finding)
+                episode = self.open[check.name] = Episode(check.name, check.title, step, step, finding, finding)
                 summary.episodes.append(episode)
                 opened.append(episode)
             else:
