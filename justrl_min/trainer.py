@@ -102,7 +102,8 @@ def train(cfg: Config) -> Path:
     device = resolve_device(cfg)
     info = dist.init(device.type, cfg.run.dist_timeout_s)
     try:
-        return _train(cfg, device, info)
+        with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s):
+            return _train(cfg, device, info)
     finally:
         dist.shutdown(info)
 
