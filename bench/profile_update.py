@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import pstats
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from justrl_min import trainer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
+from justrl_min.tracking import read_metrics  # noqa: E402
 
 
 def main(argv=None):
@@ -57,7 +57,7 @@ def main(argv=None):
                      f"run.output_dir={out}", "run.name=profile", "log.curves_at_end=false", "log.tensorboard=false",
                      "log.samples_per_step=0", f"checkpoint.every_steps={args.steps + 1}", *args.overrides]
         run_dir = trainer.train(load_recipe(str(ROOT / "recipes/tiny_cpu.yaml"), overrides))
-        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        last = read_metrics(run_dir)[-1]
     print("last step: " + "  ".join(f"{k.removeprefix('time/')} {last[k]:.3f}"
                                     for k in ("time/step_s", "time/rollout_s", "time/reward_s", "time/update_s")))
     for key in ("tottime", "cumulative"):

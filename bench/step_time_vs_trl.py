@@ -29,7 +29,6 @@ medians over all rounds' steps.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.reward import VerifierPool  # noqa: E402
+from justrl_min.tracking import read_metrics  # noqa: E402
 
 PROMPTS, SAMPLES, NEW_TOKENS = 32, 8, 16
 
@@ -58,7 +58,7 @@ def time_this_trainer(steps: int, warmup: int, packing: str) -> list[float]:
     with tempfile.TemporaryDirectory() as out:
         cfg = load_recipe(str(ROOT / "recipes/tiny_cpu.yaml"), shape_overrides(warmup + steps, out, packing))
         run_dir = train(cfg)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(run_dir)
     return [row["time/step_s"] for row in rows[warmup:]]
 
 

@@ -4,12 +4,17 @@ A checkpoint is written into `checkpoints/.tmp-step_N`, every file fsynced, then
 `checkpoints/step_N`; only then does the `latest` symlink move (itself replaced atomically), and
 only then are old checkpoints pruned. A crash at any point leaves `latest` pointing at a complete
 checkpoint. `checkpoints/latest` is itself a Hugging Face model folder (`from_pretrained` works).
+
+Optimizer and RNG states are read back with `torch.load(weights_only=True)` (`load_state_file`):
+tensors, numbers, strings and containers, plus the numpy array of numpy's RNG state, and nothing
+else. A run directory made by someone else cannot run code on resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -21,8 +26,34 @@ import torch
 from justrl_min import dist
 from justrl_min.config import Config, ConfigError, save_config
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
+SAFE_GLOBALS = (np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32)))
+"""What a state file may name beyond torch's own weights-only set: numpy's RNG state is a uint32
+array, which pickles through these."""
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A state file that names code to run when unpickled: refused, nothing from it executed."""
+
+
+def load_state_file(path: Path):
+    """torch.load with weights_only=True and SAFE_GLOBALS allowed; anything else is refused."""
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        try:
+            return torch.load(path, weights_only=True)
+        except pickle.UnpicklingError:
+            allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+            named = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it names {', '.join(named) or 'objects'} to call while unpickling, "
+                f"which a training state never holds (allowed: tensors, numbers, strings, containers, numpy "
+                f"arrays). Nothing in it was run. Resume only from checkpoints this trainer wrote.") from None
 
 
 class Checkpointer:
@@ -157,8 +188,8 @@ def restore_training_state(folder: Path, scorer, optimizer, scheduler, sampler,
     sampler.load_state_dict(state["sampler"])
     scheduler.load_state_dict(state["scheduler"])
     if (folder / "optimizer.pt").is_file():
-        dist.load_optimizer_state(scorer, optimizer, torch.load(folder / "optimizer.pt", weights_only=False), info)
-    set_rng_state(torch.load(folder / f"rng_rank{info.rank}.pt", weights_only=False))
+        dist.load_optimizer_state(scorer, optimizer, load_state_file(folder / "optimizer.pt"), info)
+    set_rng_state(load_state_file(folder / f"rng_rank{info.rank}.pt"))
     return state["step"], state["skipped_steps"]
 
 

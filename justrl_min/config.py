@@ -38,6 +38,10 @@ class RunConfig:
     overwrite: bool = False
     device: str = "auto"
     """auto picks cuda when available, else cpu."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: how long a rank waits in a collective for the others before it stops with an
+    error naming the ranks that did not answer (a dead or hung rank). Must exceed the longest pause
+    one rank takes alone, such as rank 0 writing a checkpoint."""
 
 
 @dataclass
@@ -256,6 +260,51 @@ class LogConfig:
     tensorboard: bool = True
     samples_per_step: int = 4
     curves_at_end: bool = True
+    health: bool = True
+    """Live health checks (the `health` section): a warning printed once per episode, written to
+    metrics.jsonl as an event row and to TensorBoard as text. false turns them off."""
+
+
+@dataclass
+class HealthConfig:
+    """Thresholds of the health checks (justrl_min/health.py), read live by the trainer and after the
+    fact by `python -m justrl_min.doctor`. The defaults fit a real reasoning-model run; the tiny
+    recipe sets its own. Trend checks read an exponential moving average over `smooth_steps`."""
+    smooth_steps: int = 10
+    """EMA span (steps) of the smoothed metrics the trend checks read."""
+    entropy_start_min: float = 1.0
+    """Lowest sane mean entropy (nats / token) over the first `entropy_start_steps` steps."""
+    entropy_start_max: float = 2.5
+    entropy_start_steps: int = 3
+    entropy_collapse_ratio: float = 0.5
+    """Warn when the smoothed entropy falls below this share of its peak within `entropy_collapse_window` steps."""
+    entropy_collapse_window: int = 50
+    reward_flat_window: int = 100
+    """Once 2 x this many steps have run: warn when the mean accuracy of the latest window has not
+    risen by `reward_flat_min_rise` over the first window's (accuracy reads the same on any reward scale)."""
+    reward_flat_min_rise: float = 0.01
+    reward_drop_max: float = 0.15
+    """Warn when the smoothed accuracy falls more than this below its best so far."""
+    length_window: int = 200
+    """Steps over which `length_drift_max` and `truncation_rise` are measured."""
+    length_drift_max: float = 0.5
+    """Warn when the smoothed mean response length changes by more than this fraction over `length_window`."""
+    truncation_max: float = 0.1
+    """Warn when the smoothed fraction of responses cut at the length limit exceeds this ..."""
+    truncation_rise: float = 0.05
+    """... or rose by more than this over `length_window` steps."""
+    kl_max: float = 0.1
+    """Warn when the smoothed KL to the reference (logged only when a reference is loaded) exceeds this."""
+    no_signal_max: float = 0.8
+    """Warn when the smoothed share of groups all right or all wrong (zero advantage) exceeds this."""
+    spike_factor: float = 5.0
+    """Warn when a step's gradient norm or clip fraction exceeds this many times the median of the
+    previous `spike_window` steps ..."""
+    spike_window: int = 20
+    clip_frac_spike_min: float = 0.05
+    """... and, for the clip fraction, also exceeds this (a median of 0 would make every clip a spike)."""
+    verifier_timeouts_max: int = 0
+    """Warn on a step with more verifier timeouts plus errors than this."""
 
 
 @dataclass
@@ -271,6 +320,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -334,6 +384,11 @@ class Config:
         _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
         _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+        _require(self.run.dist_timeout_s > 0, "run.dist_timeout_s", "must be > 0")
+        h = self.health
+        for key in ("smooth_steps", "entropy_start_steps", "entropy_collapse_window", "reward_flat_window",
+                    "length_window", "spike_window"):
+            _require(getattr(h, key) >= 1, f"health.{key}", "must be >= 1")
         return self
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from justrl_min import algo, dist
+from justrl_min.checkpoint import load_state_file
 from justrl_min.config import Config, ConfigError
 from justrl_min.model import MicroBatch, build_microbatch, load_causal_lm, unflatten
 
@@ -225,6 +226,6 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, packed: boo
     kl_coef = cfg.algorithm.kl_coef
     if saved is not None:
         if (saved / "optimizer.pt").is_file():
-            dist.load_optimizer_state(model, optimizer, torch.load(saved / "optimizer.pt", weights_only=False), info)
+            dist.load_optimizer_state(model, optimizer, load_state_file(saved / "optimizer.pt"), info)
         kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"]
     return CriticGAE(cfg, model, optimizer, kl_coef, packed, device, info)

@@ -10,7 +10,9 @@ when the parameters are bf16. NCCL on GPUs, gloo on CPU (which is how the tests 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +34,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (nothing to do without it)."""
+def init(device_type: str, timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group torchrun describes in the environment (nothing to do without it).
+    A collective that waits `timeout_s` for another rank raises instead of hanging."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
@@ -41,8 +44,62 @@ def init(device_type: str) -> DistInfo:
     if not torch_dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                      timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+LOST_RANK_GRACE_S = 20.0
+"""At most this long (and at most the process-group timeout) a failing rank waits for the others to
+report their own failure before naming those that did not. Under 30 s, torchrun's grace between
+the SIGTERM it sends the surviving ranks and its SIGKILL."""
+
+
+class RankLost(RuntimeError):
+    """A collective failed because another rank died or hung; the message names it."""
+
+
+@contextlib.contextmanager
+def naming_lost_ranks(info: DistInfo, timeout_s: float):
+    """Turn an error on one rank of several into one that names the ranks that stopped answering.
+
+    A failing rank writes its own key to torchrun's rendezvous store (it lives in the torchrun agent,
+    which outlives the workers) and waits for every other rank's key. A rank that died, or hangs
+    outside any collective, never writes one. If every rank reports, they all failed alike and the
+    original error goes on unchanged.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not info.enabled:
+            raise
+        grace = min(timeout_s, LOST_RANK_GRACE_S)
+        silent = _silent_ranks(info, grace)
+        if not silent:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        raise RankLost(
+            f"rank {info.rank}: {type(error).__name__}: {first_line}\n"
+            f"rank(s) {', '.join(map(str, silent))} of {info.world_size} did not report within {grace:.0f} s: "
+            f"dead or hung (collectives wait run.dist_timeout_s={timeout_s:g} s). Resume from the last checkpoint "
+            f"with run.resume=true.") from error
+
+
+def _silent_ranks(info: DistInfo, grace_s: float) -> list[int]:
+    """Ranks that did not set their key in the rendezvous store within `grace_s` ([] if unreachable)."""
+    prefix = f"justrl_min/failed/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    try:
+        store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                    timeout=datetime.timedelta(seconds=max(grace_s, 1.0)), wait_for_workers=False)
+        store.set(f"{prefix}{info.rank}", "failed")
+        deadline = time.monotonic() + grace_s
+        while True:
+            silent = [r for r in range(info.world_size) if not store.check([f"{prefix}{r}"])]
+            if not silent or time.monotonic() > deadline:
+                return silent
+            time.sleep(0.1)
+    except (KeyError, ValueError, RuntimeError):  # no torchrun store to ask (or it is gone): cannot tell
+        return []
 
 
 def shutdown(info: DistInfo) -> None:

@@ -1,5 +1,9 @@
 """Metrics out: one flat dict of namespaced numbers per step to metrics.jsonl, TensorBoard and the
-console (a tqdm bar on a terminal, one plain line per step otherwise, e.g. in CI logs)."""
+console (a tqdm bar on a terminal, one plain line per step otherwise, e.g. in CI logs).
+
+Events (health warnings) go to the same places: a row `{"step": N, "event": NAME, "message": TEXT}`
+in metrics.jsonl, a TensorBoard text entry under `events/NAME`, and a console line.
+`read_metrics` returns the metric rows, `read_events` the event rows."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from justrl_min.health import Episode
 
 CONSOLE_KEYS = (("reward", "train/reward_mean"), ("acc", "train/accuracy"), ("ent", "train/entropy"),
                 ("len", "train/response_length_mean"), ("clip", "train/clip_frac"))
@@ -62,6 +68,22 @@ class Tracker:
             print(f"step {step}/{self.total_steps} {summary} "
                   f"step_s {metrics.get('time/step_s', 0):.1f} eta {eta / 60:.1f}m", flush=True)
 
+    def log_events(self, episodes: list[Episode]) -> None:
+        """Health episodes that opened at this step: printed, and kept in metrics.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        for episode in episodes:
+            name = f"health/{episode.check}"
+            self.metrics_file.write(json.dumps({"step": episode.first_step, "event": name,
+                                                "message": episode.message}) + "\n")
+            if self.writer is not None:
+                self.writer.add_text(f"events/{name}", episode.message, episode.first_step)
+            self.message(f"step {episode.first_step} {episode.message}")
+        if episodes:
+            self.metrics_file.flush()
+            if self.writer is not None:
+                self.writer.flush()
+
     def write_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if not self.enabled or not samples:
             return
@@ -90,5 +112,20 @@ class Tracker:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The step rows of metrics.jsonl, in order (event rows left out)."""
+    return [row for row in _rows(run_dir) if not is_event(row)]
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    return [row for row in _rows(run_dir) if is_event(row)]
+
+
+def is_event(row: dict[str, Any]) -> bool:
+    return "event" in row
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     try:
         cfg = load_recipe(find_recipe(argv[0]), argv[1:])
+        from justrl_min.dist import RankLost
         from justrl_min.trainer import TrainingAborted, train
 
         run_dir = train(cfg)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingAborted as e:
+    except (TrainingAborted, RankLost) as e:
         print(f"training aborted: {e}", file=sys.stderr)
         return 1
     print(f"run directory: {run_dir}")

@@ -35,6 +35,7 @@ from justrl_min.checkpoint import (
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
 from justrl_min.critic import build_advantage_estimator
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
+from justrl_min.health import HealthMonitor
 from justrl_min.model import (
     DTYPES,
     TokenScorer,
@@ -48,7 +49,7 @@ from justrl_min.model import (
 from justrl_min.reward import VerifierPool
 from justrl_min.reward_sources import build_reward
 from justrl_min.rollout import HFEngine, Rollouts, Sampling
-from justrl_min.tracking import Tracker
+from justrl_min.tracking import Tracker, read_metrics
 
 
 @dataclass
@@ -99,9 +100,10 @@ class StopRequested:
 
 def train(cfg: Config) -> Path:
     device = resolve_device(cfg)
-    info = dist.init(device.type)
+    info = dist.init(device.type, cfg.run.dist_timeout_s)
     try:
-        return _train(cfg, device, info)
+        with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s):
+            return _train(cfg, device, info)
     finally:
         dist.shutdown(info)
 
@@ -168,6 +170,9 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     tracker = Tracker(run_dir, total_steps=t.steps, start_step=start_step, tensorboard=cfg.log.tensorboard,
                       hparams=_flat(config_to_dict(cfg)), enabled=info.is_main)
+    # A resumed run replays its logged steps into the monitor, so open episodes are not re-reported.
+    health = HealthMonitor(cfg.health if cfg.log.health and info.is_main else None,
+                           read_metrics(run_dir) if resume_from and info.is_main else ())
     if resume_from:
         tracker.message(f"resumed from {resume_from} at step {start_step}")
     if prompt_set.dropped_too_long:
@@ -251,6 +256,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
                 metrics.update(run_eval(cfg, engine, tokenizer, pool, scorer, info))  # one row per step
             tracker.log(step, metrics)
+            tracker.log_events(health.observe(step, metrics))
             if info.is_main and cfg.log.samples_per_step:
                 tracker.write_samples(step, [
                     {"prompt": tokenizer.decode(rollouts.prompt_ids[i]), "response": texts[i],

@@ -1,6 +1,7 @@
 """Atomic checkpoints: a failure mid-save leaves `latest` loadable; pruning; the disk pre-check."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,51 @@ def test_disk_check_names_the_directory(tmp_path):
     check_disk(tmp_path / "run", needed)
     with pytest.raises(ConfigError, match=r"run directory .*run has .* GiB free, one checkpoint needs"):
         check_disk(tmp_path / "run", 10**18)
+
+
+class PlantedPayload:
+    """Unpickling this calls `pathlib.Path.touch` on a marker: the kind of payload a hostile run dir holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_training_state_files_load_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from justrl_min.checkpoint import load_state_file, rng_state, set_rng_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    torch.save(rng_state(), tmp_path / "rng_rank0.pt")
+    draws = random.random(), np.random.rand(), torch.rand(2)
+
+    state = load_state_file(tmp_path / "optimizer.pt")
+    assert torch.equal(state["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert state["param_groups"][0]["betas"] == (0.9, 0.99)
+    set_rng_state(load_state_file(tmp_path / "rng_rank0.pt"))  # python, numpy (an ndarray) and torch states
+    again = random.random(), np.random.rand(), torch.rand(2)
+    assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
+
+
+def test_a_planted_pickle_payload_is_refused_and_not_run(tmp_path):
+    import torch
+
+    from justrl_min.checkpoint import UnsafeCheckpointError, load_state_file
+
+    marker = tmp_path / "payload_ran"
+    torch.save({"state": {}, "param_groups": [], "extra": PlantedPayload(marker)}, tmp_path / "optimizer.pt")
+    refused = r"optimizer.pt: refused to load: it names .*pathlib.* Nothing in it was run"
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        load_state_file(tmp_path / "optimizer.pt")
+    assert not marker.exists()
+    assert issubclass(UnsafeCheckpointError, ConfigError)  # train.py prints it as an error, exit 2

@@ -1,5 +1,7 @@
-"""Curves: runs read from metrics.jsonl or TensorBoard events, the panels present in the data drawn, a
-valid PNG written, and clear errors for a run directory with neither source."""
+"""Curves: runs read from metrics.jsonl or TensorBoard events, only the panels present in the data drawn,
+in a grid without empty cells where one fits, EMA smoothing, axes fitted to the data, the paper's bands
+drawn without stretching a short run, flagged steps shaded, a valid PNG written, and clear errors for
+a run directory with neither source."""
 
 import json
 import math
@@ -13,7 +15,7 @@ import pytest
 from justrl_min import curves
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_PANELS = ["Mean reward", "Entropy", "Mean response length", "Clip fraction"]
+BASE_PANELS = ["Mean reward", "Entropy", "Mean response length", "Gradient norm", "Clip fraction"]
 
 
 def training_rows(steps: int, *, kl: bool = False, eval_every: int = 0) -> list[dict]:
@@ -61,22 +63,24 @@ def test_kl_and_eval_panels_appear_when_logged(tmp_path):
     plain = write_jsonl_run(tmp_path / "plain", training_rows(25))
     out = tmp_path / "sub" / "both.png"
     titles = curves.plot_runs([with_extras, plain], out, smooth=5, paper="deepseek")
-    assert titles == ["Mean reward", "Entropy", "Mean response length", "KL", "Clip fraction", "Eval accuracy"]
-    assert png_size(out)[0] > png_size(out)[1]  # 3 columns x 2 rows
+    assert titles == BASE_PANELS + ["KL", "Eval accuracy"]
+    assert png_size(out)[0] > png_size(out)[1]  # 4 columns x 2 rows
 
 
 def test_reading_merges_rows_of_one_step_and_keeps_the_later_value(tmp_path):
     rows = training_rows(5, eval_every=5)
     rows.append({"step": 4, "train/reward_mean": 0.9})  # a resumed run replays step 4
+    rows.append({"step": 5, "event": "health/kl", "message": "health warning"})  # not a metric
     run = write_jsonl_run(tmp_path / "resumed", rows)
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "train/rew')  # killed mid-write
-    with pytest.warns(UserWarning, match="line 8"):
+    with pytest.warns(UserWarning, match="line 9"):
         series = curves.read_run(run)
     steps, values = series["train/reward_mean"]
     assert steps == [1, 2, 3, 4, 5] and values[3] == 0.9
     assert series["eval/aime24/avg@32"] == ([5], [0.3 + 5 / 1000])
     assert "train/loss" not in series  # only nulls
+    assert "message" not in series and "event" not in series
 
 
 def test_tensorboard_only_run(tmp_path):
@@ -94,7 +98,7 @@ def test_tensorboard_only_run(tmp_path):
     assert series["train/entropy"][0] == list(range(1, 21))
     assert series["train/kl"][1][-1] == pytest.approx(0.02)
     out = tmp_path / "tb.png"
-    assert curves.plot_runs([run], out) == ["Mean reward", "Entropy", "Mean response length", "KL", "Clip fraction"]
+    assert curves.plot_runs([run], out) == BASE_PANELS + ["KL"]
     png_size(out)
 
 
@@ -108,10 +112,67 @@ def test_run_without_metrics_is_a_clear_error(tmp_path):
         curves.plot_runs([tmp_path / "empty"], tmp_path / "x.png", paper="nemotron")
 
 
-def test_moving_average():
-    # Trailing window of 3: [1], [1,2], [1,2,3], [2,3,4], [3,4,5]
-    assert curves.moving_average([1, 2, 3, 4, 5], 3) == [1, 1.5, 2, 3, 4]
-    assert curves.moving_average([1, 2], 1) == [1, 2]
+def test_ema_and_its_default_span():
+    # span 3: weight 0.5, debiased (TensorBoard-style): 2, (0.5*1 + 0.5*4) / 0.75 = 10/3, and
+    # ((0.5*2.5 + 0.5*1) / 0.875 = 2.
+    assert curves.ema([2, 4, 1], 3) == pytest.approx([2, 10 / 3, 2], abs=1e-12)
+    assert curves.ema([1, 2], 1) == [1, 2]
+    assert [curves.auto_span(n) for n in (5, 60, 100, 4380)] == [1, 3, 5, 219]
+
+
+def test_grid_leaves_no_empty_cell_where_one_fits():
+    assert [curves.grid(n) for n in (1, 2, 3, 4, 5, 6, 8, 9)] == \
+        [(1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 3), (2, 4), (3, 3)]
+
+
+def test_only_logged_metrics_get_panels(tmp_path):
+    rows = [{"step": s, "train/reward_mean": 0.1 * s, "train/entropy": 0.2} for s in range(1, 6)]
+    assert curves.plot_runs([write_jsonl_run(tmp_path / "two", rows)], tmp_path / "two.png") == \
+        ["Mean reward", "Entropy"]
+    with pytest.raises(curves.CurvesError, match="none of the plotted metrics"):
+        curves.plot_runs([write_jsonl_run(tmp_path / "none", [{"step": 1, "time/step_s": 1.0}])], tmp_path / "n.png")
+
+
+def test_y_axis_reads_at_any_scale():
+    # Lengths 10.2-10.6 start at 0 (noise of 0.4 tokens stays small); padded by 5% of the span above.
+    assert curves.y_limits([10.2, 10.6], zero_based=True) == pytest.approx((0.0, 10.6 * 1.05))
+    # A reward from 0.3 to 0.9: the data's range, 5% (0.03) either side.
+    assert curves.y_limits([0.3, 0.9], zero_based=False) == pytest.approx((0.27, 0.93))
+    # A flat 0.5 +- 0.001 is widened to 5% of 0.501 (0.02505) before padding: it stays flat.
+    low, high = curves.y_limits([0.499, 0.501], zero_based=False)
+    assert high - low == pytest.approx(0.02505 * 1.1)
+
+
+def test_paper_bands_do_not_stretch_a_short_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(range(1, 61), [10.5] * 60)
+    ax.set_ylim(0, 11)
+    limits = ax.get_xlim(), ax.get_ylim()
+    curves._draw_paper_ranges(ax, curves.PANELS[2])  # mean response length: 7-8k, 4-5k tokens
+    assert (ax.get_xlim(), ax.get_ylim()) == limits
+    [note] = [t.get_text() for t in ax.texts]
+    assert "off these axes" in note and "7-8k tokens at start" in note and "4-5k tokens" in note
+    fig.clf()
+    ax = fig.add_subplot()
+    ax.plot(range(1, 61), [1.3] * 60)
+    ax.set_ylim(0, 2)
+    curves._draw_paper_ranges(ax, curves.PANELS[1])  # entropy 1.2-1.4 is on these axes: a band, no note
+    assert ax.collections and not any("off these axes" in t.get_text() for t in ax.texts)
+    assert ax.get_xlim()[1] < 100
+    plt.close(fig)
+
+
+def test_flagged_ranges_are_shaded(tmp_path):
+    run = write_jsonl_run(tmp_path / "r", training_rows(20))
+    plain, shaded = tmp_path / "plain.png", tmp_path / "shaded.png"
+    curves.plot_runs([run], plain)
+    curves.plot_runs([run], shaded, flagged=[{"train/entropy": [(5, 9)]}])
+    assert plain.read_bytes() != shaded.read_bytes()
 
 
 def test_cli(tmp_path):

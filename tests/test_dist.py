@@ -1,13 +1,16 @@
 """Two gloo processes under torchrun on CPU: the same loss and gradients as one process on the same
-global batch, and a short 2-rank run that checkpoints and resumes."""
+global batch, a short 2-rank run that checkpoints and resumes, and a rank killed mid-step."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from justrl_min.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -52,3 +55,29 @@ def test_streamed_full_tensors_match_the_full_state_dict(tmp_path):
     torchrun([str(ROOT / "tests/dist/stream_weights.py"), str(out)])
     r = json.loads(out.read_text())
     assert r["names_equal"] and r["max_diff"] == 0.0 and r["dtype"] == "torch.bfloat16"
+
+
+def test_a_dead_rank_stops_the_other_fast_naming_it_and_the_run_resumes_exactly(warm_model, tmp_path):
+    common = ["recipes/tiny_cpu.yaml", f"run.output_dir={tmp_path}", "run.name=dead", f"model.path={warm_model}",
+              "train.prompts_per_step=8", "train.mini_batch_prompts=4", "rollout.n=4", "reward.workers=1",
+              "log.curves_at_end=false", "log.tensorboard=false", "checkpoint.every_steps=2",
+              "data.tiny_problems=64", "train.steps=4", "run.dist_timeout_s=5"]
+    marker = tmp_path / "rank1_died"
+    result = subprocess.run(TORCHRUN + [str(ROOT / "tests/dist/die_mid_step.py"), str(marker), *common], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "DIE_AT_STEP": "4"})
+    exit_s = time.time() - marker.stat().st_mtime
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-4000:]
+    # Rank 0 names rank 1 itself; torchrun's own summary names it too.
+    assert "rank 0: " in output and "rank(s) 1 of 2 did not report" in output, output[-4000:]
+    assert exit_s < 30, f"the surviving rank took {exit_s:.0f} s to stop"
+    run_dir = tmp_path / "dead"
+    before = {m["step"]: m for m in read_metrics(run_dir)}
+    assert sorted(before) == [1, 2, 3]  # died inside step 4; the latest checkpoint is step 2
+
+    torchrun(["train.py", *common])
+    after = {m["step"]: m for m in read_metrics(run_dir)}
+    assert sorted(after) == [1, 2, 3, 4]
+    for key in ("train/reward_mean", "train/loss", "train/entropy", "train/grad_norm", "train/lr"):
+        assert after[3][key] == pytest.approx(before[3][key], abs=1e-6), key  # step 3, replayed after resume

@@ -53,7 +53,7 @@ def test_train_end_to_end(warm_model, tmp_path):
         assert not missing, missing
         assert math.isfinite(m["train/loss"]) and math.isfinite(m["train/grad_norm"])
     assert any(m["train/grad_norm"] > 0 for m in metrics), "no step had a learning signal"
-    assert metrics[0]["train/lr"] == pytest.approx(1e-3 / 4)  # warm-up: (1 update) / 4 steps
+    assert metrics[0]["train/lr"] == pytest.approx(5e-4 / 4)  # warm-up: (1 update) / 4 steps
 
     before = AutoModelForCausalLM.from_pretrained(warm_model)
     after = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "latest")
