@@ -1,6 +1,7 @@
 """Classic PPO on the tiny task: the critic checkpoints and resumes exactly, warm-up trains only the
 critic, target-KL stops are counted, and reward functions / models reach the rewards."""
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -133,17 +134,26 @@ def test_kl_in_reward_needs_gae_and_a_coefficient():
         load_recipe(None, ["algorithm.advantage=vtrace"])
 
 
-GOLDEN_ROWS = ROOT / "tests/data/grpo_tiny_rows_6c40be8.jsonl"
+GOLDEN_ROWS = ROOT / "tests/data/grpo_tiny_rows"
+"""Rows of the 3-step run below logged by the code before any classic-PPO code, one file per warm start
+(named by the first 12 hex digits of its safetensors' sha256). The warm start's 120 supervised steps
+round differently on another CPU, and the rows with them, so a machine whose warm start has no file
+skips the comparison. a406c56ff5c7 was recorded on 2026-12-01 with the code of 806d077, whose GRPO path
+passed this test against rows from commit 6c40be8 on the machine those were recorded on."""
 
 
 def test_grpo_path_metrics_are_those_recorded_before_the_critic_existed(warm_model, tmp_path):
-    """The rows in GOLDEN_ROWS were logged by this same 3-step configuration at commit 6c40be8 (before
-    any classic-PPO code): the default path must reproduce every train/* metric to 1e-6."""
+    """The default path must reproduce every train/* metric of the recorded rows to 1e-6."""
+    fingerprint = hashlib.sha256((Path(warm_model) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    recorded = GOLDEN_ROWS / f"{fingerprint}.jsonl"
+    if not recorded.is_file():
+        pytest.skip(f"no rows recorded for this machine's warm start ({fingerprint}); record them with the code "
+                    f"of 806d077 as {recorded.relative_to(ROOT)}")
     run_dir = tmp_path / "grpo"
     # train.lr: the recipe's rate when the rows were recorded (issue 22 tuned the recipe to 5e-4).
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", small(warm_model, run_dir, "train.steps=3",
                                                                      "train.lr=1e-3")))
-    golden = [json.loads(line) for line in GOLDEN_ROWS.read_text().splitlines()]
+    golden = [json.loads(line) for line in recorded.read_text().splitlines()]
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [g["step"] for g in golden] == [1, 2, 3]
     for row, gold in zip(rows, golden):
