@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-bw", type=float, default=4.8, help="for the prediction: H200 TB/s")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "rehearsal")
     parser.add_argument("--no-torchrun", action="store_true")
+    parser.add_argument("--only-torchrun", action="store_true",
+                        help="run the two-rank part only; the table also shows an earlier one-process run in --out")
     args = parser.parse_args(argv)
     if args.smoke:
         args.layers, args.steps, args.no_torchrun, args.engine, args.response_tokens = 1, 1, True, "hf", 8
@@ -233,76 +235,88 @@ def main(argv: list[str] | None = None) -> None:
         import importlib.util
 
         engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
-    sizes = [f"model.path={standin}", f"run.device={args.device}", f"rollout.engine={engine}", f"data.train={data}",
-             *eval_overrides(args.steps, args.response_tokens),
-             f"train.prompts_per_step={args.prompts}", f"train.mini_batch_prompts={max(1, args.prompts // 4)}",
-             f"rollout.n={args.n}", f"rollout.max_response_length={args.response_tokens}",
-             f"train.steps={args.steps}", "checkpoint.every_steps=1", f"run.output_dir={args.out}",
-             "run.overwrite=true"]
-    results: dict[str, dict] = {}
-    plans = [("one process", 1)] + ([] if args.no_torchrun else [("torchrun x2", 2)])
-    reference_rows: list[dict] = []
-    for label, ranks in plans:
+    def sizes(ranks: int) -> list[str]:
+        # Under torchrun each rank gets the one-process run's prompts: the same work per rank, and four
+        # mini-batches per step as in the recipe.
+        prompts = args.prompts * ranks
+        return [f"model.path={standin}", f"run.device={args.device}", f"rollout.engine={engine}",
+                f"data.train={data}", *eval_overrides(args.steps, args.response_tokens),
+                f"train.prompts_per_step={prompts}", f"train.mini_batch_prompts={max(ranks, prompts // 4)}",
+                f"rollout.n={args.n}", f"rollout.max_response_length={args.response_tokens}",
+                f"train.steps={args.steps}", "checkpoint.every_steps=1", f"run.output_dir={args.out}",
+                "run.overwrite=true"]
+
+    plans = {"one process": 1, "torchrun x2": 2}
+    if args.no_torchrun:
+        del plans["torchrun x2"]
+    if args.only_torchrun:
+        del plans["one process"]
+    for ranks in plans.values():
         name = "single" if ranks == 1 else "two_ranks"
         log = args.out / f"{name}.log"
         log.unlink(missing_ok=True)
-        common = sizes + [f"run.name={name}"]
+        common = sizes(ranks) + [f"run.name={name}"]
         if args.smoke:
-            first = train(common + ["run.resume=false"], ranks, None, log, args.out / name)
-            runs = [first]
+            runs = [train(common + ["run.resume=false"], ranks, None, log, args.out / name)]
         else:
-            kill_step = args.steps
-            first = train(common + ["run.resume=false"], ranks, kill_step, log, args.out / name)
-            resumed = train(common + ["run.resume=true"], ranks, None, log, args.out / name)
-            runs = [first, resumed]
-        rows = metrics(args.out / name)
-        results[label] = {"rows": rows, "wall_s": sum(r.wall_s for r in runs),
-                          "peak_rss": max(r.peak_rss for r in runs), "peak_gpu": max(r.peak_gpu for r in runs),
-                          "killed": any(r.killed for r in runs)}
+            runs = [train(common + ["run.resume=false"], ranks, args.steps, log, args.out / name),
+                    train(common + ["run.resume=true"], ranks, None, log, args.out / name)]
+        summary = {"ranks": ranks, "wall_s": sum(r.wall_s for r in runs), "peak_rss": max(r.peak_rss for r in runs),
+                   "peak_gpu": max(r.peak_gpu for r in runs), "killed": any(r.killed for r in runs)}
         if ranks == 1 and not args.smoke:
             ref_log = args.out / "reference.log"
             ref_log.unlink(missing_ok=True)
-            train(sizes + ["run.name=reference", "run.resume=false"], 1, None, ref_log, args.out / "reference")
-            reference_rows = metrics(args.out / "reference")
-            results[label]["resume_diff"] = resume_diff(rows, reference_rows)
+            train(sizes(1) + ["run.name=reference", "run.resume=false"], 1, None, ref_log, args.out / "reference")
+            summary["resume_diff"] = resume_diff(metrics(args.out / name), metrics(args.out / "reference"))
+        (args.out / f"{name}.json").write_text(json.dumps(summary))
+    # Runs of earlier invocations into the same --out are reported too (e.g. --only-torchrun after a run).
+    results = {label: {**json.loads((args.out / f"{name}.json").read_text()), "rows": metrics(args.out / name)}
+               for label, name in (("one process", "single"), ("torchrun x2", "two_ranks"))
+               if (args.out / f"{name}.json").is_file()}
 
-    cfg = load_recipe(RECIPE, sizes)
+    cfg = load_recipe(RECIPE, sizes(1))
     shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
     if args.device == "cuda":
         import torch
 
         memory_gib = torch.cuda.get_device_properties(0).total_memory / GiB
-        tflops, bandwidth = args.gpu_tflops, args.gpu_bw
-        hardware = Hardware(ranks=1, mem_gib=memory_gib, tflops=tflops, bandwidth_tbs=bandwidth)
+        tflops, bandwidth, cpu = args.gpu_tflops, args.gpu_bw, False
     else:
         tflops, bandwidth = measure_cpu(compute_dtype(cfg, cpu=True))
-        hardware = Hardware(ranks=1, mem_gib=0, tflops=tflops, bandwidth_tbs=bandwidth, cpu=True)
-    predicted = estimate(cfg, shape, hardware, Workload(prompt_tokens=120, response_tokens=args.response_tokens))
+        memory_gib, cpu = 0.0, True
     width = "the narrow test variant" if args.smoke else "full width"
     print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at {width}), built in "
           f"{build_s:.0f} s{' (cached)' if not build_s else ''}; matmul {tflops * 1e3:.0f} GFLOP/s in "
-          f"{compute_dtype(cfg, cpu=args.device == 'cpu')}, memory {bandwidth * 1e3:.1f} GB/s")
-    labels = list(results)
-    print(f"\n| phase (median s per step) | predicted | {' | '.join(labels)} |")
-    print("| --- | --- |" + " --- |" * len(labels))
-    measured = {label: medians(r["rows"]) for label, r in results.items()}
-    predicted_phase = {"generation": predicted.times["generation"], "old log-probs": predicted.times["old log-probs"],
-                       "update": predicted.times["update"], "weight sync": predicted.times["weight sync"],
-                       "step": predicted.times["step"]}
-    for phase in PHASES:
-        cells = [f"{measured[label][phase]:.1f}" if phase in measured[label] else "-" for label in labels]
-        guess = f"{predicted_phase[phase]:.1f}" if phase in predicted_phase else "-"
-        print(f"| {phase} | {guess} | {' | '.join(cells)} |")
-    peak = max(predicted.peaks.values())
-    print(f"| peak RSS (GiB) | {peak / GiB:.1f} | "
-          + " | ".join(f"{r['peak_rss'] / GiB:.1f}" for r in results.values()) + " |")
-    if args.device == "cuda":
-        print("| peak GPU memory in use (GiB) | - | "
-              + " | ".join(f"{r['peak_gpu'] / GiB:.1f}" for r in results.values()) + " |")
-    print("| wall, all runs (s) | - | " + " | ".join(f"{r['wall_s']:.0f}" for r in results.values()) + " |")
-    print("| killed and resumed | - | " + " | ".join("yes" if r["killed"] else "no" for r in results.values()) + " |")
+          f"{compute_dtype(cfg, cpu=cpu)}, memory {bandwidth * 1e3:.1f} GB/s")
+    columns, cells = [], {}
+    for label, result in results.items():
+        ranks = result["ranks"]
+        hardware = Hardware(ranks=ranks, mem_gib=memory_gib, tflops=tflops / ranks if cpu else tflops,
+                            bandwidth_tbs=bandwidth / ranks if cpu else bandwidth, cpu=cpu)
+        # Two ranks on one CPU share its cores and memory bandwidth: each gets half.
+        predicted = estimate(load_recipe(RECIPE, sizes(ranks)), shape, hardware,
+                             Workload(prompt_tokens=120, response_tokens=args.response_tokens))
+        measured = medians(result["rows"])
+        columns += [f"{label}: predicted", f"{label}: measured"]
+        for phase in PHASES:
+            guess = predicted.times.get(phase)
+            cells.setdefault(phase, []).extend([f"{guess:.1f}" if guess is not None else "-",
+                                                f"{measured[phase]:.1f}" if phase in measured else "-"])
+        # Resident memory of all ranks together: each holds its shard and its own engine.
+        cells["peak RSS, all ranks (GiB)"] = cells.get("peak RSS, all ranks (GiB)", []) + [
+            f"{ranks * max(predicted.peaks.values()) / GiB:.1f}", f"{result['peak_rss'] / GiB:.1f}"]
+        if args.device == "cuda":
+            cells["peak GPU memory (GiB)"] = cells.get("peak GPU memory (GiB)", []) + [
+                f"{max(predicted.peaks.values()) / GiB:.1f}", f"{result['peak_gpu'] / GiB:.1f}"]
+        cells["wall, all launches (s)"] = cells.get("wall, all launches (s)", []) + ["-", f"{result['wall_s']:.0f}"]
+        cells["killed and resumed"] = cells.get("killed and resumed", []) + [
+            "-", "yes" if result["killed"] else "no"]
+    print(f"\n| phase (median s per step) | {' | '.join(columns)} |")
+    print("| --- |" + " --- |" * len(columns))
+    for row, values in cells.items():
+        print(f"| {row} | {' | '.join(values)} |")
     if "resume_diff" in results.get("one process", {}):
-        print(f"\nresumed run against an uninterrupted one: max |diff| over train/* = "
+        print(f"\nresumed run against an uninterrupted one, steps after the kill: max |diff| over train/* = "
               f"{results['one process']['resume_diff']:.3g}")
 
 
