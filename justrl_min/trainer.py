@@ -11,6 +11,7 @@ critic, no KL, no entropy bonus, no length penalty, no dynamic sampling by defau
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -138,10 +139,10 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                              strip_dapo_instruction=cfg.data.strip_dapo_instruction,
                              dedup=cfg.data.dedup, tiny_problems=cfg.data.tiny_problems)
     prompt_set = tokenize_problems(problems, tokenizer, cfg.data.prompt_suffix, cfg.data.max_prompt_length)
-    policy_path = str(resume_from) if resume_from else cfg.model.path
-    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                            trust_remote_code=cfg.model.trust_remote_code, device=device,
-                            gradient_checkpointing=cfg.model.gradient_checkpointing)
+    load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                             trust_remote_code=cfg.model.trust_remote_code, device=device)
+    policy = load(str(resume_from) if resume_from else cfg.model.path,
+                  gradient_checkpointing=cfg.model.gradient_checkpointing)
     if info.is_main:
         check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer))
     compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
@@ -158,9 +159,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     scorer = token_scorer(policy)
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
-        reference = token_scorer(load_causal_lm(
-            cfg.model.path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-            trust_remote_code=cfg.model.trust_remote_code, device=device, trainable=False))
+        reference = token_scorer(load(cfg.model.path, trainable=False))
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     estimator = build_advantage_estimator(cfg, resume_from, microbatches, compute_dtype, autocast)
@@ -182,7 +181,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     tracker = Tracker(run_dir, total_steps=t.steps, start_step=start_step, tensorboard=cfg.log.tensorboard,
-                      hparams=_flat(config_to_dict(cfg)), enabled=info.is_main)
+                      hparams={f"{section}.{key}": value for section, fields in config_to_dict(cfg).items()
+                               for key, value in fields.items()}, enabled=info.is_main)
     if resume_from:
         tracker.message(f"resumed from {resume_from} at step {start_step}")
     if prompt_set.dropped_too_long:
@@ -529,16 +529,6 @@ def _record_skip(run_dir: Path, step: int, update: UpdateStats, rewards, info: d
 
 def _generation_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank * 101) % 2**31
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def seed_everything(seed: int) -> None:
