@@ -32,14 +32,20 @@ from justrl_min.data import load_problems, tokenize_problems
 from justrl_min.model import load_causal_lm, load_tokenizer
 from justrl_min.rollout import HFEngine, Sampling
 
+SMOKE = ["--prompts", "2", "--n", "2", "--max-tokens", "4", "--repeats", "1"]
 
-def main() -> None:
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=20)
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args = p.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
 
     path = str(tiny.prepare_warm_start())
     tokenizer = load_tokenizer(path)

@@ -92,6 +92,8 @@ class _HeadOnlyLM(torch.nn.Module):
 
     def __init__(self, hidden: torch.Tensor, head: torch.nn.Linear):
         super().__init__()
+        # Read by attention.prepare_for_packing: no attention here, nothing to switch.
+        self.config = SimpleNamespace(_attn_implementation="none")
         self.decoder = _GivenHidden(hidden)
         self.lm_head = head
 
@@ -109,8 +111,8 @@ def chunked(h: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Linear, te
     batch = MicroBatch(input_ids=torch.zeros((1, tokens), dtype=torch.long, device=h.device),
                        position_ids=torch.arange(tokens, device=h.device)[None], attention_mask=None,
                        target_index=torch.arange(tokens, device=h.device), target_ids=target_ids,
-                       response_lengths=[tokens], sequence_indices=[0])
-    return TokenScorer(_HeadOnlyLM(h[None], head))(batch, temperature, chunk_tokens)
+                       response_lengths=[tokens])
+    return TokenScorer(_HeadOnlyLM(h[None], head), temperature=temperature, chunk_tokens=chunk_tokens)(batch)
 
 
 def naive(h: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Linear, temperature: float):
@@ -231,6 +233,10 @@ def _row(r: dict, label: str = "") -> str:
             f"  time {r['total_s']:6.1f} s (fwd {r['forward_s']:.1f} + bwd {r['backward_s']:.1f}){label}")
 
 
+SMOKE = ["--tokens", "1024", "--hidden", "128", "--vocab", "8192", "--chunk-tokens", "256",
+         "--naive-tokens", "256", "512", "--check-chunk-tokens", "96"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=8192, help="sequence length T")
@@ -247,7 +253,11 @@ def main(argv=None):
     parser.add_argument("--mem-limit-gib", type=float, default=11.0,
                         help="measure naive at the full T only if predicted to stay under this")
     parser.add_argument("--worker", choices=["naive", "chunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
     if args.worker:
         print(json.dumps(worker(args)))
         return

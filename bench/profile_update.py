@@ -25,19 +25,26 @@ from justrl_min import trainer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.tracking import read_metrics  # noqa: E402
 
+SMOKE = ["--steps", "1", "--top", "3", "train.prompts_per_step=4", "train.mini_batch_prompts=4"]
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="extra key=value recipe overrides")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
 
     profiler = cProfile.Profile()
-    calls = {"prepare_batch": 0, "update_policy": 0}
+    owners = {"prepare_batch": (trainer, "prepare_batch"), "update_policy": (trainer.PolicyUpdate, "__call__")}
+    calls = dict.fromkeys(owners, 0)
 
     def profiled(name):
-        original = getattr(trainer, name)
+        original = getattr(*owners[name])
 
         def run(*a, **kw):
             calls[name] += 1
@@ -50,8 +57,8 @@ def main(argv=None):
                 profiler.disable()
         return run
 
-    for name in calls:
-        setattr(trainer, name, profiled(name))
+    for name, (owner, attribute) in owners.items():
+        setattr(owner, attribute, profiled(name))
     with tempfile.TemporaryDirectory() as out:
         overrides = [f"train.steps={args.steps}", "train.prompts_per_step=32", "train.mini_batch_prompts=32",
                      f"run.output_dir={out}", "run.name=profile", "log.curves_at_end=false", "log.tensorboard=false",

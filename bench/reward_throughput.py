@@ -124,11 +124,11 @@ def chain_of_thought(rng: random.Random, target_chars: int) -> str:
     return " ".join(parts)
 
 
-def make_batch(seed: int) -> tuple[list[str], list[str], list[float | None]]:
+def make_batch(seed: int, problems: int = PROBLEMS) -> tuple[list[str], list[str], list[float | None]]:
     """Responses, golds, and the intended label (None for hostile items)."""
     rng = random.Random(seed)
     responses, golds, intended = [], [], []
-    for _ in range(PROBLEMS):
+    for _ in range(problems):
         problem = make_problem(rng)
         for _ in range(SAMPLES_PER_PROBLEM):
             target_chars = int(2_000 * 30 ** rng.random())  # log-uniform over 2k-60k
@@ -154,15 +154,15 @@ def _burn_cpu(iterations: int = 20_000_000) -> int:
     return total
 
 
-def cpu_scaling_ceiling(workers: int) -> float:
+def cpu_scaling_ceiling(workers: int, iterations: int = 20_000_000) -> float:
     """How much faster ``workers`` processes of a pure-Python loop finish than one doing it all, right
     now: the most any pool can gain on this machine (other jobs on a shared box lower it)."""
     started = time.perf_counter()
     for _ in range(workers):
-        _burn_cpu()
+        _burn_cpu(iterations)
     serial_s = time.perf_counter() - started
     context = multiprocessing.get_context("fork")  # fork: no interpreter start-up in the measurement
-    processes = [context.Process(target=_burn_cpu) for _ in range(workers)]
+    processes = [context.Process(target=_burn_cpu, args=(iterations,)) for _ in range(workers)]
     started = time.perf_counter()
     for process in processes:
         process.start()
@@ -238,21 +238,32 @@ def start_pool(workers: int, timeout_s: float, chunk_size: int | None) -> tuple[
     return pool, time.perf_counter() - started
 
 
-def main() -> None:
+SMOKE = ["--workers", "2", "--steps", "1", "--problems", "2", "--burn-iterations", "100000"]
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--timeout-s", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=4, help="training steps to time, each a new batch")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--problems", type=int, default=PROBLEMS,
+                        help=f"per step, {SAMPLES_PER_PROBLEM} responses each")
+    parser.add_argument("--burn-iterations", type=int, default=20_000_000,
+                        help="loop length of the CPU scaling probe")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
 
-    steps = [make_batch(args.seed + step) for step in range(args.steps)]
+    steps = [make_batch(args.seed + step, args.problems) for step in range(args.steps)]
     responses, _, intended = steps[0]
     lengths = sorted(len(r) for r in responses)
     print(f"{args.steps} steps of {len(responses)} responses; step 1: {sum(lengths) / 1e6:.1f} M chars, length "
           f"min/median/max {lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}, hostile {intended.count(None)}")
     print(f"CPU scaling ceiling before ({args.workers} processes of a pure-Python loop vs one): "
-          f"{cpu_scaling_ceiling(args.workers):.2f}x; load average {os.getloadavg()[0]:.2f}")
+          f"{cpu_scaling_ceiling(args.workers, args.burn_iterations):.2f}x; load average {os.getloadavg()[0]:.2f}")
 
     chunked_pool, chunked_startup_s = start_pool(args.workers, args.timeout_s, chunk_size=None)
     one_worker_pool, _ = start_pool(1, args.timeout_s, chunk_size=None)
@@ -281,7 +292,7 @@ def main() -> None:
     print("pool, 1 worker (the pool's work in one process: what parallelism is measured against):")
     for number, timing in enumerate(one_worker, start=1):
         print(f"  step {number}: {timing.describe()}")
-    print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers):.2f}x; "
+    print(f"CPU scaling ceiling after: {cpu_scaling_ceiling(args.workers, args.burn_iterations):.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
 
     print("speed-up, plain serial loop / pool (auto chunks) = (serial / 1-worker pool) x (1-worker pool / pool):")

@@ -35,7 +35,7 @@ except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from justrl_min import tiny
 from justrl_min.model import load_causal_lm, load_tokenizer
-from justrl_min.rollout import HFEngine, Sampling, VLLMEngine
+from justrl_min.rollout import HFEngine, Sampling, VLLMEngine, VLLMSettings
 
 QWEN2_0P5B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
               "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096}
@@ -92,15 +92,19 @@ def bench(shape: str, args, folder: Path) -> None:
     del model
 
     started = time.perf_counter()
-    engine = VLLMEngine(str(path), dtype="float32", max_model_len=64 + args.max_tokens, seed=0,
-                        enforce_eager=True, enable_sleep_mode=False, cpu_kv_cache_gib=args.kv_cache_gib)
+    engine = VLLMEngine(str(path), VLLMSettings(dtype="float32", max_model_len=64 + args.max_tokens, seed=0,
+                                                enforce_eager=True, enable_sleep_mode=False,
+                                                cpu_kv_cache_gib=args.kv_cache_gib))
     startup = time.perf_counter() - started
     vllm_rate, vllm_tokens = timed(engine, prompts, args.n, sampling, args.repeats)
     print(f"  VLLMEngine  {vllm_rate:9.1f} tokens/s  ({vllm_tokens} tokens; start-up {startup:.1f} s)")
     print(f"  ratio vLLM / HF: {vllm_rate / hf_rate:.2f}x", flush=True)
 
 
-def main() -> None:
+SMOKE = ["--prompts", "1", "--n", "2", "--max-tokens", "4", "--models", "tiny", "--kv-cache-gib", "0.1"]
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--n", type=int, default=8)
@@ -109,14 +113,19 @@ def main() -> None:
     p.add_argument("--models", default="tiny,qwen2-0.5b", help=f"comma-separated: {', '.join(SHAPES)}")
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.smoke:
+        args = p.parse_args([*SMOKE, *argv])
     shapes = args.models.split(",")
     unknown = set(shapes) - set(SHAPES)
     if unknown:
         p.error(f"unknown model shape(s) {sorted(unknown)}; choose from {', '.join(SHAPES)}")
     if len(shapes) > 1:  # one vLLM engine per process
         for shape in shapes:
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--models", shape], check=True)
+            subprocess.run([sys.executable, __file__, *argv, "--models", shape], check=True)
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -116,13 +116,20 @@ def describe(seconds: list[float]) -> str:
             f"{len(seconds)} steps)")
 
 
+SMOKE = ["--steps", "1", "--warmup", "0", "--rounds", "1"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per trainer")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the two trainers this many times")
     parser.add_argument("--packing", default="auto", choices=("auto", "packed", "padded"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
 
     print(f"{PROMPTS} prompts x {SAMPLES} samples, {NEW_TOKENS} new tokens, one optimizer update per step; "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} round(s)")

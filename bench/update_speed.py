@@ -72,7 +72,7 @@ def justrl_like_lengths(prompts: int, scale: float, seed: int) -> tuple[list[int
 def scorer_for(layout: str, seed: int, hidden: int, layers: int) -> TokenScorer:
     torch.manual_seed(seed)
     scorer = TokenScorer(tiny.build_model(tiny.build_tokenizer(), seed=seed, hidden=hidden, layers=layers),
-                         share_prompts="when_smaller" if layout == "padded-shared" else "never")
+                         share_prompts="when_smaller" if layout == "padded-shared" else "never", chunk_tokens=256)
     if layout == "packed-dense":
         scorer.causal_lm.set_attn_implementation("sdpa")
     elif layout == "packed-flex":
@@ -100,9 +100,13 @@ def update_once(scorer: TokenScorer, layout: str, prompts, responses, budget: in
     scorer.zero_grad(set_to_none=True)
     started = time.perf_counter()
     for micro in microbatches(layout, prompts, responses, budget):
-        logp, _ = scorer(micro, 1.0, 256)
+        logp, _ = scorer(micro)
         (logp.sum() / trained).backward()
     return time.perf_counter() - started
+
+
+SMOKE = ["--prompts", "1", "--budgets", "512", "--hidden", "16", "--layers", "1", "--repeats", "1",
+         "--scale", "256"]
 
 
 def main(argv=None):
@@ -115,7 +119,11 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
     torch.manual_seed(args.seed)
 
     prompt_lengths, response_lengths = justrl_like_lengths(args.prompts, args.scale, args.seed)

@@ -10,6 +10,8 @@ The JustRL recipe's choices, all visible here:
   the whole mini-batch (the caller passes that count as `token_normalizer` so that micro-batch
   accumulation reproduces the full-batch gradient).
 - No KL term and no entropy bonus by default; `kl_penalty` offers the k1/k2/k3 estimators.
+  `policy_objective` binds the loss named by `algorithm.policy_loss` (a `POLICY_LOSSES` entry)
+  and those optional terms once at start-up.
 
 Classic PPO (algorithm.advantage=gae) adds per-token rewards (the sequence reward on the last valid
 token, optionally minus beta * KL to the reference), GAE advantages with returns = advantages +
@@ -21,6 +23,7 @@ Shapes: B sequences, T response positions; `mask` is 1.0 on valid response token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -58,24 +61,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
     return centered.reshape(-1).to(rewards.dtype)
 
 
-class PolicyLossMetrics(NamedTuple):
-    clip_frac: torch.Tensor
-    """Fraction of valid tokens whose gradient the clip removed (either side)."""
-    clip_frac_low: torch.Tensor
-    """... removed by the lower bound (A < 0, ratio < 1 - clip_low)."""
-    clip_frac_high: torch.Tensor
-    """... removed by the upper bound (A > 0, ratio > 1 + clip_high)."""
-    dual_clip_frac: torch.Tensor
-    """Fraction of valid tokens held at the dual-clip bound -A·c."""
-    approx_kl: torch.Tensor
-    """Token-mean of k3(old || new): how far the update has moved the policy."""
-    ratio_mean: torch.Tensor
+class PolicyInputs(NamedTuple):
+    """One micro-batch as a policy objective sees it: (b, T) each, `advantages` (b,) or (b, T);
+    `logp` and `entropy` of the current policy (with gradient); `token_weights` the TIS weights."""
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    token_weights: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
 
 
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                   mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                   dual_clip: float | None = None, token_normalizer: float | torch.Tensor | None = None,
-                  token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, PolicyLossMetrics]:
+                  token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped PPO surrogate with clip-higher and optional dual clip, summed over valid tokens.
 
     logp, old_logp, mask: (B, T); advantages: (B,) or (B, T).
@@ -83,6 +84,11 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     then for A < 0 and dual clip c: min(that, -A·c). The sum is divided by `token_normalizer`
     (default: the number of valid tokens here). `token_weights` (B, T), if given, multiplies the
     per-token loss (truncated importance sampling against the rollout engine).
+
+    Diagnostics, token means over `mask`: clip_frac (the clip removed the gradient, either side),
+    clip_frac_low (A < 0, ratio < 1 - clip_low), clip_frac_high (A > 0, ratio > 1 + clip_high),
+    dual_clip_frac (held at the dual-clip bound -A·c), approx_kl (k3(old || new): how far the
+    update has moved the policy).
     """
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logp)
@@ -109,15 +115,44 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     with torch.no_grad():
         clipped_low = negative & (ratio < 1.0 - clip_low)
         clipped_high = (advantages > 0) & (ratio > 1.0 + clip_high)
-        metrics = PolicyLossMetrics(
-            clip_frac=masked_mean((clipped_low | clipped_high).float(), mask),
-            clip_frac_low=masked_mean(clipped_low.float(), mask),
-            clip_frac_high=masked_mean(clipped_high.float(), mask),
-            dual_clip_frac=masked_mean(dual_held.float(), mask),
-            approx_kl=masked_mean(kl_penalty(logp, old_logp, "k3"), mask),
-            ratio_mean=masked_mean(ratio, mask),
-        )
-    return loss, metrics
+        diagnostics = {
+            "clip_frac": masked_mean((clipped_low | clipped_high).float(), mask),
+            "clip_frac_low": masked_mean(clipped_low.float(), mask),
+            "clip_frac_high": masked_mean(clipped_high.float(), mask),
+            "dual_clip_frac": masked_mean(dual_held.float(), mask),
+            "approx_kl": masked_mean(kl_penalty(logp, old_logp, "k3"), mask),
+        }
+    return loss, diagnostics
+
+
+POLICY_LOSSES = {"ppo_clip": lambda x, token_normalizer, **clip: ppo_clip_loss(
+    x.logp, x.old_logp, x.advantages, x.mask, **clip, token_normalizer=token_normalizer, token_weights=x.token_weights)}
+"""`algorithm.policy_loss` -> fn(PolicyInputs, token_normalizer, clip_low=, clip_high=, dual_clip=)
+returning (loss, {name: token-mean diagnostic}); the loss is a sum over valid tokens divided by
+`token_normalizer`, so micro-batches accumulate to the whole mini-batch's gradient."""
+PolicyObjective = Callable[[PolicyInputs, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def policy_objective(loss: str, *, clip_low: float, clip_high: float, dual_clip: float | None,
+                     kl_coef: float = 0.0, kl_kind: str = "k3", entropy_coef: float = 0.0) -> PolicyObjective:
+    """The named policy loss plus its optional terms, bound once at start-up.
+
+    kl_coef > 0 adds kl_coef * token-sum(KL(pi || ref)) / token_normalizer (diagnostic `kl`, the
+    token mean); entropy_coef > 0 subtracts entropy_coef * token-sum(entropy) / token_normalizer.
+    """
+    base = POLICY_LOSSES[loss]  # Config.validate names the choices
+
+    def objective(x: PolicyInputs, token_normalizer: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, diagnostics = base(x, token_normalizer, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
+        if kl_coef:
+            kl = kl_penalty(x.logp, x.ref_logp, kl_kind)
+            total = total + kl_coef * (masked_sum(kl, x.mask) / token_normalizer)
+            diagnostics["kl"] = masked_mean(kl.detach(), x.mask)
+        if entropy_coef:
+            total = total - entropy_coef * masked_sum(x.entropy, x.mask) / token_normalizer
+        return total, diagnostics
+
+    return objective
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:

@@ -18,7 +18,9 @@ import pickle
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,27 +183,41 @@ def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
     return latest
 
 
-def restore_training_state(folder: Path, scorer, optimizer, scheduler, sampler,
-                   info: dist.DistInfo) -> tuple[int, int]:
-    """Optimizer, LR schedule, sampler position and this rank's RNG states; returns (step, skipped)."""
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the config: the trained module (FSDP-sharded under torchrun),
+    saved as the Hugging Face `policy`; the optimizer, schedule, sampler; the skipped-step count."""
+    scorer: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: Any
+    policy: Any
+    tokenizer: Any
+    skipped_total: int = 0
+
+
+def restore_training_state(folder: Path, training: TrainingState, info: dist.DistInfo) -> int:
+    """Optimizer, LR schedule, sampler position, skipped count and this rank's RNG states; returns the step."""
+    scorer, optimizer = training.scorer, training.optimizer
     state = json.loads((folder / "trainer_state.json").read_text())
-    sampler.load_state_dict(state["sampler"])
-    scheduler.load_state_dict(state["scheduler"])
+    training.sampler.load_state_dict(state["sampler"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.skipped_total = state["skipped_steps"]
     if (folder / "optimizer.pt").is_file():
         dist.load_optimizer_state(scorer, optimizer, load_state_file(folder / "optimizer.pt"), info)
     set_rng_state(load_state_file(folder / f"rng_rank{info.rank}.pt"))
-    return state["step"], state["skipped_steps"]
+    return state["step"]
 
 
-def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scorer, policy, tokenizer, optimizer,
-                        scheduler, sampler, skipped_total: int, info: dist.DistInfo,
-                        write_extra: Callable[[Path], None] | None = None) -> None:
+def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, training: TrainingState,
+                        info: dist.DistInfo, write_extra: Callable[[Path], None] | None = None) -> None:
     """Gather full states (a collective under FSDP) and let rank 0 publish one checkpoint atomically.
     Each rank's RNG state travels through a staging folder, so the run directory must be on a
     file system every rank sees (as multi-node checkpointing needs anyway). `write_extra(folder)`
     adds state gathered beforehand on every rank (the critic's) into the same atomic checkpoint."""
-    model_state = dist.full_model_state(scorer, info)
-    optimizer_state = dist.full_optimizer_state(scorer, optimizer, info) if cfg.checkpoint.save_optimizer else None
+    t = training
+    model_state = dist.full_model_state(t.scorer, info)
+    optimizer_state = dist.full_optimizer_state(t.scorer, t.optimizer, info) if cfg.checkpoint.save_optimizer else None
     rng = rng_state()
     rank_dir = checkpointer.folder / f".rng-step_{step}"
     rank_dir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +225,9 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scor
     dist.barrier(info)
     if info.is_main:
         def write(folder: Path) -> None:
-            policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v for k, v in model_state.items()})
-            tokenizer.save_pretrained(folder)
+            t.policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v
+                                                         for k, v in model_state.items()})
+            t.tokenizer.save_pretrained(folder)
             if optimizer_state is not None:
                 torch.save(optimizer_state, folder / "optimizer.pt")
             for f in rank_dir.iterdir():
@@ -219,8 +236,8 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, scor
             if write_extra is not None:
                 write_extra(folder)
             (folder / "trainer_state.json").write_text(json.dumps({
-                "step": step, "skipped_steps": skipped_total, "sampler": sampler.state_dict(),
-                "scheduler": scheduler.state_dict()}, indent=1))
+                "step": step, "skipped_steps": t.skipped_total, "sampler": t.sampler.state_dict(),
+                "scheduler": t.scheduler.state_dict()}, indent=1))
 
         checkpointer.save(step, write)
         rank_dir.rmdir()

@@ -113,6 +113,9 @@ class AlgorithmConfig:
     per-token advantages by GAE from a critic's values (see the `critic` section)."""
     scale_by_std: bool = True
     adv_eps: float = 1e-6
+    policy_loss: str = "ppo_clip"
+    """The policy objective, a name in `algo.POLICY_LOSSES`: ppo_clip (clipped PPO with clip-higher
+    and dual clip). The KL and entropy terms below are added to whichever it is."""
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = 10.0
@@ -236,7 +239,6 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     max_tokens: int = 31744
-    at_start: bool = False
     grader: str = "math-verify"
     """Rule grader of evaluation: math-verify (reward.py's symbolic mode) | deepscaler (DeepScaleR's
     rules, the paper's Table 3 pipeline) | exact (strict string match of the last box)."""
@@ -349,6 +351,9 @@ class Config:
         _require(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", "must be > 0")
         _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
         _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
+        from justrl_min.algo import POLICY_LOSSES
+
+        _require(a.policy_loss in POLICY_LOSSES, "algorithm.policy_loss", f"must be {' | '.join(POLICY_LOSSES)}")
         _require(a.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", "must be k1 | k2 | k3")
         _require(a.advantage in ("grpo", "gae"), "algorithm.advantage",
                  f"unknown estimator {a.advantage!r} (grpo | gae)")

@@ -29,7 +29,7 @@ import torch
 from justrl_min import algo, dist
 from justrl_min.checkpoint import load_state_file
 from justrl_min.config import Config, ConfigError
-from justrl_min.model import MicroBatch, build_microbatch, load_causal_lm, unflatten
+from justrl_min.model import MicroBatch, MicroBatcher, clip_grad_norm, load_causal_lm, minibatch_rows, unflatten
 
 CRITIC_DIR = "critic"
 
@@ -86,9 +86,9 @@ class CriticGAE:
     """algorithm.advantage=gae: a trained value model, GAE advantages, optional KL in the reward."""
 
     def __init__(self, cfg: Config, model: ValueModel, optimizer: torch.optim.Optimizer, kl_coef: float,
-                 packed: bool, device: torch.device, info: dist.DistInfo):
+                 microbatches: MicroBatcher):
         self.cfg, self.model, self.optimizer, self.kl_coef = cfg, model, optimizer, kl_coef
-        self.packed, self.device, self.info = packed, device, info
+        self.microbatches, self.info = microbatches, microbatches.info
         self.values: torch.Tensor | None = None         # (R, T) the rollout's values, for the clipped loss
         self.returns: torch.Tensor | None = None        # (R, T)
         self.metrics: dict[str, float] = {}
@@ -100,8 +100,8 @@ class CriticGAE:
 
     @torch.no_grad()
     def advantages(self, rewards: torch.Tensor, batch) -> torch.Tensor:
-        """Per-token advantages (R, T). With kl_in_reward this consumes `batch.ref_logp` (sets it to
-        None): the KL then lives in the reward, and the loss gets no KL term."""
+        """Per-token advantages (R, T). With kl_in_reward the KL to the reference lives in the reward
+        (the policy objective was built without its KL term)."""
         a, info = self.cfg.algorithm, self.info
         mask = batch.mask
         values = self._predict(batch)                                                   # (R, T)
@@ -120,7 +120,6 @@ class CriticGAE:
             advantages = algo.whiten(advantages, mask, adv_mean, adv_var)
         if a.kl_in_reward:
             self._account_kl(kl, mask, len(batch.responses))
-            batch.ref_logp = None
         return advantages
 
     def _account_kl(self, kl: torch.Tensor, mask: torch.Tensor, responses: int) -> None:
@@ -132,14 +131,9 @@ class CriticGAE:
             self.kl_coef = algo.adaptive_kl_coef(self.kl_coef, s[0] / s[2], a.adaptive_kl_target,
                                                  a.adaptive_kl_horizon, int(s[2]))
 
-    @torch.no_grad()
     def _predict(self, batch) -> torch.Tensor:
         values = torch.zeros_like(batch.mask)
-        width = values.shape[1]
-        lengths = [len(p) + len(r) for p, r in zip(batch.prompts, batch.responses)]
-        for group in dist.plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed, self.info):
-            micro = build_microbatch(batch.prompts, batch.responses, group, self.packed, batch.pad_id).to(self.device)
-            values[group] = unflatten(self.model(micro).cpu(), micro.response_lengths, width)
+        self.microbatches.score(self.model, batch.prompts, batch.responses, list(range(len(batch.responses))), values)
         return values
 
     def update(self, batch) -> dict[str, float]:
@@ -147,17 +141,14 @@ class CriticGAE:
         cfg, info = self.cfg, self.info
         per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
         loss_total, clipped_tokens, grad_norm_total, passes = 0.0, 0.0, 0.0, 0
-        for _ in range(cfg.algorithm.ppo_epochs):
-            for start in range(0, len(batch.responses), per_rank_mini):
-                rows = list(range(start, min(start + per_rank_mini, len(batch.responses))))
-                loss, clipped = self._minibatch_backward(batch, rows)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.critic.grad_clip)
-                grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                if math.isfinite(loss) and math.isfinite(grad_norm):  # else skip, as the policy does
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_total, clipped_tokens, passes = loss_total + loss, clipped_tokens + clipped, passes + 1
-                grad_norm_total += grad_norm if math.isfinite(grad_norm) else 0.0
+        for _epoch, _number, rows in minibatch_rows(len(batch.responses), per_rank_mini, cfg.algorithm.ppo_epochs):
+            loss, clipped = self._minibatch_backward(batch, rows)
+            grad_norm = clip_grad_norm(self.model, cfg.critic.grad_clip)
+            if math.isfinite(loss) and math.isfinite(grad_norm):  # else skip, as the policy does
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_total, clipped_tokens, passes = loss_total + loss, clipped_tokens + clipped, passes + 1
+            grad_norm_total += grad_norm if math.isfinite(grad_norm) else 0.0
         tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs
         clip_frac = dist.sum_scalar(clipped_tokens, info) / max(tokens, 1.0)
         return {**self.metrics, "train/value_loss": loss_total / passes, "train/critic_grad_norm":
@@ -166,16 +157,14 @@ class CriticGAE:
     def _minibatch_backward(self, batch, rows: list[int]) -> tuple[float, float]:
         """Accumulate one mini-batch's value-loss gradient; returns (loss over all ranks, clipped tokens here)."""
         info, normalizer = self.info, dist.all_reduce_sum(batch.mask[rows].sum().double(), self.info).item()
-        lengths = [len(batch.prompts[i]) + len(batch.responses[i]) for i in rows]
+        device = self.microbatches.device
         loss_sum, clipped = 0.0, 0.0
-        for group in dist.plan_microbatches(lengths, self.cfg.train.max_tokens_per_microbatch, self.packed, self.info):
-            idx = [rows[g] for g in group]
-            micro = build_microbatch(batch.prompts, batch.responses, idx, self.packed, batch.pad_id).to(self.device)
+        for idx, micro in self.microbatches(batch.prompts, batch.responses, rows):
             width = max(micro.response_lengths)
             values = unflatten(self.model(micro), micro.response_lengths, width)         # (b, T)
-            mask = batch.mask[idx, :width].to(self.device)
-            loss, metrics = algo.value_loss(values, self.values[idx, :width].to(self.device),
-                                            self.returns[idx, :width].to(self.device), mask,
+            mask = batch.mask[idx, :width].to(device)
+            loss, metrics = algo.value_loss(values, self.values[idx, :width].to(device),
+                                            self.returns[idx, :width].to(device), mask,
                                             self.cfg.critic.value_clip, token_normalizer=normalizer)
             (loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
             loss_sum += loss.item()
@@ -203,12 +192,12 @@ class CriticGAE:
         return write
 
 
-def build_advantage_estimator(cfg: Config, resume_from: Path | None, packed: bool, device: torch.device,
-                              info: dist.DistInfo, compute_dtype: torch.dtype, autocast: torch.dtype | None):
+def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatches: MicroBatcher,
+                              compute_dtype: torch.dtype, autocast: torch.dtype | None):
     """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`)."""
     if cfg.algorithm.advantage == "grpo":
         return GroupBaseline(cfg)
-    m, c = cfg.model, cfg.critic
+    m, c, device, info = cfg.model, cfg.critic, microbatches.device, microbatches.info
     model = ValueModel(load_causal_lm(c.path or m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                       trust_remote_code=m.trust_remote_code, device=device,
                                       gradient_checkpointing=m.gradient_checkpointing), autocast)
@@ -228,4 +217,4 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, packed: boo
         if (saved / "optimizer.pt").is_file():
             dist.load_optimizer_state(model, optimizer, load_state_file(saved / "optimizer.pt"), info)
         kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"]
-    return CriticGAE(cfg, model, optimizer, kl_coef, packed, device, info)
+    return CriticGAE(cfg, model, optimizer, kl_coef, microbatches)

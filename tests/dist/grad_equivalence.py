@@ -15,8 +15,8 @@ import torch.distributed as torch_dist
 
 from justrl_min import dist, tiny
 from justrl_min.config import load_recipe
-from justrl_min.model import TokenScorer, unflatten
-from justrl_min.trainer import Batch, minibatch_backward
+from justrl_min.model import MicroBatcher, TokenScorer, unflatten
+from justrl_min.trainer import Batch, PolicyUpdate
 
 
 def global_batch(n_prompts: int, group: int) -> Batch:
@@ -36,13 +36,20 @@ def global_batch(n_prompts: int, group: int) -> Batch:
     mask = unflatten(torch.ones(sum(lengths)), lengths, width)
     old_logp = unflatten(-torch.rand(sum(lengths), generator=g, dtype=torch.float64) * 4, lengths, width)
     advantages = torch.randn(len(responses), generator=g, dtype=torch.float64)
-    return Batch(prompts, responses, mask, advantages, old_logp, None, None, None, pad_id=0)
+    return Batch(prompts, responses, mask, old_logp, torch.zeros_like(mask), advantages=advantages)
 
 
 def shard_rows(batch: Batch, rows: list[int]) -> Batch:
     width = max(len(batch.responses[i]) for i in rows)
     return Batch([batch.prompts[i] for i in rows], [batch.responses[i] for i in rows], batch.mask[rows, :width],
-                 batch.advantages[rows], batch.old_logp[rows, :width], None, None, None, batch.pad_id)
+                 batch.old_logp[rows, :width], batch.entropy[rows, :width], advantages=batch.advantages[rows])
+
+
+def backward(cfg, batch: Batch, scorer, packed: bool, info: dist.DistInfo):
+    """The recipe's policy-loss gradient over the whole `batch`, accumulated into `scorer`."""
+    microbatches = MicroBatcher(cfg.train.max_tokens_per_microbatch, packed, torch.device("cpu"), 0, info)
+    update = PolicyUpdate.from_config(cfg, scorer, None, None, microbatches)
+    return update.minibatch_backward(batch, list(range(len(batch.responses))), batch.old_logp, batch.entropy)
 
 
 def float64_rms_norm(self, hidden_states):
@@ -61,22 +68,22 @@ def main(out_path: str, layout: str) -> None:
                              "model.logprob_chunk_tokens=7", "rollout.n=4", "train.mini_batch_prompts=4",
                              "train.prompts_per_step=4"])
     model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    reference = TokenScorer(model, share_prompts=share)
+    reference = TokenScorer(model, share_prompts=share, temperature=0.9, chunk_tokens=7)
     reference_copy = {k: v.clone() for k, v in reference.state_dict().items()}
     batch = global_batch(n_prompts=4, group=4)
 
     # One process, whole batch.
-    whole = minibatch_backward(cfg, batch, list(range(16)), reference, packed, torch.device("cpu"), dist.DistInfo())
+    whole = backward(cfg, batch, reference, packed, dist.DistInfo())
     whole_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
 
     # Two ranks, FSDP2, each with its own whole prompt groups.
     sharded_model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    scorer = TokenScorer(sharded_model, share_prompts=share)
+    scorer = TokenScorer(sharded_model, share_prompts=share, temperature=0.9, chunk_tokens=7)
     scorer.load_state_dict(reference_copy)
     scorer = dist.shard(scorer, info, torch.float64)
     rows = list(range(info.rank * 8, (info.rank + 1) * 8))
     local = shard_rows(batch, rows)
-    split = minibatch_backward(cfg, local, list(range(8)), scorer, packed, torch.device("cpu"), info)
+    split = backward(cfg, local, scorer, packed, info)
     split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters()}
 
     if info.rank == 0:
