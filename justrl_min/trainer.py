@@ -39,6 +39,7 @@ from justrl_min.checkpoint import (
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
 from justrl_min.critic import build_advantage_estimator
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
+from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
 from justrl_min.model import (
     DTYPES,
@@ -109,7 +110,7 @@ def train(cfg: Config) -> Path:
     info = dist.init(device.type, cfg.run.dist_timeout_s)
     try:
         with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s):
-            return _train(cfg, device, info)
+            return _train(fast_compute_dtype(cfg, device, info), device, info)
     finally:
         dist.shutdown(info)
 
@@ -123,6 +124,21 @@ def resolve_device(cfg: Config) -> torch.device:
                           "machine run `python train.py recipes/tiny_cpu.yaml` (add rollout.engine=vllm "
                           "to sample with vLLM's CPU build), or set run.device=cpu.")
     return device
+
+
+def fast_compute_dtype(cfg: Config, device: torch.device, info: dist.DistInfo) -> Config:
+    """The config with float32 compute where this CPU runs the recipe's compute dtype slowly (measured on
+    rank 0, the same for every rank, said once); the trainer and the engine both read it from here."""
+    requested = cfg.model.compute_dtype or cfg.model.dtype
+    if device.type != "cpu" or not cfg.model.cpu_float32_fallback:
+        return cfg
+    chosen, why = dist.broadcast_object(fast_cpu_dtype(requested) if info.is_main else None, info)
+    if why is None:
+        return cfg
+    if info.is_main:
+        print(f"model.compute_dtype: {why}", flush=True)
+    master = "float32" if cfg.model.dtype == requested else cfg.model.dtype
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=master, compute_dtype=chosen))
 
 
 def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:

@@ -24,3 +24,24 @@ def test_a_dtype_within_the_limit_is_kept(monkeypatch):
 
 def test_the_measurement_times_real_matmuls():
     assert dtypes.cpu_matmul_gflops("float32", size=64, budget_s=0.01) > 0.1
+
+
+def test_the_trainer_computes_in_float32_where_the_recipe_dtype_is_slow_and_says_so(monkeypatch, capsys):
+    import torch
+
+    from justrl_min import trainer
+    from justrl_min.config import load_recipe
+    from justrl_min.dist import DistInfo
+
+    cfg = load_recipe("recipes/deepseek_1p5b.yaml")            # dtype float32, compute_dtype bfloat16
+    one_process = DistInfo()
+    monkeypatch.setattr(trainer, "fast_cpu_dtype", lambda name: ("float32", f"{name} is slow here"))
+    slow = trainer.fast_compute_dtype(cfg, torch.device("cpu"), one_process)
+    assert (slow.model.dtype, slow.model.compute_dtype) == ("float32", "float32")
+    assert "bfloat16 is slow here" in capsys.readouterr().out
+    # GPUs, an override, and a CPU that computes bf16 fast keep the recipe's dtype.
+    assert trainer.fast_compute_dtype(cfg, torch.device("cuda"), one_process) is cfg
+    kept = load_recipe("recipes/deepseek_1p5b.yaml", ["model.cpu_float32_fallback=false"])
+    assert trainer.fast_compute_dtype(kept, torch.device("cpu"), one_process) is kept
+    monkeypatch.setattr(trainer, "fast_cpu_dtype", lambda name: (name, None))
+    assert trainer.fast_compute_dtype(cfg, torch.device("cpu"), one_process) is cfg
