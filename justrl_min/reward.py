@@ -87,7 +87,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-MODES = ("symbolic", "exact")
+MODES = ("symbolic", "exact", "deepscaler")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_ANSWER_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 MAX_BRACKET_DEPTH = 8  # bare ( [ { nesting; parse time is ~0.5 s at 8 and ~40 s at 16
@@ -545,10 +545,20 @@ def _judge(response: str, ground_truth: str, mode: str) -> float:
     return _judge_answer(answer, _unbox_gold(ground_truth), mode)
 
 
+def _deepscaler_match(answer: str, gold: str) -> bool:
+    from justrl_min import deepscaler  # it imports this module back
+
+    return deepscaler.grade_answer(answer, gold)
+
+
+ANSWER_MATCHERS = {"symbolic": _symbolic_match, "exact": _exact_match, "deepscaler": _deepscaler_match}
+"""One rule per `reward.mode`; the pool's workers call it under the per-item deadline."""
+assert tuple(ANSWER_MATCHERS) == MODES
+
+
 def _judge_answer(answer: str, gold: str, mode: str) -> float:
     """The verdict on an extracted answer against an unboxed gold: the part that may raise or run long."""
-    correct = _exact_match(answer, gold) if mode == "exact" else _symbolic_match(answer, gold)
-    return 1.0 if correct else 0.0
+    return 1.0 if ANSWER_MATCHERS[mode](answer, gold) else 0.0
 
 
 # Common answer shapes. ANTLR builds its parse-prediction cache lazily, per process: a fresh

@@ -117,3 +117,15 @@ def test_verifier_table_page_is_up_to_date():
 def test_verifier_table_shows_disagreements_both_ways():
     assert any(c.deepscaler and not c.math_verify for c in CASES)
     assert any(c.math_verify and not c.deepscaler for c in CASES)
+
+
+def test_reward_mode_deepscaler_scores_through_compute_score_and_the_pool():
+    from justrl_min.reward import compute_score, score_batch
+
+    # DeepScaleR: an unreduced fraction must match as written; math-verify accepts it.
+    assert compute_score("so \\boxed{\\frac{2}{4}}", "\\frac{1}{2}", mode="deepscaler") == 0.0
+    assert compute_score("so \\boxed{\\frac{2}{4}}", "\\frac{1}{2}", mode="symbolic") == 1.0
+    assert compute_score("\\boxed{0.5}", "\\boxed{1/2}", mode="deepscaler") == 1.0
+    # under the deadline pool, in worker processes: 2.99999999 is within its integer tolerance of 3
+    assert score_batch(["\\boxed{3}", "\\boxed{2.99999999}", "no box"], ["3", "3", "3"], mode="deepscaler",
+                       workers=1, timeout_s=5.0) == [1.0, 1.0, 0.0]
