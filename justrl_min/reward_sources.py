@@ -12,7 +12,11 @@ correct / incorrect reward (`verifier`) is the JustRL recipe's only reward. A re
   saw it (chat template included) followed by the response, in batches.
 
 Their rewards are summed, plus the verifier's unless `reward.with_verifier` is false. With neither
-configured nothing is loaded and the verifier's rewards are the total.
+configured nothing is loaded and the verifier's rewards are the total. Length shaping adds penalty
+terms for right and wrong answers alike (off by default): DAPO's overlong penalty as verl computes it
+(`reward.overlong_buffer`, `reward.overlong_penalty`; justrl_min.shaping) and a linear penalty past a
+target length (`reward.length_target`, `reward.length_coef`); the share of responses each one
+penalised is logged as `train/<name>_frac`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import NamedTuple
 
 import torch
 
+from justrl_min import shaping
 from justrl_min.config import Config, ConfigError
 
 
@@ -57,6 +62,31 @@ class VerifierReward:
         return torch.where(samples.verified > 0, self.correct, self.incorrect)
 
 
+class OverlongPenalty:
+    name = "overlong"
+
+    def __init__(self, max_length: int, buffer: int, factor: float):
+        self.max_length, self.buffer, self.factor = max_length, buffer, factor
+
+    def __call__(self, samples: Samples) -> torch.Tensor:
+        lengths = torch.tensor([len(r) for r in samples.response_ids])   # EOS included, as verl counts it
+        return shaping.overlong_penalty(lengths, self.max_length, self.buffer, self.factor).double()
+
+
+class LengthPenalty:
+    name = "length"
+
+    def __init__(self, target: int, coef: float):
+        self.target, self.coef = target, coef
+
+    def __call__(self, samples: Samples) -> torch.Tensor:
+        lengths = torch.tensor([len(r) for r in samples.response_ids])
+        return shaping.linear_length_penalty(lengths, self.target, self.coef).double()
+
+
+PENALTY_SOURCES = (OverlongPenalty.name, LengthPenalty.name)
+
+
 class StepReward:
     """The sum of the recipe's reward sources, with each source's values kept for the log."""
 
@@ -78,6 +108,10 @@ def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepRewar
         sources.append(FunctionReward(r.function))
     if r.model:
         sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
+    if r.overlong_buffer:
+        sources.append(OverlongPenalty(cfg.rollout.max_response_length, r.overlong_buffer, r.overlong_penalty))
+    if r.length_coef:
+        sources.append(LengthPenalty(r.length_target, r.length_coef))
     return StepReward(sources)
 
 

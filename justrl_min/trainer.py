@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from justrl_min import algo, dist
+from justrl_min import algo, dist, shaping
 from justrl_min.checkpoint import (
     Checkpointer,
     TrainingState,
@@ -54,7 +54,7 @@ from justrl_min.model import (
     unflatten,
 )
 from justrl_min.reward import VerifierPool
-from justrl_min.reward_sources import Samples, build_step_reward
+from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
 from justrl_min.tracking import Tracker, read_metrics
 
@@ -246,7 +246,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             t0 = time.monotonic()
             trains = estimator.policy_trains(step)
             batch = prepare_batch(rollouts, microbatches, scorer, reference,
-                                  update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap)
+                                  update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
+                                  cfg.train.mask_truncated)
             batch = dataclasses.replace(batch, advantages=estimator.advantages(rewards, batch))
 
             # ---- update
@@ -312,11 +313,15 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
 @torch.no_grad()
 def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, reference=None, fresh_rows: int = 0,
-                  tis_cap: float = 0.0) -> Batch:
-    """Old log-probs and entropy of rows [fresh_rows, R), reference log-probs of all, in no-grad passes."""
+                  tis_cap: float = 0.0, mask_truncated: bool = False) -> Batch:
+    """Old log-probs and entropy of rows [fresh_rows, R), reference log-probs of all, in no-grad passes.
+    `mask_truncated` takes the responses that hit the length limit out of the loss (overlong filtering);
+    they still count in their group's baseline."""
     prompts, responses = rollouts.prompt_ids, rollouts.response_ids
     lengths = [len(r) for r in responses]
     mask = unflatten(torch.ones(sum(lengths)), lengths, max(lengths, default=1))
+    if mask_truncated:
+        mask = shaping.without_truncated(mask, torch.tensor(rollouts.truncated))
     old_logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask)
     microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy)
     ref_logp = None
@@ -444,7 +449,8 @@ class PolicyUpdate:
         detached, as their old ones, written (with the entropy) into `old_logp` and `entropy` (R, T).
         """
         info, device = self.microbatches.info, self.microbatches.device
-        normalizer = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
+        # max(.., 1): with overlong filtering a mini-batch may hold no trained token at all (loss 0).
+        normalizer = max(dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item(), 1.0)
         # Per micro-batch statistics stay on the device and are read back in one copy at the end:
         # a .item() per micro-batch would stall a GPU once per micro-batch.
         stats: list[torch.Tensor] = []                       # each (2 + diagnostics,) float64
@@ -500,7 +506,9 @@ def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: di
                         solve_none=(group_correct == 0).sum(), solve_all=(group_correct == 1).sum(),
                         groups=len(group_correct), entropy=algo.masked_sum(batch.entropy, batch.mask),
                         tokens=batch.mask.sum(), computed=sum(len(p) for p in rollouts.prompt_ids) + lengths.sum(),
-                        **{f"reward/{name}_mean": values.sum() for name, values in reward_by_source.items()})
+                        **{f"reward/{name}_mean": values.sum() for name, values in reward_by_source.items()},
+                        **{f"train/{name}_frac": (reward_by_source[name] < 0).sum()
+                           for name in PENALTY_SOURCES if name in reward_by_source})
     metrics = {
         "train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
         "train/response_length_mean": s["length"] / s["responses"],
@@ -508,7 +516,7 @@ def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: di
         "train/truncated_frac": s["truncated"] / s["responses"],
         "train/solve_none_frac": s["solve_none"] / s["groups"], "train/solve_all_frac": s["solve_all"] / s["groups"],
         "train/entropy": s["entropy"] / s["tokens"], "_tokens": s["computed"],
-        **{key: s[key] / s["responses"] for key in s if key.startswith("reward/")},
+        **{key: s[key] / s["responses"] for key in s if key.startswith("reward/") or key.endswith("_frac")},
     }
     if batch.rollout_logp is not None:
         diff = (batch.old_logp - batch.rollout_logp).abs()

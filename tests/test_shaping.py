@@ -1,5 +1,7 @@
 """Length shaping against values computed by hand (in the comments)."""
 
+import math
+
 import pytest
 import torch
 
@@ -57,3 +59,43 @@ def test_without_truncated_drops_every_token_of_a_truncated_response():
     truncated = torch.tensor([False, True, False])
     expected = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     assert torch.equal(without_truncated(mask, truncated), expected)
+
+
+def _samples(lengths: list[int], verified: list[float]):
+    from justrl_min.reward_sources import Samples
+
+    return Samples([""] * len(lengths), [""] * len(lengths), [None] * len(lengths), [[1]] * len(lengths),
+                   [[7] * n for n in lengths], [n >= 16 for n in lengths], torch.tensor(verified, dtype=torch.float64))
+
+
+def test_the_step_reward_adds_the_length_penalties_to_right_and_wrong_answers_alike():
+    from justrl_min.config import load_recipe
+    from justrl_min.reward_sources import build_step_reward
+
+    cfg = load_recipe("recipes/tiny_cpu.yaml", ["reward.incorrect=-1", "reward.overlong_buffer=8",
+                                                "reward.length_target=12", "reward.length_coef=0.1"])
+    step_reward = build_step_reward(cfg, tokenizer=None, device=torch.device("cpu"))
+    total, by_source = step_reward(_samples([4, 12, 16, 16], [1.0, 0.0, 1.0, 0.0]))
+    # max 16, buffer 8: the ramp runs 8 -> 16; 12 tokens is half-way (-0.5), 16 is the limit (-1).
+    assert by_source["overlong"].tolist() == [0.0, -0.5, -1.0, -1.0]
+    # linear: -0.1 per token past 12
+    assert by_source["length"].tolist() == pytest.approx([0.0, 0.0, -0.4, -0.4])
+    assert total.tolist() == pytest.approx([1.0, -1.5, -0.4, -2.4])
+
+
+def test_tiny_run_logs_the_overlong_penalty_and_trains_without_truncated_responses(warm_model, tmp_path):
+    from justrl_min import trainer
+    from justrl_min.config import load_recipe
+    from justrl_min.tracking import read_metrics
+    from tests.test_ppo_critic import ROOT, small
+
+    run_dir = tmp_path / "overlong"
+    trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", small(
+        warm_model, run_dir, "train.steps=2", "reward.overlong_buffer=8", "train.mask_truncated=true")))
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        # the tiny task's answers are ~10 of 16 tokens: inside the 8-token ramp, so every one pays a little
+        assert -1.0 <= row["reward/overlong_mean"] < 0.0 and 0.0 < row["train/overlong_frac"] <= 1.0
+        assert row["train/reward_mean"] == pytest.approx(row["reward/verifier_mean"] + row["reward/overlong_mean"])
+        assert math.isfinite(row["train/loss"])
