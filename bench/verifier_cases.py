@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", metavar="PATH", help="write the markdown table to PATH")
     parser.add_argument("--check", action="store_true", help="exit 1 where a grader's verdict changed")
     parser.add_argument("--reference", metavar="UTILS_PY", help="DeepScaleR's math_utils/utils.py to compare with")
+    parser.add_argument("--smoke", action="store_true", help="--check on the first 8 cases only (CI)")
     args = parser.parse_args(argv)
+    cases = CASES[:8] if args.smoke else CASES
     if args.reference:
         reference = _load_reference(args.reference)
         changed = [(n, c) for n, c in enumerate(CASES, 1)
@@ -229,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         for n, c in changed:
             print(f"#{n} {c.note}: DeepScaleR's code now says {not c.reference}", file=sys.stderr)
         return 1 if changed else 0
-    if args.check:
-        changed = [(n, c, v) for n, c in enumerate(CASES, 1) if (v := current_verdicts(c)) != (c.deepscaler,
+    if args.check or args.smoke:
+        changed = [(n, c, v) for n, c in enumerate(cases, 1) if (v := current_verdicts(c)) != (c.deepscaler,
                                                                                                 c.math_verify)]
         for n, c, (deepscaler, math_verify) in changed:
             print(f"#{n} {c.note}: now deepscaler={deepscaler} math_verify={math_verify}", file=sys.stderr)
+        print(f"{len(cases)} cases checked, {len(changed)} verdicts changed")
         return 1 if changed else 0
     text = markdown(CASES)
     if args.write:
