@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # e.g. make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-vllm demo demo-vllm test test-vllm lint clean
+.PHONY: install install-vllm demo demo-vllm test test-vllm rehearsal lint clean
 
 # requirements.txt is the package's dependencies plus its dev extra; the package itself goes in
 # editable, without dependencies (all installed already), for .venv/bin/justrl.
@@ -50,6 +50,11 @@ test: install
 test-vllm: install-vllm
 	$(BIN)/python -c "import vllm"
 	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py tests/test_vllm_standin.py
+
+# The DeepSeek recipe on the offline stand-in at full width: SIGKILL, resume, torchrun x2, prediction
+# beside measurement (docs/rehearsal.md). A bench, not a test: tens of minutes and ~16 GB here.
+rehearsal: install-vllm
+	$(BIN)/python bench/rehearsal.py
 
 lint: install
 	$(BIN)/ruff check .
