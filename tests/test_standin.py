@@ -18,7 +18,7 @@ import torch
 from justrl_min import evaluate, trainer
 from justrl_min.config import BOXED_SUFFIX, load_recipe
 from justrl_min.data import build_prompt_ids, load_problems, tokenize_problems
-from justrl_min.model import TokenScorer, load_causal_lm
+from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import HFEngine, Sampling
 from justrl_min.tracking import read_metrics
@@ -84,10 +84,12 @@ def test_hf_engine_keeps_eos_as_the_last_response_token_and_samples_gap_ids(rigg
 def test_the_loss_mask_covers_eos_although_pad_is_eos(rigged_rollouts, rigged_standin, standin_tokenizer):
     assert standin_tokenizer.pad_token_id == EOS
     cfg = load_recipe(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={rigged_standin}"])
-    scorer = TokenScorer(load_causal_lm(str(rigged_standin), dtype="float32", trainable=False))
+    scorer = TokenScorer(load_causal_lm(str(rigged_standin), dtype="float32", trainable=False),
+                         temperature=cfg.rollout.temperature, chunk_tokens=cfg.model.logprob_chunk_tokens)
     for packed in (False, True):
-        batch = trainer.prepare_batch(cfg, rigged_rollouts, scorer, None, packed, standin_tokenizer.pad_token_id,
-                                      torch.device("cpu"))
+        microbatches = MicroBatcher(cfg.train.max_tokens_per_microbatch, packed, torch.device("cpu"),
+                                    standin_tokenizer.pad_token_id)
+        batch = trainer.prepare_batch(rigged_rollouts, microbatches, scorer)
         lengths = [len(r) for r in rigged_rollouts.response_ids]
         assert batch.mask.sum(1).tolist() == lengths
         for row, ids in enumerate(rigged_rollouts.response_ids):

@@ -20,9 +20,9 @@ from vllm.platforms import current_platform  # noqa: E402
 from justrl_min import dist, trainer  # noqa: E402
 from justrl_min.config import BOXED_SUFFIX, load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
-from justrl_min.model import TokenScorer, load_causal_lm  # noqa: E402
+from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm  # noqa: E402
 from justrl_min.reward import VerifierPool  # noqa: E402
-from justrl_min.rollout import Sampling, VLLMEngine  # noqa: E402
+from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings  # noqa: E402
 from tests.standin_models import EOS, GAP, P_EOS, P_GAP, TOKENS  # noqa: E402
 
 if not (current_platform.is_cpu() or torch.cuda.is_available()):
@@ -34,8 +34,9 @@ SAMPLING = Sampling(temperature=1.0, top_p=1.0, max_tokens=16, seed=11)
 
 @pytest.fixture(scope="module")
 def engine(rigged_standin):
-    engine = VLLMEngine(str(rigged_standin), dtype="float32", max_model_len=1024 + 16, enforce_eager=True,
-                        enable_sleep_mode=False, cpu_kv_cache_gib=0.25, log=lambda _: None)
+    engine = VLLMEngine(str(rigged_standin), VLLMSettings(dtype="float32", max_model_len=1024 + 16,
+                                                          enforce_eager=True, enable_sleep_mode=False,
+                                                          cpu_kv_cache_gib=0.25), log=lambda _: None)
     yield engine
     engine.close()
 
@@ -73,10 +74,12 @@ def test_vllm_samples_gap_ids_keeps_eos_and_reloads_full_vocabulary_weights(engi
 
     # The trainer's weights (151,936-row embedding and head) in, then vLLM and the trainer agree.
     cfg = load_recipe(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={rigged_standin}", "rollout.engine=vllm"])
-    scorer = TokenScorer(load_causal_lm(str(rigged_standin), dtype="float32", trainable=False))
-    engine.load_weights(trainer._weights_for_engine(cfg, scorer, dist.DistInfo()))
+    scorer = TokenScorer(load_causal_lm(str(rigged_standin), dtype="float32", trainable=False),
+                         temperature=cfg.rollout.temperature, chunk_tokens=cfg.model.logprob_chunk_tokens)
+    engine.load_weights(trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
     again = engine.generate(prompts, 4, SAMPLING)
     assert again.response_ids == out.response_ids  # same weights, same seed
-    batch = trainer.prepare_batch(cfg, again, scorer, None, False, EOS, torch.device("cpu"))
+    batch = trainer.prepare_batch(again, MicroBatcher(cfg.train.max_tokens_per_microbatch, False, torch.device("cpu"),
+                                                      EOS), scorer)
     gap = (batch.old_logp - batch.rollout_logp).abs()
     assert torch.where(batch.mask.bool(), gap, torch.zeros_like(gap)).max().item() < 1e-4

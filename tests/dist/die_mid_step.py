@@ -16,17 +16,17 @@ from justrl_min import trainer  # noqa: E402
 
 def main(marker: str, argv: list[str]) -> int:
     die_at_step = int(os.environ["DIE_AT_STEP"])
-    real_update = trainer.update_policy
+    real_update = trainer.PolicyUpdate.__call__
     updates = {"n": 0}
 
-    def update_policy(*args, **kwargs):
+    def update_policy(self, *args, **kwargs):
         updates["n"] += 1  # one call per training step, from step 1 (the run starts fresh)
         if os.environ["RANK"] == "1" and updates["n"] == die_at_step:
             Path(marker).write_text("dying")
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_update(*args, **kwargs)
+        return real_update(self, *args, **kwargs)
 
-    trainer.update_policy = update_policy
+    trainer.PolicyUpdate.__call__ = update_policy
     return train.main(argv)
 
 
