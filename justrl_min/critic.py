@@ -30,6 +30,7 @@ from justrl_min import algo, dist
 from justrl_min.checkpoint import load_state_file
 from justrl_min.config import Config, ConfigError
 from justrl_min.model import MicroBatch, MicroBatcher, clip_grad_norm, load_causal_lm, minibatch_rows, unflatten
+from justrl_min.optim import build_adamw
 
 CRITIC_DIR = "critic"
 
@@ -211,7 +212,8 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatche
 
         model.load_state_dict(load_file(saved / "model.safetensors"))
     model = dist.shard(model, info, compute_dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=cfg.train.betas, weight_decay=c.weight_decay)
+    optimizer, _ = build_adamw(model.parameters(), lr=c.lr, betas=cfg.train.betas, weight_decay=c.weight_decay,
+                               implementation=cfg.train.adamw)
     kl_coef = cfg.algorithm.kl_coef
     if saved is not None:
         if (saved / "optimizer.pt").is_file():

@@ -53,6 +53,7 @@ from justrl_min.model import (
     minibatch_rows,
     unflatten,
 )
+from justrl_min.optim import build_adamw
 from justrl_min.reward import VerifierPool
 from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
@@ -178,7 +179,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = token_scorer(load(cfg.model.path, trainable=False))
-    optimizer = torch.optim.AdamW(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    optimizer, adamw = build_adamw(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                   implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     estimator = build_advantage_estimator(cfg, resume_from, microbatches, compute_dtype, autocast)
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
@@ -209,7 +211,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
-    tracker.message(f"micro-batch layout: {layout}; {prompt_layout}")
+    tracker.message(f"micro-batch layout: {layout}; {prompt_layout}; AdamW: {adamw}")
     consecutive_skips = 0
 
     with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
