@@ -1,5 +1,5 @@
-"""Two gloo processes under torchrun on CPU: the same loss and gradients as one process on the same
-global batch, a short 2-rank run that checkpoints and resumes, and a rank killed mid-step."""
+"""Two gloo processes under torchrun on CPU: the same loss, gradients and AdamW step as one process on
+the same global batch, a short 2-rank run that checkpoints and resumes, and a rank killed mid-step."""
 
 import json
 import os
@@ -32,6 +32,9 @@ def test_two_ranks_give_the_same_loss_and_gradients_as_one(tmp_path, layout):
     assert r["loss_split"] == pytest.approx(r["loss_whole"], abs=1e-12)
     # float64 throughout (reductions too): only summation order differs between the two layouts.
     assert r["max_grad_diff"] <= 1e-14
+    # The fused AdamW kernel steps FSDP2's shards as the default implementation steps the whole model.
+    assert r["adamw"] == "fused" and r["max_weight_moved"] > 1e-3
+    assert r["max_weight_diff"] <= 1e-12
 
 
 def test_two_rank_run_completes_and_resumes(warm_model, tmp_path):

@@ -16,6 +16,7 @@ import torch.distributed as torch_dist
 from justrl_min import dist, tiny
 from justrl_min.config import load_recipe
 from justrl_min.model import MicroBatcher, TokenScorer, unflatten
+from justrl_min.optim import build_adamw
 from justrl_min.trainer import Batch, PolicyUpdate
 
 
@@ -86,12 +87,25 @@ def main(out_path: str, layout: str) -> None:
     split = backward(cfg, local, scorer, packed, info)
     split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters()}
 
+    # One AdamW step on each: the default implementation on the whole model, the trainer's choice (the
+    # fused kernel) on FSDP2's sharded parameters.
+    adamw = dict(lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1)
+    build_adamw(reference.parameters(), **adamw, implementation="default")[0].step()
+    sharded_adamw, implementation = build_adamw(scorer.parameters(), **adamw)
+    sharded_adamw.step()
+    stepped = dist.full_model_state(scorer, info)
+
     if info.rank == 0:
         diffs = {n: (whole_grads[n] - split_grads[n]).abs().max().item() for n in whole_grads}
         scale = max(g.abs().max().item() for g in whole_grads.values())
         with open(out_path, "w") as f:
             json.dump({"loss_whole": whole.loss, "loss_split": split.loss, "max_grad_diff": max(diffs.values()),
-                       "grad_scale": scale, "params": len(diffs), "world_size": info.world_size}, f)
+                       "grad_scale": scale, "params": len(diffs), "world_size": info.world_size,
+                       "adamw": implementation,
+                       "max_weight_diff": max((stepped[n] - v).abs().max().item()
+                                              for n, v in reference.state_dict().items()),
+                       "max_weight_moved": max((reference_copy[n] - v).abs().max().item()
+                                               for n, v in reference.state_dict().items())}, f)
     torch_dist.barrier()
     dist.shutdown(info)
 
