@@ -66,7 +66,8 @@ def main(argv=None):
         run_dir = trainer.train(load_recipe(str(ROOT / "recipes/tiny_cpu.yaml"), overrides))
         last = read_metrics(run_dir)[-1]
     print("last step: " + "  ".join(f"{k.removeprefix('time/')} {last[k]:.3f}"
-                                    for k in ("time/step_s", "time/rollout_s", "time/reward_s", "time/update_s")))
+                                    for k in ("time/step_s", "time/rollout_s", "time/reward_s", "time/old_logp_s",
+                                              "time/update_s", "time/sync_s")))
     for key in ("tottime", "cumulative"):
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(args.top)

@@ -251,8 +251,10 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                                   update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
                                   cfg.train.mask_truncated)
             batch = dataclasses.replace(batch, advantages=estimator.advantages(rewards, batch))
+            old_logp_s = time.monotonic() - t0
 
             # ---- update
+            t0 = time.monotonic()
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
             update, batch = update_policy(batch) if trains else (UpdateStats(), batch)
             critic_metrics = estimator.update(batch)
@@ -265,8 +267,10 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                     f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient norm "
                     f"(last at step {step}; batch summaries in {run_dir / 'skipped'}). Lower train.lr or check "
                     f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")
-            engine.load_weights(weights_for_engine(scorer, info, compute_dtype))
             update_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            engine.load_weights(weights_for_engine(scorer, info, compute_dtype))
+            sync_s = time.monotonic() - t0
 
             # ---- log (and evaluate)
             metrics = step_metrics(rollouts, rewards, reward_by_source, correct, batch, cfg.rollout.n, info)
@@ -277,7 +281,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 "train/skipped_steps": training.skipped_total,
                 "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
                 "train/reward_errors": dist.sum_scalar(scored.errors, info),
-                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/update_s": update_s,
+                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/old_logp_s": old_logp_s,
+                "time/update_s": update_s, "time/sync_s": sync_s,
                 "time/step_s": time.monotonic() - step_started,
             })
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
@@ -295,7 +300,9 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             # ---- checkpoint, stop
             stopping = bool(dist.sum_scalar(int(stop.requested), info))
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
+                t0 = time.monotonic()
                 save_training_state(checkpointer, step, cfg, training, info, write_extra=estimator.state_writer())
+                tracker.message(f"checkpoint of step {step} saved in {time.monotonic() - t0:.1f} s")
             if stopping:
                 tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
                                 f"python train.py {run_dir / 'config.yaml'} run.resume=true")

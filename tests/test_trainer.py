@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_METRICS = [
     "train/reward_mean", "train/accuracy", "train/entropy", "train/response_length_mean",
     "train/response_length_max", "train/truncated_frac", "train/clip_frac", "train/grad_norm", "train/lr",
-    "train/solve_none_frac", "train/solve_all_frac", "time/rollout_s", "time/reward_s", "time/update_s",
-    "time/step_s", "throughput/tokens_per_s", "train/reward_timeouts", "train/reward_errors",
+    "train/solve_none_frac", "train/solve_all_frac", "time/rollout_s", "time/reward_s", "time/old_logp_s",
+    "time/update_s", "time/sync_s", "time/step_s", "throughput/tokens_per_s", "train/reward_timeouts",
+    "train/reward_errors",
     "train/skipped_steps", "train/loss", "train/rollout_logp_diff_mean", "train/rollout_logp_diff_max",
 ]
 
