@@ -7,3 +7,7 @@ subcommands. Importing the package imports nothing heavy.
 """
 
 __version__ = "0.1.0"
+
+from justrl_min.host_memory import ask_for_huge_pages
+
+ask_for_huge_pages()  # before torch's first large allocation, which reads the switch

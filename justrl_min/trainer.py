@@ -41,6 +41,7 @@ from justrl_min.critic import build_advantage_estimator
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
+from justrl_min.host_memory import huge_pages_status
 from justrl_min.model import (
     DTYPES,
     MicroBatcher,
@@ -109,6 +110,8 @@ class StopRequested:
 def train(cfg: Config) -> Path:
     device = resolve_device(cfg)
     info = dist.init(device.type, cfg.run.dist_timeout_s)
+    if device.type == "cpu" and info.is_main:
+        print(huge_pages_status(), flush=True)
     try:
         with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s):
             return _train(fast_compute_dtype(cfg, device, info), device, info)

@@ -1,0 +1,261 @@
+"""The update and the rollout at the real model's width: the stand-in of DeepSeek-R1-Distill-Qwen-1.5B
+(hidden 1536, vocabulary 151,936, a few layers, random weights) under `recipes/deepseek_1p5b.yaml`'s
+update settings, on synthetic prompts and responses of a fixed shape.
+
+For each shape (PROMPTSxNxRESPONSE_TOKENS, prompts of --prompt-tokens) and each variant (recipe
+overrides and `env:NAME=VALUE` settings of the process's environment, e.g. `--variant before
+train.adamw=default model.compute_dtype=float32`), it prints per
+phase: wall time, tokens per second, achieved model FLOP/s beside this machine's measured matmul
+peak, and the optimizer's time per step. Every variant runs on the same tensors, one after the
+other, each in a fresh process (the allocator setting is process-wide): compare them side by side,
+not across invocations.
+
+    python bench/real_width.py                          # 2 layers; 4x2x32 and 16x4x32 (8x the tokens)
+    python bench/real_width.py --profile 12             # plus the update's top torch ops by self time
+    python bench/real_width.py --rollout hf             # plus HF generation at each shape
+    python bench/real_width.py --smoke                  # narrow variant, tiny shape (CI)
+
+Model FLOPs count 2 per matmul parameter per token forward and 4 backward (backbone over prompt and
+response tokens, LM head over response tokens only, as the trainer scores them), not the gradient
+checkpointing recompute: the usual "model FLOPs utilisation" convention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from justrl_min import dist  # noqa: E402
+from justrl_min.config import load_recipe  # noqa: E402
+from justrl_min.estimate import ModelShape, measure_cpu  # noqa: E402
+from justrl_min.host_memory import huge_pages_status  # noqa: E402
+from justrl_min.model import (  # noqa: E402
+    DTYPES,
+    MicroBatcher,
+    TokenScorer,
+    choose_packing,
+    choose_prompt_sharing,
+    load_causal_lm,
+    load_tokenizer,
+)
+from justrl_min.optim import build_adamw  # noqa: E402
+from justrl_min.rollout import Rollouts, Sampling, build_engine  # noqa: E402
+from justrl_min.trainer import PolicyUpdate, fast_compute_dtype, prepare_batch  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
+DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0"], ["after"]]
+
+
+def build_standin(out: Path, layers: int, narrow: bool) -> Path:
+    folder = out / f"standin-{layers}l{'-narrow' if narrow else ''}"
+    if not (folder / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "justrl_min.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
+                        str(folder), "--layers", str(layers), "--seed", "0", *(["--narrow-test-variant"] * narrow)],
+                       check=True, cwd=ROOT)
+    return folder
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    prompts, n, tokens = (int(x) for x in text.lower().split("x"))
+    return prompts, n, tokens
+
+
+def synthetic_rollouts(prompts: int, n: int, prompt_tokens: int, response_tokens: int, vocab: int) -> Rollouts:
+    """Random token ids below the added tokens; responses all of full length (no EOS), prompts of
+    lengths spread over +-25% so micro-batch packing sees ragged rows."""
+    g = torch.Generator().manual_seed(0)
+    prompt_ids, response_ids = [], []
+    for p in range(prompts):
+        length = int(prompt_tokens * (0.75 + 0.5 * p / max(1, prompts - 1)))
+        prompt = torch.randint(0, vocab, (length,), generator=g).tolist()
+        for _ in range(n):
+            prompt_ids.append(prompt)
+            response_ids.append(torch.randint(0, vocab, (response_tokens,), generator=g).tolist())
+    return Rollouts(prompt_ids, response_ids, None, [True] * len(response_ids))
+
+
+class Timed:
+    """Wraps a callable attribute of an object and adds up its wall time."""
+
+    def __init__(self, owner, name: str):
+        self.seconds, self.calls, self.inner = 0.0, 0, getattr(owner, name)
+        setattr(owner, name, self)
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+def model_flops(shape: ModelShape, rollouts: Rollouts, rows: list[int], passes: int) -> float:
+    """`passes` = 1 for a forward, 3 for forward + backward."""
+    backbone = shape.layers * shape.layer_params
+    tokens = sum(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in rows)
+    scored = sum(len(rollouts.response_ids[i]) for i in rows)
+    return passes * 2 * (backbone * tokens + shape.vocab * shape.hidden * scored)
+
+
+def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, shape: ModelShape,
+                  profile_top: int) -> dict[str, float]:
+    cfg = load_recipe(RECIPE, [f"model.path={standin}", "run.device=cpu", *overrides])
+    info, device = dist.DistInfo(), torch.device("cpu")
+    cfg = fast_compute_dtype(cfg, device, info)
+    t = cfg.train
+    tokenizer = load_tokenizer(str(standin))
+    policy = load_causal_lm(str(standin), dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                            device=device, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
+    autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] else None
+    packed, _ = choose_packing(t.packing, cfg.model.attn_implementation, device)
+    share, _ = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
+    microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
+    scorer = TokenScorer(policy, autocast, share, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+    optimizer, adamw = build_adamw(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                   implementation=t.adamw)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    update = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches)
+    optimizer_step = Timed(optimizer, "step")
+    fresh = update.fresh_rows(len(rollouts))
+
+    start = time.perf_counter()
+    batch = prepare_batch(rollouts, microbatches, scorer, fresh_rows=fresh)
+    old_logp_s = time.perf_counter() - start
+    g = torch.Generator().manual_seed(1)
+    batch = dataclasses.replace(batch, advantages=torch.randn(len(rollouts), generator=g, dtype=torch.float64))
+    profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile_top
+                else None)
+    start = time.perf_counter()
+    if profiler:
+        with profiler:
+            stats, _ = update(batch)
+    else:
+        stats, _ = update(batch)
+    update_s = time.perf_counter() - start
+    rows = list(range(len(rollouts)))
+    update_flops = model_flops(shape, rollouts, rows, passes=3)
+    old_logp_flops = model_flops(shape, rollouts, rows[fresh:], passes=1)
+    tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
+    result = {"host_memory": huge_pages_status(), "adamw": adamw,
+              "compute": str(compute_dtype).removeprefix("torch."), "old_logp_s": old_logp_s,
+              "update_s": update_s, "optimizer_s": optimizer_step.seconds / max(1, optimizer_step.calls),
+              "optimizer_steps": optimizer_step.calls, "update_tokens_per_s": tokens / update_s,
+              "update_gflops": update_flops / update_s / 1e9,
+              "old_logp_gflops": old_logp_flops / old_logp_s / 1e9 if old_logp_s and fresh < len(rows) else 0.0,
+              "loss": stats.loss}
+    if profiler:
+        result["profile"] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_top)
+    del optimizer, scorer, policy, update
+    return result
+
+
+def bench_rollout(standin: Path, overrides: list[str], rollouts: Rollouts, engine_name: str) -> dict[str, float]:
+    cfg = load_recipe(RECIPE, [f"model.path={standin}", "run.device=cpu", f"rollout.engine={engine_name}",
+                               *overrides])
+    cfg = fast_compute_dtype(cfg, torch.device("cpu"), dist.DistInfo())
+    tokenizer = load_tokenizer(str(standin))
+    load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                             device=torch.device("cpu"))
+    policy = load(str(standin))
+    start = time.perf_counter()
+    engine = build_engine(cfg, policy, tokenizer, contextlib.nullcontext, False, log=lambda _: None)
+    start_s = time.perf_counter() - start
+    n = sum(1 for p in rollouts.prompt_ids if p is rollouts.prompt_ids[0])
+    prompts = rollouts.prompt_ids[::n]
+    tokens = len(rollouts.response_ids[0])
+    sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, tokens, seed=0)
+    start = time.perf_counter()
+    with engine.generating():
+        out = engine.generate(prompts, n, sampling)
+    generate_s = time.perf_counter() - start
+    engine.close()
+    generated = sum(len(r) for r in out.response_ids)
+    return {"engine_start_s": start_s, "generate_s": generate_s, "generated_tokens": generated,
+            "tokens_per_s": generated / generate_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--shapes", nargs="+", default=["4x2x32", "16x4x32"],
+                        help="PROMPTSxNxRESPONSE_TOKENS per shape")
+    parser.add_argument("--prompt-tokens", type=int, default=160)
+    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="a named set of recipe overrides; repeat for several (default: before = "
+                             "train.adamw=default, after = the recipe)")
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="print the update's top ops")
+    parser.add_argument("--rollout", choices=["none", "hf", "vllm"], default="none")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "justrl-real-width")
+    parser.add_argument("--smoke", action="store_true", help="the narrow variant, one tiny shape (CI)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one variant's measurement, as JSON
+    args = parser.parse_args(argv)
+    if args.child:
+        job = json.loads(args.child)
+        rollouts = synthetic_rollouts(*job["shape"], job["prompt_tokens"], job["response_tokens"], 151_643)
+        shape = ModelShape.from_config(json.loads((Path(job["standin"]) / "config.json").read_text()))
+        print("RESULT " + json.dumps(bench_variant(Path(job["standin"]), job["overrides"], rollouts, shape,
+                                                   job["profile"])))
+        return
+    variants = args.variant or DEFAULT_VARIANTS
+    if args.smoke:
+        args.layers, args.shapes, args.prompt_tokens = 1, ["2x2x4"], 8
+    args.out.mkdir(parents=True, exist_ok=True)
+    standin = build_standin(args.out, args.layers, narrow=args.smoke)
+    shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
+    fp32_peak, bandwidth = measure_cpu("float32")
+    bf16_peak, _ = measure_cpu("bfloat16")
+    print(f"stand-in: {shape.params / 1e6:.0f}M parameters, {args.layers} layer(s), hidden {shape.hidden}, "
+          f"vocabulary {shape.vocab:,}; {torch.get_num_threads()} threads; measured matmul peak "
+          f"{fp32_peak * 1e3:.0f} GFLOP/s fp32, {bf16_peak * 1e3:.0f} bf16; memory {bandwidth * 1e3:.1f} GB/s")
+    size_overrides = ["train.prompts_per_step={p}", "train.mini_batch_prompts={m}", "rollout.n={n}",
+                      "rollout.max_response_length={r}"]
+    for text in args.shapes:
+        prompts, n, response_tokens = parse_shape(text)
+        sizes = [o.format(p=prompts, m=max(1, prompts // 4), n=n, r=response_tokens) for o in size_overrides]
+        rollouts = synthetic_rollouts(prompts, n, args.prompt_tokens, response_tokens, 151_643)
+        tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
+        print(f"\nshape {text}: {len(rollouts)} responses, {tokens:,} tokens ({len(rollouts) * response_tokens:,} "
+              f"trained), {max(1, prompts // max(1, prompts // 4))} mini-batches")
+        print(f"{'variant':<10} {'adamw':<8} {'compute':<9} {'old-logp s':>10} {'update s':>9} {'optim s/step':>12} "
+              f"{'tok/s':>7} {'GFLOP/s':>8} {'% fp32 peak':>11} {'loss':>10}")
+        for name, *overrides in variants:
+            job = {"shape": [prompts, n], "prompt_tokens": args.prompt_tokens, "response_tokens": response_tokens,
+                   "standin": str(standin), "overrides": sizes + overrides, "profile": args.profile}
+            environment = dict(os.environ, **dict(o.removeprefix("env:").split("=", 1) for o in overrides
+                                                  if o.startswith("env:")))
+            job["overrides"] = [o for o in job["overrides"] if not o.startswith("env:")]
+            child = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True,
+                                   text=True, cwd=ROOT, env=environment)
+            lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+            if child.returncode or not lines:
+                raise SystemExit(f"variant {name} failed:\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
+            r = json.loads(lines[-1].removeprefix("RESULT "))
+            print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
+                  f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
+                  f"{r['update_gflops'] / (fp32_peak * 1e3):>11.0%} {r['loss']:>10.6f}", flush=True)
+            if "profile" in r:
+                print(r["profile"])
+        if args.rollout != "none":
+            g = bench_rollout(standin, sizes, rollouts, args.rollout)
+            print(f"rollout ({args.rollout}): engine start {g['engine_start_s']:.1f} s, {g['generated_tokens']} "
+                  f"tokens in {g['generate_s']:.2f} s = {g['tokens_per_s']:.1f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()
