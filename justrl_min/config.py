@@ -104,6 +104,12 @@ class RolloutConfig:
     enforce_eager: bool = False
     hf_batch_size: int = 64
     """Sequences per `generate` call in the HF engine."""
+    hf_copy: str = "auto"
+    """auto | never. auto: when model.compute_dtype differs from model.dtype, the HF engine samples from
+    its own copy of the policy in the compute dtype, refreshed after every update as vLLM's is (one
+    more copy of the weights in memory; 2-3x faster generation at the stand-in's width on CPU,
+    bench/real_width.py --rollout hf, and the sampler's arithmetic is then the trainer's). never:
+    it samples from the trainer's own module."""
 
 
 @dataclass
@@ -354,6 +360,7 @@ class Config:
         _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
         _require(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown engine {r.engine!r} (hf | vllm)")
         _require(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", "must be > 0")
+        _require(r.hf_copy in ("auto", "never"), "rollout.hf_copy", f"must be auto | never, not {r.hf_copy!r}")
         _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
         _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
         from justrl_min.algo import POLICY_LOSSES

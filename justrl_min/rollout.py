@@ -22,6 +22,7 @@ from typing import ContextManager, Protocol
 import torch
 
 from justrl_min.config import Config
+from justrl_min.model import load_causal_lm
 
 
 @dataclass
@@ -63,6 +64,13 @@ def build_engine(cfg: Config, policy: torch.nn.Module, tokenizer, gathered: Call
     HF generation (FSDP shards otherwise); vLLM keeps its own copy and loads from the folder the
     policy came from (a checkpoint when resuming)."""
     if cfg.rollout.engine == "hf":
+        compute = cfg.model.compute_dtype or cfg.model.dtype
+        if cfg.rollout.hf_copy == "auto" and compute != cfg.model.dtype:
+            copy = load_causal_lm(policy.name_or_path, dtype=compute, attn_implementation=cfg.model.attn_implementation,
+                                  trust_remote_code=cfg.model.trust_remote_code, device=policy.device,
+                                  trainable=False)
+            log(f"HF engine: samples from its own {compute} copy of the policy (rollout.hf_copy)")
+            return HFCopyEngine(copy, tokenizer, batch_size=cfg.rollout.hf_batch_size)
         return HFEngine(policy, tokenizer, batch_size=cfg.rollout.hf_batch_size, gathered=gathered)
     return VLLMEngine(policy.name_or_path, VLLMSettings.from_config(cfg, distributed), log=log)
 
@@ -170,6 +178,27 @@ class HFEngine:
 
     def close(self) -> None:
         pass
+
+
+class HFCopyEngine(HFEngine):
+    """HF generation from the engine's own copy of the policy (in the compute dtype), which takes the
+    trainer's full weights after each update as vLLM does. With fp32 master weights and bf16 compute,
+    decoding from the trainer's module reads twice the bytes per token, in fp32 matmuls; the copy reads
+    bf16 (measured 2.2-2.7x faster at the stand-in's width on this project's CPU)."""
+
+    shares_trainer_weights = False
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
+        super().__init__(model, tokenizer, batch_size=batch_size)
+        self._tensors = model.state_dict()  # the parameters themselves, to copy into in place
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for name, tensor in named_tensors:
+            if name not in self._tensors:
+                raise KeyError(f"HF engine copy: the trainer sent {name!r}, which the copy of "
+                               f"{self.model.name_or_path} does not have")
+            self._tensors[name].copy_(tensor)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

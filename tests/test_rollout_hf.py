@@ -98,3 +98,39 @@ def test_each_prompt_prefix_is_computed_once_per_chunk(model_and_tokenizer):
         hook.remove()
     # prefix of both prompts, then the last prompt token of all 8 rows, then 2 more decode steps
     assert shapes == [(2, width - 1), (8, 1), (8, 1), (8, 1)]
+
+
+def test_the_copy_engine_samples_from_the_trainers_weights_in_its_own_dtype(warm_model):
+    """rollout.hf_copy: after load_weights the copy holds the trainer's weights cast to its dtype, and
+    samples exactly what an engine on the trainer's module cast to that dtype samples."""
+    from justrl_min import dist
+    from justrl_min.config import load_recipe
+    from justrl_min.model import TokenScorer
+    from justrl_min.rollout import HFCopyEngine, build_engine
+    from justrl_min.trainer import weights_for_engine
+
+    tokenizer = load_tokenizer(str(warm_model))
+    policy = load_causal_lm(str(warm_model), dtype="float32")
+    said = []
+    cfg = load_recipe(None, [f"model.path={warm_model}", "model.compute_dtype=float64"])
+    engine = build_engine(cfg, policy, tokenizer, lambda: None, log=said.append)
+    assert isinstance(engine, HFCopyEngine) and not engine.shares_trainer_weights
+    assert said == ["HF engine: samples from its own float64 copy of the policy (rollout.hf_copy)"]
+    with torch.no_grad():  # the trainer's update, standing in
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    engine.load_weights(weights_for_engine(TokenScorer(policy), dist.DistInfo(), torch.float64))
+    for name, tensor in policy.state_dict().items():
+        assert torch.equal(engine.model.state_dict()[name], tensor.double()), name
+
+    prompts = [tiny.prompt_token_ids(tokenizer, q) for q in QUESTIONS]
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=10, seed=3)
+    cast = load_causal_lm(str(warm_model), dtype="float64", trainable=False)
+    cast.load_state_dict({k: v.double() for k, v in policy.state_dict().items()})
+    expected = HFEngine(cast, tokenizer, batch_size=8).generate(prompts, 2, sampling)
+    assert engine.generate(prompts, 2, sampling) == expected
+
+    never = load_recipe(None, [f"model.path={warm_model}", "model.compute_dtype=float64", "rollout.hf_copy=never"])
+    assert build_engine(never, policy, tokenizer, lambda: None).model is policy
+    with pytest.raises(KeyError, match="'lm_head.bias'"):
+        engine.load_weights([("lm_head.bias", torch.zeros(3))])
