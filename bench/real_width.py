@@ -12,7 +12,7 @@ not across invocations.
 
     python bench/real_width.py                          # 2 layers; 4x2x32 and 16x4x32 (8x the tokens)
     python bench/real_width.py --profile 12             # plus the update's top torch ops by self time
-    python bench/real_width.py --rollout hf             # plus HF generation at each shape
+    python bench/real_width.py --rollout hf             # plus HF generation, per variant and shape
     python bench/real_width.py --smoke                  # narrow variant, tiny shape (CI)
 
 Model FLOPs count 2 per matmul parameter per token forward and 4 backward (backbone over prompt and
@@ -57,7 +57,7 @@ from justrl_min.rollout import Rollouts, Sampling, build_engine  # noqa: E402
 from justrl_min.trainer import PolicyUpdate, fast_compute_dtype, prepare_batch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
-DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0"], ["after"]]
+DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0", "rollout.hf_copy=never"], ["after"]]
 
 
 def build_standin(out: Path, layers: int, narrow: bool) -> Path:
@@ -161,7 +161,6 @@ def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, shape
               "loss": stats.loss}
     if profiler:
         result["profile"] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_top)
-    del optimizer, scorer, policy, update
     return result
 
 
@@ -186,8 +185,8 @@ def bench_rollout(standin: Path, overrides: list[str], rollouts: Rollouts, engin
     generate_s = time.perf_counter() - start
     engine.close()
     generated = sum(len(r) for r in out.response_ids)
-    return {"engine_start_s": start_s, "generate_s": generate_s, "generated_tokens": generated,
-            "tokens_per_s": generated / generate_s}
+    return {"engine": type(engine).__name__, "engine_start_s": start_s, "generate_s": generate_s,
+            "generated_tokens": generated, "tokens_per_s": generated / generate_s}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=160)
     parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                         help="a named set of recipe overrides; repeat for several (default: before = "
-                             "train.adamw=default, after = the recipe)")
+                             "train.adamw=default env:THP_MEM_ALLOC_ENABLE=0 rollout.hf_copy=never, after = "
+                             "the recipe)")
     parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="print the update's top ops")
     parser.add_argument("--rollout", choices=["none", "hf", "vllm"], default="none")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "justrl-real-width")
@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         job = json.loads(args.child)
         rollouts = synthetic_rollouts(*job["shape"], job["prompt_tokens"], job["response_tokens"], 151_643)
         shape = ModelShape.from_config(json.loads((Path(job["standin"]) / "config.json").read_text()))
-        print("RESULT " + json.dumps(bench_variant(Path(job["standin"]), job["overrides"], rollouts, shape,
-                                                   job["profile"])))
+        result = bench_variant(Path(job["standin"]), job["overrides"], rollouts, shape, job["profile"])
+        if job["rollout"] != "none":
+            result.update(bench_rollout(Path(job["standin"]), job["overrides"], rollouts, job["rollout"]))
+        print("RESULT " + json.dumps(result))
         return
     variants = args.variant or DEFAULT_VARIANTS
     if args.smoke:
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{'tok/s':>7} {'GFLOP/s':>8} {'% fp32 peak':>11} {'loss':>10}")
         for name, *overrides in variants:
             job = {"shape": [prompts, n], "prompt_tokens": args.prompt_tokens, "response_tokens": response_tokens,
-                   "standin": str(standin), "overrides": sizes + overrides, "profile": args.profile}
+                   "standin": str(standin), "overrides": sizes + overrides, "profile": args.profile,
+                   "rollout": args.rollout}
             environment = dict(os.environ, **dict(o.removeprefix("env:").split("=", 1) for o in overrides
                                                   if o.startswith("env:")))
             job["overrides"] = [o for o in job["overrides"] if not o.startswith("env:")]
@@ -249,12 +252,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
                   f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
                   f"{r['update_gflops'] / (fp32_peak * 1e3):>11.0%} {r['loss']:>10.6f}", flush=True)
+            if "generate_s" in r:
+                print(f"{'':<10} rollout ({args.rollout}, {r['engine']}): engine start {r['engine_start_s']:.1f} s, "
+                      f"{r['generated_tokens']} tokens in {r['generate_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
             if "profile" in r:
                 print(r["profile"])
-        if args.rollout != "none":
-            g = bench_rollout(standin, sizes, rollouts, args.rollout)
-            print(f"rollout ({args.rollout}): engine start {g['engine_start_s']:.1f} s, {g['generated_tokens']} "
-                  f"tokens in {g['generate_s']:.2f} s = {g['tokens_per_s']:.1f} tokens/s")
 
 
 if __name__ == "__main__":
