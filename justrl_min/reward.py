@@ -543,7 +543,8 @@ def _verl_extraction() -> tuple[list[Any], list[Any]]:
     """(gold, response) extraction targets of verl's math-verify reward: LaTeX for the boxed gold;
     a plain expression or LaTeX anywhere in the response."""
     math_verify = _math_verify()
-    return [math_verify.LatexExtractionConfig()], [math_verify.ExprExtractionConfig(), math_verify.LatexExtractionConfig()]
+    gold_targets = [math_verify.LatexExtractionConfig()]
+    return gold_targets, [math_verify.ExprExtractionConfig(), math_verify.LatexExtractionConfig()]
 
 
 def _unboxed_match(response: str, gold: str) -> bool:
@@ -690,7 +691,8 @@ def compute_score(
     *,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> float:
-    """1.0 if the last boxed answer in ``response`` is equivalent to ``ground_truth``, else 0.0.
+    """1.0 if the answer in ``response`` (its last box; for ``unboxed``, wherever math-verify finds
+    it) is equivalent to ``ground_truth``, else 0.0.
 
     ``mode`` is one of ``MODES`` (see the module docstring); an unknown mode
     is a programming error and raises ValueError. Otherwise never raises: a verifier error or a

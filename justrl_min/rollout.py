@@ -130,7 +130,8 @@ class HFEngine:
             shared["past_key_values"] = self._prefill_prompts(input_ids, attention_mask, row_index)
         out = self.model.generate(
             input_ids=input_ids[row_index], attention_mask=attention_mask[row_index], **shared,
-            **_hf_decoding(sampling), max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            **_hf_decoding(sampling), max_new_tokens=sampling.max_tokens,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
             output_scores=True, return_dict_in_generate=True,
         )
         generated = out.sequences[:, width:].cpu()                            # (B, L)

@@ -226,7 +226,7 @@ def test_random_model_on_every_benchmark_file(random_model, tokenizer, pool, tmp
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 9 * 2 * 2  # benchmarks x problems x n
     assert set(samples[0]) == {"benchmark", "problem_id", "sample", "response", "answer", "gold", "score",
-                               "tokens", "truncated"}
+                               "grader_score", "tokens", "truncated"}
     assert [s["sample"] for s in samples[:4]] == [0, 1, 0, 1]
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
