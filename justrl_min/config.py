@@ -248,7 +248,8 @@ class EvalConfig:
     runs trained with different rewards are evaluated alike (justrl_min.protocols)."""
     judge: str = ""
     """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.judge) asked about every
-    response the grader rejects; its exact answer `A` counts as correct. Empty: no judge."""
+    response the grader rejects; its exact answer `A` counts as correct. It runs on an engine of
+    rollout.engine's kind, opened for each evaluation and closed after it. Empty: no judge."""
     judge_prompt: str = ""
     """File with the judge's prompt template (str.format fields {question}, {gold_answer},
     {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.judge.DEFAULT_TEMPLATE."""

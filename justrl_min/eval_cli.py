@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
             runs = evaluate.generate_and_grade(engine, tokenizer, problem_sets, n=args.n, sampling=sampling,
                                                pool=pool, prompt_suffix=grading.prompt_suffix)
         del engine
-    config = {"model": args.model, "engine": engine_kind, "dtype": dtype, "n": args.n,
-              "temperature": args.temperature, "top_p": args.top_p, "max_tokens": grading.max_tokens,
-              "seed": args.seed, "max_problems": args.max_problems, "prompt_suffix": grading.prompt_suffix,
-              "protocol": grading.protocol, "grader": grading.grader, "verifier_mode": GRADERS[grading.grader],
-              "judge_prompt": grading.judge_prompt, "data": str(args.data_dir) if args.data_dir else "hub"}
+    config = evaluate.run_config(sampling, n=args.n, max_problems=args.max_problems,
+                                 prompt_suffix=grading.prompt_suffix, grader=grading.grader,
+                                 verifier_mode=GRADERS[grading.grader], data_dir=args.data_dir,
+                                 meta={"model": args.model, "engine": engine_kind, "dtype": dtype,
+                                       "protocol": grading.protocol, "judge_prompt": grading.judge_prompt})
     results = evaluate.finish(runs, config=config, judge=judge, out_dir=out)
     print(evaluate.format_table(results, label=_model_tag(args.model)))
     print(f"results: {out / 'results.json'}   samples: {out / 'samples.jsonl'}")

@@ -322,11 +322,19 @@ def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int
         runs = generate_and_grade(engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
                                   prompt_suffix=prompt_suffix)
         mode = graded_by.mode
-    config = {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-              "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-              "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": mode,
-              "data": str(data_dir) if data_dir else "hub"}
+    config = run_config(sampling, n=n, max_problems=max_problems, prompt_suffix=prompt_suffix, grader=grader,
+                        verifier_mode=mode, data_dir=data_dir, meta=meta)
     return finish(runs, config=config, judge=judge, out_dir=out_dir)
+
+
+def run_config(sampling: Sampling, *, n: int | None, max_problems: int | None, prompt_suffix: str,
+               grader: str | None, verifier_mode: str, data_dir: str | Path | None,
+               meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`results["config"]`: what the evaluation ran with (`meta`: the caller's own entries first)."""
+    return {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
+            "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": verifier_mode,
+            "data": str(data_dir) if data_dir else "hub"}
 
 
 def _final_scores(run: BenchmarkRun, verdicts: list | None) -> list[float]:
