@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from justrl_min import protocols
+from justrl_min.reward import GRADERS
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argparse.Namespace:
@@ -44,10 +45,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argp
     p.add_argument("--max-problems", type=int, default=None, help="first K problems of each benchmark (smoke tests)")
     p.add_argument("--workers", type=int, default=0, help="verifier processes; 0 = one per CPU core")
     p.add_argument("--verifier-timeout", type=float, default=10.0, help="seconds per answer")
-    p.add_argument("--protocol", choices=("justrl-table", "justrl-val"), default=None,
+    p.add_argument("--protocol", choices=tuple(protocols.PROTOCOLS), default=None,
                    help="the paper's table pipeline (deepscaler grader + judge) or its Fig. 1 curve's "
                         "(math-verify, no box needed); conflicting --grader / --judge are errors")
-    p.add_argument("--grader", choices=("math-verify", "math-verify-unboxed", "deepscaler", "exact"), default=None,
+    p.add_argument("--grader", choices=tuple(GRADERS), default=None,
                    help="rule grader (default: math-verify, or the protocol's)")
     p.add_argument("--judge", default=None,
                    help="model verifier (folder or hub id) asked about every response the grader rejects; "
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     from justrl_min.data import DataError
     from justrl_min.inference import EngineSpec
     from justrl_min.model import load_tokenizer, resolve_model_path
-    from justrl_min.reward import GRADERS, VerifierPool
+    from justrl_min.reward import VerifierPool
     from justrl_min.rollout import Sampling, VLLMSettings
 
     # Everything that can be wrong with the request fails here, before a model is loaded.
