@@ -150,7 +150,10 @@ class Judge:
         if asked:
             tokenizer = load_tokenizer(self.path)
             items = list(asked)
+            # The judge's own context bounds its verdict's length: vLLM refuses a longer max_model_len,
+            # and stops a response at the one it has (a verdict is a few tokens; the tiny judge has 512).
             context = longest_judge_prompt(items, tokenizer, self.template) + JUDGE_MAX_NEW_TOKENS
+            context = min(context, _context_length(self.path) or context)
             with self.engine.open(self.path, context) as engine:
                 answers = judge(items, engine_generate(engine, tokenizer, seed=self.seed), self.template)
             for item, verdict in zip(items, answers, strict=True):
@@ -161,3 +164,12 @@ class Judge:
         asked_per_run = {run.name: sum(v is not None for v in verdicts[run.name]) for run in runs}
         total = sum(asked_per_run.values()) or 1
         return Judged(verdicts, {name: elapsed * count / total for name, count in asked_per_run.items()})
+
+
+def _context_length(path: str) -> int | None:
+    """The positions the model at `path` was built for (`max_position_embeddings`), if its config says."""
+    from transformers import AutoConfig
+
+    from justrl_min.model import resolve_model_path
+
+    return getattr(AutoConfig.from_pretrained(resolve_model_path(path)), "max_position_embeddings", None)

@@ -140,8 +140,9 @@ def test_the_judge_sees_only_rejected_responses_greedily_and_rescues_exactly_A(
     # Each distinct (question, gold, response) is asked once, in one engine session, greedily.
     assert len(spec.prompts) == 5 and len(spec.opened) == 1
     assert all((s.temperature, s.max_tokens) == (0.0, JUDGE_MAX_NEW_TOKENS) for s in spec.samplings)
-    assert spec.opened[0][1] == max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in spec.prompts) \
-        + JUDGE_MAX_NEW_TOKENS
+    # The engine's context: the longest prompt + 2,048 new tokens, within the judge's 512 positions.
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in spec.prompts)
+    assert spec.opened[0][1] == min(longest + JUDGE_MAX_NEW_TOKENS, 512) == 512
     assert all("\\boxed{42}" not in p.split("|")[1] for p in spec.prompts if "What is 6*7?" in p)  # accepted: not asked
 
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
