@@ -892,9 +892,10 @@ class VerifierPool:
     cache fills. Close it, or use it as a context manager. ``workers`` None/0 means
     ``os.cpu_count()``.
 
-    The parent extracts each response's last box (linear time, no parsing) and sends each distinct
-    (answer, gold) pair to a worker once: the n samples of a problem often end in the same answer,
-    and a verdict is a pure function of the pair. Responses without a box score 0 without a worker.
+    The parent extracts each response's last box (linear time, no parsing; the ``unboxed`` mode
+    sends the whole response, ``ANSWER_EXTRACTORS``) and sends each distinct (answer, gold) pair to a
+    worker once: the n samples of a problem often end in the same answer, and a verdict is a pure
+    function of the pair. Responses without a box score 0 without a worker.
     Timeouts and errors are counted per response, so a verdict shared by k responses counts k.
     ``chunk_size`` None sends ~4 chunks per worker per batch (at most 8 jobs), each finished to the
     end of its run of identical golds so that one problem's samples share a worker and its parsed
