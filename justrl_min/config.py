@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from justrl_min.reward import GRADERS
+
 BOXED_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -251,11 +253,14 @@ class EvalConfig:
     top_p: float = 0.9
     max_tokens: int = 31744
     grader: str = "math-verify"
-    """Rule grader of evaluation: math-verify (reward.py's symbolic mode) | deepscaler (DeepScaleR's
-    rules, the paper's Table 3 pipeline) | exact (strict string match of the last box)."""
+    """Rule grader of evaluation: math-verify (reward.py's symbolic mode) | math-verify-unboxed (no box
+    needed: verl's validation, the paper's Fig. 1 curve) | deepscaler (DeepScaleR's rules, the paper's
+    Table 3 pipeline) | exact (strict string match of the last box). Independent of reward.mode, so
+    runs trained with different rewards are evaluated alike (justrl_min.protocols)."""
     judge: str = ""
     """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.judge) asked about every
-    response the grader rejects; its exact answer `A` counts as correct. Empty: no judge."""
+    response the grader rejects; its exact answer `A` counts as correct. It runs on an engine of
+    rollout.engine's kind, opened for each evaluation and closed after it. Empty: no judge."""
     judge_prompt: str = ""
     """File with the judge's prompt template (str.format fields {question}, {gold_answer},
     {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.judge.DEFAULT_TEMPLATE."""
@@ -389,8 +394,10 @@ class Config:
         _require(rw.overlong_penalty >= 0, "reward.overlong_penalty", "must be >= 0 (a penalty factor)")
         _require(rw.length_target >= 0, "reward.length_target", "must be >= 0")
         _require(rw.length_coef >= 0, "reward.length_coef", "must be >= 0 (0: off)")
-        _require(self.eval.grader in ("math-verify", "deepscaler", "exact"), "eval.grader",
-                 f"unknown grader {self.eval.grader!r} (math-verify | deepscaler | exact)")
+        _require(self.eval.grader in GRADERS, "eval.grader",
+                 f"unknown grader {self.eval.grader!r} ({' | '.join(GRADERS)})")
+        _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
+                 "needs eval.judge (the model the prompt is for)")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
         _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
         for key in ("dtype", "compute_dtype"):

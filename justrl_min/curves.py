@@ -14,7 +14,9 @@ Each run is read from `RUN_DIR/metrics.jsonl`, or from the TensorBoard events un
 when there is no metrics.jsonl. A step logged twice (a resumed run replays the steps after its last
 checkpoint) keeps the later value; event rows (health warnings) are not metrics. `--paper deepseek`
 shades the ranges the paper reports for JustRL-DeepSeek-1.5B as bands over the run's own axes (a
-short run is not stretched to the paper's 4,380 steps); a band off the axes is named in the panel.
+short run is not stretched to the paper's 4,380 steps), and beside them, in their own colours, those
+of its ablations (overlong penalty; + DeepScaleR's grader: entropy, AIME24); a band off the axes is
+named in the panel.
 """
 
 from __future__ import annotations
@@ -264,32 +266,57 @@ class PaperBand:
     from_step: int = 0
     to_step: int | None = None
     """The steps the paper reports it for; None: to the end of the run."""
+    variant: str = "base"
+    """The paper's run it belongs to: the base recipe, or one of its ablations (a key of VARIANT_COLORS)."""
 
+
+OVERLONG = "+ overlong penalty"
+OVERLONG_DEEPSCALER = "+ overlong penalty + DeepScaleR grader"
+VARIANT_COLORS = {"base": "tab:gray", OVERLONG: "tab:orange", OVERLONG_DEEPSCALER: "tab:purple"}
+# The ablations' levels are their plateaus (Fig. 3 runs went 3,000+ steps). The paper gives levels,
+# not the step where they are reached; from step 1,000 (where the base run's length settles) is our
+# choice, so that a run's first steps are not compared with a plateau.
+PLATEAU_FROM = 1000
 
 PAPER_BANDS = {
     # JustRL-DeepSeek-1.5B (paper Fig. 1): entropy 1.2-1.4 throughout; mean reward on the +/-1 scale
     # about -0.6 at the start and +0.4 later; mean response length 7-8k tokens at the start, 4-5k
-    # from step 1,000 on.
-    "train/entropy": (PaperBand(1.2, 1.4, "paper: entropy 1.2-1.4"),),
+    # from step 1,000 on. Ablations (paper Fig. 3, each on top of the base recipe): DAPO's overlong
+    # penalty over the last 4,096 tokens collapses entropy to 0.5-0.6 (with or without DeepScaleR's
+    # grader); AIME24 plateaus at ~55% (base), ~50% (+ overlong), ~45% (+ overlong + DeepScaleR
+    # grader), drawn as +-2 points. Source: arXiv 2512.16649 Figs. 1 and 3, as summarised in
+    # DESIGN.md section 4 and issue 21.
+    "train/entropy": (PaperBand(1.2, 1.4, "paper: entropy 1.2-1.4"),
+                      PaperBand(0.5, 0.6, "paper ablations: entropy collapses to 0.5-0.6", PLATEAU_FROM,
+                                variant=OVERLONG)),
     "train/reward_mean": (PaperBand(-0.65, -0.55, "paper: reward ~ -0.6 at start (+/-1 scale)", 0, 100),
                           PaperBand(0.35, 0.45, "paper: reward ~ +0.4 later (+/-1 scale)", 1000)),
     "train/response_length_mean": (PaperBand(7000, 8000, "paper: 7-8k tokens at start", 0, 100),
                                    PaperBand(4000, 5000, "paper: 4-5k tokens from step 1,000", 1000)),
+    EVAL_PANEL.metric: (PaperBand(0.53, 0.57, "paper: AIME24 ~55%", PLATEAU_FROM),
+                        PaperBand(0.48, 0.52, "paper + overlong: AIME24 ~50%", PLATEAU_FROM, variant=OVERLONG),
+                        PaperBand(0.43, 0.47, "paper + overlong + DeepScaleR: AIME24 ~45%", PLATEAU_FROM,
+                                  variant=OVERLONG_DEEPSCALER)),
 }
 
 
 def _draw_paper_ranges(ax, panel: Panel) -> None:
-    """The paper's ranges as bands within the run's own axes: the axes are not moved to fit them, and
-    a band outside them is named in a corner note instead."""
+    """The paper's ranges as bands within the run's own axes, one colour per paper run (the base
+    recipe, each ablation): the axes are not moved to fit them, and a band outside them is named in
+    a corner note instead."""
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     off_axes = []
-    for i, band in enumerate(PAPER_BANDS.get(panel.metric, ())):
+    labelled = set()
+    for band in PAPER_BANDS.get(panel.metric, ()):
         end = x1 if band.to_step is None else min(band.to_step, x1)
         if band.high < y0 or band.low > y1 or band.from_step > x1:
             off_axes.append(band.text)
             continue
-        ax.fill_between([max(band.from_step, x0), end], band.low, band.high, color="tab:gray", alpha=0.18,
-                        linewidth=0, label=PAPER_LABEL if i == 0 else None)
+        label = None if band.variant in labelled else (PAPER_LABEL if band.variant == "base"
+                                                       else f"paper ablation: {band.variant}")
+        labelled.add(band.variant)
+        ax.fill_between([max(band.from_step, x0), end], band.low, band.high, color=VARIANT_COLORS[band.variant],
+                        alpha=0.18, linewidth=0, label=label)
         ax.annotate(band.text, (max(band.from_step, x0), min(band.high, y1)), va="bottom", fontsize="x-small",
                     color="0.35")
     if off_axes:
@@ -310,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smooth", type=int, default=None, metavar="SPAN",
                    help="EMA span in steps (1: raw values; default: a twentieth of each run)")
     p.add_argument("--paper", choices=("deepseek",), default=None,
-                   help="shade the ranges the JustRL paper reports for this model")
+                   help="shade the ranges the JustRL paper reports for this model and its ablations")
     args = p.parse_args(argv)
     if args.smooth is not None and args.smooth < 1:
         p.error("--smooth must be >= 1")

@@ -4,8 +4,10 @@ Protocol (JustRL paper, arXiv 2512.16649): avg@32 on AIME24, AIME25, AMC23, HMMT
 CMIMC25, avg@4 on MATH-500, Minerva and OlympiadBench; temperature 0.7, top-p 0.9, up to 31,744 new
 tokens; the prompt is `"{problem} Please reason step by step, and put your final answer within
 \\boxed{}."` (one space, unlike the training suffix's blank line) through the chat template. Responses
-are scored by the training verifier (the `VerifierPool` passed in), so eval and reward never disagree
-about what "correct" means.
+are graded by the `VerifierPool` passed in (the training verifier, unless a grader is named), and,
+with a judge, every response the grader rejects goes to a model verifier whose exact `A` counts as
+correct. The paper's two grading protocols (its table, its Fig. 1 curve) are `protocols.PROTOCOLS`.
+Each benchmark samples from its own seed, derived from the run's (`benchmark_seed`).
 
 Metrics per benchmark, each a fraction in [0, 1] averaged over problems:
 
@@ -14,6 +16,8 @@ Metrics per benchmark, each a fraction in [0, 1] averaged over problems:
   chance that at least one of k samples is correct, given c correct out of n. pass@1 equals avg@n.
 - `maj@n`: majority vote over the extracted answers (equal after `normalize_answer`; samples without
   a box do not vote; ties go to the answer seen first), correct when the voted answer is.
+- `grader_avg@n`: avg@n under the grader alone; with a judge, avg@n counts the judge's rescues too,
+  and `judge_asked` / `judge_rescued` count the responses sent to it and those it called correct.
 - `response_length_mean` (tokens, over all samples) and `truncated_frac` (stopped at max_tokens).
 
 `results["overall"]["avg"]` is the mean of the per-benchmark avg@n, the paper's "Avg" column.
@@ -21,15 +25,19 @@ Metrics per benchmark, each a fraction in [0, 1] averaged over problems:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems
+from justrl_min.judge import LABELS
 from justrl_min.reward import extract_boxed
 from justrl_min.rollout import Sampling
 
@@ -195,61 +203,59 @@ def problem_metrics(scores: Sequence[float], answers: Sequence[str | None]) -> d
 
 def metric_names(n: int) -> list[str]:
     """Keys every benchmark result has for n samples per problem, beyond the counts."""
-    return [f"avg@{n}", *(f"pass@{k}" for k in pass_ks(n)), f"maj@{n}", "response_length_mean", "truncated_frac"]
+    return [f"avg@{n}", *(f"pass@{k}" for k in pass_ks(n)), f"maj@{n}", f"grader_avg@{n}", "response_length_mean",
+            "truncated_frac"]
 
 
 # --------------------------------------------------------------------------------------------------
-# Running an evaluation
+# Running an evaluation: generate and grade every benchmark, then (optionally) judge what the grader
+# rejected, then aggregate. Separate stages so that eval.py can close the policy's engine before the
+# judge's opens.
 
 
-def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
-                        sampling: Sampling, data_dir: str | Path | None = None, pool,
-                        out_dir: str | Path | None = None, max_problems: int | None = None,
-                        problem_sets: dict[str, list[Problem]] | None = None,
-                        meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generate n samples per problem for each benchmark, score them, and aggregate.
-
-    `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`. `problem_sets`
-    (already loaded problems by name) skips loading. `meta` (e.g. the model's name) is recorded in
-    `results["config"]`. With `out_dir`, writes `results.json` and one `samples.jsonl` row per sample.
-    Returns {"config", "benchmarks": {name: metrics}, "overall"}.
-    """
-    names = resolve_benchmarks(names)
-    results: dict[str, Any] = {
-        "config": {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                   "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-                   "prompt_suffix": EVAL_SUFFIX, "verifier_mode": getattr(pool, "mode", None),
-                   "data": str(data_dir) if data_dir else "hub"},
-        "benchmarks": {},
-    }
-    samples_file = None
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        samples_file = open(out_dir / "samples.jsonl", "w")
-    try:
-        for name in names:
-            problems = (problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems)
-            problems = problems[:max_problems] if max_problems else problems
-            metrics, samples = _evaluate_one(engine, tokenizer, name, problems, n or BENCHMARKS[name].n,
-                                             sampling, pool)
-            results["benchmarks"][name] = metrics
-            if samples_file is not None:
-                samples_file.writelines(json.dumps(s) + "\n" for s in samples)
-                samples_file.flush()
-    finally:
-        if samples_file is not None:
-            samples_file.close()
-    results["overall"] = _overall(results["benchmarks"])
-    if out_dir is not None:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """One benchmark's samples, generated and graded (`generate_and_grade`); n per problem, contiguous."""
+    name: str
+    problems: list[Problem]
+    n: int
+    seed: int | None
+    """The benchmark's generation seed (`benchmark_seed`)."""
+    texts: list[str]
+    tokens: list[int]
+    truncated: list[bool]
+    grader_scores: list[float]
+    answers: list[str | None]
+    """Last-box answers (the vote of maj@n), whatever the grader reads."""
+    verifier_timeouts: int
+    verifier_errors: int
+    generate_s: float
+    score_s: float
 
 
-def _evaluate_one(engine, tokenizer, name: str, problems: list[Problem], n: int, sampling: Sampling,
-                  pool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def benchmark_seed(seed: int | None, name: str) -> int | None:
+    """A benchmark's own seed, derived from the run's: its samples do not depend on which other
+    benchmarks ran, or in what order. The engine derives the per-sample seeds from it (vLLM: one per
+    prompt, + the sample index; HF: one per batch of rows), so an evaluation repeats exactly."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 2**31
+
+
+def generate_and_grade(engine, tokenizer, problem_sets: dict[str, list[Problem]], *, n: int | None,
+                       sampling: Sampling, pool, prompt_suffix: str = EVAL_SUFFIX) -> list[BenchmarkRun]:
+    """Generate n samples per problem (None: each benchmark's paper default) and grade them with `pool`
+    (a `reward.VerifierPool`, whose mode is the grader)."""
+    return [_generate_one(engine, tokenizer, name, problems, n or BENCHMARKS[name].n,
+                          dataclasses.replace(sampling, seed=benchmark_seed(sampling.seed, name)), pool, prompt_suffix)
+            for name, problems in problem_sets.items()]
+
+
+def _generate_one(engine, tokenizer, name: str, problems: list[Problem], n: int, sampling: Sampling, pool,
+                  prompt_suffix: str) -> BenchmarkRun:
     started = time.monotonic()
-    prompt_ids = [build_prompt_ids(tokenizer, p.problem, EVAL_SUFFIX) for p in problems]
+    prompt_ids = [build_prompt_ids(tokenizer, p.problem, prompt_suffix) for p in problems]
     # Generated in prompt-length order, so that a batch of left-padded HF generate pads little
     # (all nine sets at n=2 on 2 CPU cores: 11 min unsorted, 1.3 min sorted); each prompt's n samples
     # come back contiguous.
@@ -260,30 +266,115 @@ def _evaluate_one(engine, tokenizer, name: str, problems: list[Problem], n: int,
     rank = {problem: r for r, problem in enumerate(order)}
     back = [rank[i] * n + j for i in range(len(problems)) for j in range(n)]  # file order again
     response_ids = [rollouts.response_ids[k] for k in back]
-    truncated = [rollouts.truncated[k] for k in back]
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    golds = [p.answer for p in problems for _ in range(n)]
-    scored = pool.score(texts, golds)
-    answers = [extract_boxed(t) for t in texts]
+    scored = pool.score(texts, [p.answer for p in problems for _ in range(n)])
+    return BenchmarkRun(name, problems, n, sampling.seed, texts, [len(r) for r in response_ids],
+                        [rollouts.truncated[k] for k in back], scored.scores, [extract_boxed(t) for t in texts],
+                        scored.timeouts, scored.errors, generated - started, time.monotonic() - generated)
 
-    per_problem = []
-    samples = []
-    for i, problem in enumerate(problems):
-        group = slice(i * n, (i + 1) * n)
-        per_problem.append(problem_metrics(scored.scores[group], answers[group]))
-        for j in range(n):
-            s = i * n + j
-            samples.append({"benchmark": name, "problem_id": problem.uid, "sample": j, "response": texts[s],
-                            "answer": answers[s], "gold": problem.answer, "score": scored.scores[s],
-                            "tokens": len(response_ids[s]), "truncated": truncated[s]})
-    lengths = [len(r) for r in response_ids]
-    metrics: dict[str, Any] = {"n": n, "problems": len(problems), "samples": len(texts)}
+
+def finish(runs: list[BenchmarkRun], *, config: dict[str, Any], judge=None,
+           out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Judge what the grader rejected (`judge`: a `protocols.Judge`, or None), aggregate, and with
+    `out_dir` write `results.json` and one `samples.jsonl` row per sample.
+    Returns {"config", "benchmarks": {name: metrics}, "overall"}."""
+    judged = judge.judge_rejected(runs) if judge is not None else None
+    results: dict[str, Any] = {"config": {**config, "judge": judge.path if judge else None}, "benchmarks": {}}
+    rows = []
+    for run in runs:
+        verdicts = judged.verdicts[run.name] if judged else None
+        results["benchmarks"][run.name] = _benchmark_metrics(run, verdicts)
+        if judged:
+            results["benchmarks"][run.name]["judge_s"] = judged.seconds[run.name]
+        rows += _sample_rows(run, verdicts)
+    results["overall"] = _overall(results["benchmarks"])
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "samples.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
+                        sampling: Sampling, data_dir: str | Path | None = None, pool,
+                        out_dir: str | Path | None = None, max_problems: int | None = None,
+                        problem_sets: dict[str, list[Problem]] | None = None,
+                        meta: dict[str, Any] | None = None, grader: str | None = None, judge=None,
+                        prompt_suffix: str = EVAL_SUFFIX,
+                        generating: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
+    """`generate_and_grade` then `finish`, in one call (the trainer, tests).
+
+    `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`; `grader` (a
+    `reward.GRADERS` name) grades with that mode instead, in a pool of its own when `pool`'s mode
+    differs; None grades with `pool`. `judge` (`protocols.Judge`) asks a model about every rejected
+    response. `problem_sets` (already loaded problems by name) skips loading. `meta` (e.g. the
+    model's name) is recorded in `results["config"]`. `generating()` is held around generation
+    only (the trainer's `engine.generating`: the judge runs after the policy's engine sleeps).
+    """
+    from justrl_min.protocols import grader_pool
+
+    names = resolve_benchmarks(names)
+    problem_sets = {name: ((problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems))
+                    [:max_problems or None] for name in names}
+    with generating(), grader_pool(grader, pool) as graded_by:
+        runs = generate_and_grade(engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
+                                  prompt_suffix=prompt_suffix)
+        mode = graded_by.mode
+    config = run_config(sampling, n=n, max_problems=max_problems, prompt_suffix=prompt_suffix, grader=grader,
+                        verifier_mode=mode, data_dir=data_dir, meta=meta)
+    return finish(runs, config=config, judge=judge, out_dir=out_dir)
+
+
+def run_config(sampling: Sampling, *, n: int | None, max_problems: int | None, prompt_suffix: str,
+               grader: str | None, verifier_mode: str, data_dir: str | Path | None,
+               meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`results["config"]`: what the evaluation ran with (`meta`: the caller's own entries first)."""
+    return {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
+            "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": verifier_mode,
+            "data": str(data_dir) if data_dir else "hub"}
+
+
+def _final_scores(run: BenchmarkRun, verdicts: list | None) -> list[float]:
+    """Correct when the grader accepts, or (with a judge) the judge answers exactly `A`."""
+    if verdicts is None:
+        return list(run.grader_scores)
+    return [1.0 if score > 0 or (v is not None and v.correct) else 0.0 for score, v in zip(run.grader_scores, verdicts)]
+
+
+def _benchmark_metrics(run: BenchmarkRun, verdicts: list | None) -> dict[str, Any]:
+    n, scores = run.n, _final_scores(run, verdicts)
+    per_problem = [problem_metrics(scores[i * n:(i + 1) * n], run.answers[i * n:(i + 1) * n])
+                   for i in range(len(run.problems))]
+    metrics: dict[str, Any] = {"n": n, "problems": len(run.problems), "samples": len(run.texts), "seed": run.seed}
     metrics.update({key: sum(m[key] for m in per_problem) / len(per_problem) for key in per_problem[0]})
-    metrics["response_length_mean"] = sum(lengths) / len(lengths)
-    metrics["truncated_frac"] = sum(truncated) / len(lengths)
-    metrics.update({"verifier_timeouts": scored.timeouts, "verifier_errors": scored.errors,
-                    "generate_s": generated - started, "score_s": time.monotonic() - generated})
-    return metrics, samples
+    metrics[f"grader_avg@{n}"] = sum(1 for s in run.grader_scores if s > 0) / len(run.grader_scores)
+    if verdicts is not None:
+        asked = [v for v in verdicts if v is not None]
+        metrics["judge_asked"] = len(asked)
+        metrics["judge_rescued"] = sum(v.correct for v in asked)
+        metrics["judge_labels"] = {label: sum(v.label == label for v in asked) for label in (*LABELS, "")}
+    metrics["response_length_mean"] = sum(run.tokens) / len(run.tokens)
+    metrics["truncated_frac"] = sum(run.truncated) / len(run.tokens)
+    metrics.update({"verifier_timeouts": run.verifier_timeouts, "verifier_errors": run.verifier_errors,
+                    "generate_s": run.generate_s, "score_s": run.score_s})
+    return metrics
+
+
+def _sample_rows(run: BenchmarkRun, verdicts: list | None) -> list[dict[str, Any]]:
+    scores = _final_scores(run, verdicts)
+    rows = []
+    for s, text in enumerate(run.texts):
+        problem = run.problems[s // run.n]
+        row = {"benchmark": run.name, "problem_id": problem.uid, "sample": s % run.n, "response": text,
+               "answer": run.answers[s], "gold": problem.answer, "score": scores[s],
+               "grader_score": run.grader_scores[s], "tokens": run.tokens[s], "truncated": run.truncated[s]}
+        if verdicts is not None:
+            row["judge"] = verdicts[s].output if verdicts[s] is not None else None
+        rows.append(row)
+    return rows
 
 
 def _overall(benchmarks: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -293,6 +384,9 @@ def _overall(benchmarks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     samples = sum(m["samples"] for m in benchmarks.values())
     return {
         "avg": sum(m[f"avg@{m['n']}"] for m in benchmarks.values()) / len(benchmarks),
+        "grader_avg": sum(m[f"grader_avg@{m['n']}"] for m in benchmarks.values()) / len(benchmarks),
+        **({"judge_rescued": sum(m["judge_rescued"] for m in benchmarks.values())}
+           if all("judge_rescued" in m for m in benchmarks.values()) else {}),
         "benchmarks": len(benchmarks),
         "problems": sum(m["problems"] for m in benchmarks.values()),
         "samples": samples,
@@ -303,10 +397,11 @@ def _overall(benchmarks: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """Namespaced scalars for the trainer's logger: `eval/<benchmark>/avg@n`, `.../pass@k`, `.../maj@n`,
-    `.../response_length_mean`, `.../truncated_frac`, and `eval/overall/avg`."""
+    `.../grader_avg@n` (the grader alone), `.../response_length_mean`, `.../truncated_frac`,
+    `.../judge_rescued` (with a judge), and `eval/overall/avg`."""
     flat = {}
     for name, m in results["benchmarks"].items():
-        for key in metric_names(m["n"]):
+        for key in metric_names(m["n"]) + [key for key in ("judge_rescued",) if key in m]:
             flat[f"eval/{name}/{key}"] = float(m[key])
     if results.get("overall"):
         flat["eval/overall/avg"] = float(results["overall"]["avg"])
@@ -314,7 +409,8 @@ def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def format_table(results: dict[str, Any], label: str | None = None) -> str:
-    """The paper's layout: one column per benchmark plus Avg; rows avg@n (the paper's number), maj@n,
+    """The paper's layout: one column per benchmark plus Avg; rows avg@n (the paper's number; with a
+    judge also the grader's alone and the responses the judge rescued, whose Avg is a mean), maj@n,
     pass@n, mean length and truncation. Percentages with two decimals, as a Markdown table."""
     benches = results["benchmarks"]
     header = [label or "", *(BENCHMARKS[name].title if name in BENCHMARKS else name for name in benches), "Avg"]
@@ -323,9 +419,12 @@ def format_table(results: dict[str, Any], label: str | None = None) -> str:
         values = [m[key_of(m)] * scale for m in benches.values()]
         return [title, *(fmt.format(v) for v in values), fmt.format(sum(values) / len(values))]
 
+    judged = all("judge_rescued" in m for m in benches.values())
     rows = [
         ["n", *(str(m["n"]) for m in benches.values()), ""],
         row("avg@n", lambda m: f"avg@{m['n']}"),
+        *([row("grader avg@n", lambda m: f"grader_avg@{m['n']}"),
+           row("judge rescued", lambda _m: "judge_rescued", scale=1.0, fmt="{:.0f}")] if judged else []),
         row("maj@n", lambda m: f"maj@{m['n']}"),
         row("pass@n", lambda m: f"pass@{m['n']}"),
         row("length", lambda _m: "response_length_mean", scale=1.0, fmt="{:.0f}"),
@@ -342,7 +441,7 @@ def format_table(results: dict[str, Any], label: str | None = None) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer) -> int:
+def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer, suffix: str = EVAL_SUFFIX) -> int:
     """Token count of the longest eval prompt (sizes a vLLM engine's context)."""
-    return max((len(build_prompt_ids(tokenizer, p.problem, EVAL_SUFFIX)) for ps in problem_sets.values() for p in ps),
+    return max((len(build_prompt_ids(tokenizer, p.problem, suffix)) for ps in problem_sets.values() for p in ps),
                default=0)

@@ -17,8 +17,8 @@ drops in as it is); literal braces are doubled (``\\boxed{{}}``).
 
 The engine is plugged in by the caller: ``judge`` takes ``generate(prompts) -> outputs``, one output
 text per user-message text, and expects it to apply the judge's chat template and decode greedily
-within ``JUDGE_MAX_NEW_TOKENS``. ``hf_greedy_generate`` is such a callable on a transformers model
-(CPU tests, small runs); the evaluation wires the rollout engines the same way.
+within ``JUDGE_MAX_NEW_TOKENS``. ``engine_generate`` is such a callable on a rollout engine (HF or
+vLLM, ``justrl_min.rollout``); the evaluation opens one on the judge model (``justrl_min.evaluate``).
 """
 
 from __future__ import annotations
@@ -130,27 +130,35 @@ def judge(items: Sequence[JudgeItem], generate: Callable[[list[str]], list[str]]
     return [parse_verdict(output) for output in outputs]
 
 
-def hf_greedy_generate(model, tokenizer, *, batch_size: int = 16,
-                       max_new_tokens: int = JUDGE_MAX_NEW_TOKENS) -> Callable[[list[str]], list[str]]:
-    """A ``generate`` for ``judge`` on a transformers causal LM: chat template, greedy, left-padded batches."""
-    import torch
+def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of ``prompt`` as one user turn through the judge's chat template, ready for generation."""
+    from justrl_min.data import build_prompt_ids
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return build_prompt_ids(tokenizer, prompt, "")
 
-    @torch.no_grad()
+
+def longest_prompt(items: Sequence[JudgeItem], tokenizer, template: str = DEFAULT_TEMPLATE) -> int:
+    """Tokens of the longest judge prompt (sizes the judge engine's context: this + the new tokens)."""
+    return max((len(chat_prompt_ids(tokenizer, build_prompt(item, template))) for item in items), default=0)
+
+
+def engine_generate(engine, tokenizer, *, seed: int = 0,
+                    max_new_tokens: int = JUDGE_MAX_NEW_TOKENS) -> Callable[[list[str]], list[str]]:
+    """A ``generate`` for ``judge`` on a rollout engine (``justrl_min.rollout``, HF or vLLM): each prompt
+    through the judge's chat template, one greedy sample of at most ``max_new_tokens``, decoded
+    without special tokens."""
+    from justrl_min.rollout import Sampling
+
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_new_tokens, seed=seed)
+
     def generate(prompts: list[str]) -> list[str]:
-        outputs = []
-        device = next(model.parameters()).device
-        for start in range(0, len(prompts), batch_size):
-            rows = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                  tokenize=False) for p in prompts[start:start + batch_size]]
-            ids = [tokenizer(row, add_special_tokens=False)["input_ids"] for row in rows]
-            width = max(len(x) for x in ids)
-            input_ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in ids], device=device)
-            attention_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-            generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                       max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-            outputs += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        prompt_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # HF batches pad little
+        rollouts = engine.generate([prompt_ids[i] for i in order], 1, greedy)
+        texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+        outputs = [""] * len(prompts)
+        for text, i in zip(texts, order, strict=True):
+            outputs[i] = text
         return outputs
 
     return generate

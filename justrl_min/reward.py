@@ -26,6 +26,12 @@ Choices
   ``\\mathrm{d}`` and ``\\operatorname{sin}``-style names read as their italic forms; two
   (in)equations match when one is a rearrangement of the other, and are ``solve``d only when that
   is cheap (one unknown, a polynomial of low degree).
+* **unboxed**: math-verify as verl's in-training validation calls it (JustRL's Fig. 1 protocol): no
+  box needed. The parent sends the whole response; math-verify's ``parse`` picks the answer with its
+  own priorities (``final answer is ...``, then a box, then ``answer: ...``, then the rightmost plain
+  ``$...$`` LaTeX or bare number anywhere), and the gold is parsed as ``\\boxed{gold}``. None of the
+  symbolic mode's guards apply (hedges, precision, hostile input beyond the deadline): this mode
+  reproduces a protocol, it is not a training reward.
 * **exact**: JustRL's strict match. The last box's content must equal the gold (a gold stored as
   ``\\boxed{x}`` is ``x``) after deleting all whitespace (LaTeX math ignores it) and nothing else:
   ``\\frac12`` is not ``\\frac{1}{2}``, ``1,000`` is not ``1000``.
@@ -87,7 +93,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-MODES = ("symbolic", "exact", "deepscaler")
+MODES = ("symbolic", "exact", "deepscaler", "unboxed")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_ANSWER_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 MAX_BRACKET_DEPTH = 8  # bare ( [ { nesting; parse time is ~0.5 s at 8 and ~40 s at 16
@@ -532,14 +538,39 @@ def _symbolic_match(answer: str, gold: str) -> bool:
     return bool(_math_verify().verify(gold_expr, answer_expr, float_rounding=float_rounding, timeout_seconds=None))
 
 
+@lru_cache(maxsize=1)
+def _verl_extraction() -> tuple[list[Any], list[Any]]:
+    """(gold, response) extraction targets of verl's math-verify reward: LaTeX for the boxed gold;
+    a plain expression or LaTeX anywhere in the response."""
+    math_verify = _math_verify()
+    gold_targets = [math_verify.LatexExtractionConfig()]
+    return gold_targets, [math_verify.ExprExtractionConfig(), math_verify.LatexExtractionConfig()]
+
+
+def _unboxed_match(response: str, gold: str) -> bool:
+    """math-verify's verdict with its own answer search over the whole response (no box needed).
+
+    Called as verl's validation calls it: ``parse`` with its default extraction and fallback modes,
+    then ``verify(gold, answer)``, gold first; its own timeouts are off (the caller's deadline rules).
+    """
+    math_verify = _math_verify()
+    gold_targets, response_targets = _verl_extraction()
+    parsed_gold = math_verify.parse("\\boxed{" + gold + "}", gold_targets, parsing_timeout=None)
+    parsed_answer = math_verify.parse(response, response_targets, parsing_timeout=None)
+    if not parsed_gold or not parsed_answer:
+        return False
+    return bool(math_verify.verify(parsed_gold, parsed_answer, timeout_seconds=None))
+
+
 def _exact_match(answer: str, gold: str) -> bool:
     answer, gold = _without_whitespace(answer), _without_whitespace(gold)
     return bool(gold) and answer == gold
 
 
 def _judge(response: str, ground_truth: str, mode: str) -> float:
-    """1.0 if the last box of ``response`` is equivalent to ``ground_truth``, else 0.0. May raise or run long."""
-    answer = extract_boxed(response)
+    """1.0 if the answer in ``response`` (its last box, or the whole text for ``unboxed``) is equivalent
+    to ``ground_truth``, else 0.0. May raise or run long."""
+    answer = ANSWER_EXTRACTORS[mode](response)
     if answer is None:
         return 0.0
     return _judge_answer(answer, _unbox_gold(ground_truth), mode)
@@ -551,9 +582,22 @@ def _deepscaler_match(answer: str, gold: str) -> bool:
     return deepscaler.grade_answer(answer, gold)
 
 
-ANSWER_MATCHERS = {"symbolic": _symbolic_match, "exact": _exact_match, "deepscaler": _deepscaler_match}
+def _whole_response(response: str) -> str | None:
+    return response if response.strip() else None
+
+
+ANSWER_EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "symbolic": extract_boxed, "exact": extract_boxed, "deepscaler": extract_boxed, "unboxed": _whole_response}
+"""What each mode judges, found in linear time by the pool's parent: the last box, or (unboxed) the
+whole response, whose answer math-verify searches for itself under the deadline. None scores 0."""
+ANSWER_MATCHERS = {"symbolic": _symbolic_match, "exact": _exact_match, "deepscaler": _deepscaler_match,
+                   "unboxed": _unboxed_match}
 """One rule per `reward.mode`; the pool's workers call it under the per-item deadline."""
-assert tuple(ANSWER_MATCHERS) == MODES
+assert tuple(ANSWER_MATCHERS) == tuple(ANSWER_EXTRACTORS) == MODES
+_WARMED_UP_MODES = frozenset(("symbolic", "unboxed"))  # the modes that parse with math-verify
+
+GRADERS = {"math-verify": "symbolic", "math-verify-unboxed": "unboxed", "deepscaler": "deepscaler", "exact": "exact"}
+"""Evaluation's grader names (eval.py --grader, eval.grader) and the mode each one scores with."""
 
 
 def _judge_answer(answer: str, gold: str, mode: str) -> float:
@@ -647,9 +691,10 @@ def compute_score(
     *,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> float:
-    """1.0 if the last boxed answer in ``response`` is equivalent to ``ground_truth``, else 0.0.
+    """1.0 if the answer in ``response`` (its last box; for ``unboxed``, wherever math-verify finds
+    it) is equivalent to ``ground_truth``, else 0.0.
 
-    ``mode`` is "symbolic" (math-verify) or "exact" (JustRL's strict string match); an unknown mode
+    ``mode`` is one of ``MODES`` (see the module docstring); an unknown mode
     is a programming error and raises ValueError. Otherwise never raises: a verifier error or a
     timeout scores 0.0 and is logged. ``timeout_s`` is enforced with SIGALRM in the main thread only
     (see the module docstring); VerifierPool gives a hard deadline anywhere.
@@ -748,7 +793,7 @@ def _worker_main(
     done the cheap, linear-time extraction, so 60k-character responses never cross the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    if score_fn is None and mode == "symbolic":
+    if score_fn is None and mode in _WARMED_UP_MODES:
         warm_up()
     score = score_fn if score_fn is not None else partial(_judge_answer, mode=mode)
     conn.send(("ready",))
@@ -801,9 +846,11 @@ def _stop_workers(workers: list[_Worker]) -> None:
     workers.clear()
 
 
-def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_items: bool) -> list[_Job]:
-    """The verdicts a batch needs: one per distinct (last-box answer, unboxed gold) pair, in order of
-    first appearance (so a problem's samples stay together); responses without a box need none.
+def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_items: bool,
+               extract: Callable[[str], str | None] = extract_boxed) -> list[_Job]:
+    """The verdicts a batch needs: one per distinct (``extract``ed answer - the last box -, unboxed
+    gold) pair, in order of first appearance (so a problem's samples stay together); responses
+    without an answer need none.
     ``judge_whole_items`` (a custom score_fn, which need not be a pure function of the box): one
     job per item, response and gold as given."""
     jobs: dict[Any, _Job] = {}  # insertion-ordered
@@ -814,7 +861,7 @@ def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_it
         if judge_whole_items:
             jobs[index] = _Job(response, gold, [index])
             continue
-        answer = extract_boxed(response)
+        answer = extract(response)
         if answer is not None:
             key = (answer, _unbox_gold(gold))
             jobs.setdefault(key, _Job(*key, [])).indices.append(index)
@@ -845,9 +892,10 @@ class VerifierPool:
     cache fills. Close it, or use it as a context manager. ``workers`` None/0 means
     ``os.cpu_count()``.
 
-    The parent extracts each response's last box (linear time, no parsing) and sends each distinct
-    (answer, gold) pair to a worker once: the n samples of a problem often end in the same answer,
-    and a verdict is a pure function of the pair. Responses without a box score 0 without a worker.
+    The parent extracts each response's last box (linear time, no parsing; the ``unboxed`` mode
+    sends the whole response, ``ANSWER_EXTRACTORS``) and sends each distinct (answer, gold) pair to a
+    worker once: the n samples of a problem often end in the same answer, and a verdict is a pure
+    function of the pair. Responses without a box score 0 without a worker.
     Timeouts and errors are counted per response, so a verdict shared by k responses counts k.
     ``chunk_size`` None sends ~4 chunks per worker per batch (at most 8 jobs), each finished to the
     end of its run of identical golds so that one problem's samples share a worker and its parsed
@@ -893,7 +941,8 @@ class VerifierPool:
         if len(responses) != len(ground_truths):
             raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
         responses, ground_truths = list(responses), list(ground_truths)
-        jobs = _plan_jobs(responses, ground_truths, judge_whole_items=self._score_fn is not None)
+        jobs = _plan_jobs(responses, ground_truths, judge_whole_items=self._score_fn is not None,
+                          extract=ANSWER_EXTRACTORS[self.mode])
         tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses), len(jobs))
         pending = deque((job_id, job.first, job.gold) for job_id, job in enumerate(jobs))
         chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)

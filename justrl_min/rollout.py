@@ -28,6 +28,7 @@ from justrl_min.model import load_causal_lm
 @dataclass
 class Sampling:
     temperature: float
+    """0 decodes greedily (vLLM's convention; the judge's decoding)."""
     top_p: float
     max_tokens: int
     seed: int | None = None
@@ -137,8 +138,8 @@ class HFEngine:
             shared["past_key_values"] = self._prefill_prompts(input_ids, attention_mask, row_index)
         out = self.model.generate(
             input_ids=input_ids[row_index], attention_mask=attention_mask[row_index], **shared,
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-            max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+            **_hf_decoding(sampling), max_new_tokens=sampling.max_tokens,
+            eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
             output_scores=True, return_dict_in_generate=True,
         )
         generated = out.sequences[:, width:].cpu()                            # (B, L)
@@ -202,6 +203,14 @@ class HFCopyEngine(HFEngine):
                 raise KeyError(f"HF engine copy: the trainer sent {name!r}, which the copy of "
                                f"{self.model.name_or_path} does not have")
             self._tensors[name].copy_(tensor)
+
+
+def _hf_decoding(sampling: Sampling) -> dict:
+    """`generate` keywords: sampling with top-k off, as in vLLM; temperature 0 is greedy (HF refuses
+    to sample at temperature 0)."""
+    if sampling.temperature == 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

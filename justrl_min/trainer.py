@@ -546,12 +546,13 @@ def _sum_over_ranks(info: dist.DistInfo, **values) -> dict[str, float]:
 
 
 def run_eval(cfg: Config, engine: RolloutEngine, tokenizer, pool) -> dict[str, float]:
-    from justrl_min import evaluate
+    from justrl_min import evaluate, protocols
 
     sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
-    with engine.generating():
-        results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n or None,
-                                               sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool)
+    judge = protocols.Judge.for_training(cfg, resolve_device(cfg)) if cfg.eval.judge else None
+    results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n or None,
+                                           sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool,
+                                           grader=cfg.eval.grader, judge=judge, generating=engine.generating)
     return evaluate.flat_metrics(results)
 
 

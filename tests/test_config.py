@@ -66,7 +66,8 @@ def test_derived_values():
     ("reward.length_target=-5", "reward.length_target: must be >= 0"),
     ("reward.length_coef=-0.1", "reward.length_coef: must be >= 0"),
     ("train.mask_truncated=maybe", "train.mask_truncated: expected bool"),
-    ("eval.grader=fuzzy", "eval.grader: unknown grader 'fuzzy' (math-verify | deepscaler | exact)"),
+    ("eval.grader=fuzzy", "eval.grader: unknown grader 'fuzzy' (math-verify | math-verify-unboxed | deepscaler"),
+    ("eval.judge_prompt=p.txt", "eval.judge_prompt: needs eval.judge"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:

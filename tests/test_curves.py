@@ -161,9 +161,30 @@ def test_paper_bands_do_not_stretch_a_short_run():
     ax = fig.add_subplot()
     ax.plot(range(1, 61), [1.3] * 60)
     ax.set_ylim(0, 2)
-    curves._draw_paper_ranges(ax, curves.PANELS[1])  # entropy 1.2-1.4 is on these axes: a band, no note
-    assert ax.collections and not any("off these axes" in t.get_text() for t in ax.texts)
-    assert ax.get_xlim()[1] < 100
+    curves._draw_paper_ranges(ax, curves.PANELS[1])  # entropy 1.2-1.4 is on these axes: a band
+    assert len(ax.collections) == 1 and ax.get_xlim()[1] < 100
+    # The ablations' collapse to 0.5-0.6 is a plateau from step 1,000: past this 60-step run, named.
+    [note] = [t.get_text() for t in ax.texts if "off these axes" in t.get_text()]
+    assert "1.2-1.4" not in note and "collapses to 0.5-0.6" in note
+    plt.close(fig)
+
+
+def test_paper_ablation_bands_stand_beside_the_base_ones_in_their_own_colours():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 3000], [0.4, 0.6])  # an eval panel of a long run: every AIME24 plateau is on these axes
+    curves._draw_paper_ranges(ax, curves.EVAL_PANEL)
+    bands = {tuple(c.get_facecolor()[0][:3]) for c in ax.collections}
+    assert len(ax.collections) == 3 and len(bands) == 3
+    assert [t.get_text() for t in ax.texts] == ["paper: AIME24 ~55%", "paper + overlong: AIME24 ~50%",
+                                                "paper + overlong + DeepScaleR: AIME24 ~45%"]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == [curves.PAPER_LABEL, "paper ablation: + overlong penalty",
+                      "paper ablation: + overlong penalty + DeepScaleR grader"]
     plt.close(fig)
 
 

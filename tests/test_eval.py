@@ -1,6 +1,7 @@
 """Evaluation: metric estimators by hand, the benchmark registry, every benchmark file end to end on
 the random tiny model, exact metrics through the real verifier with a scripted engine, and the CLI."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -226,7 +227,7 @@ def test_random_model_on_every_benchmark_file(random_model, tokenizer, pool, tmp
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 9 * 2 * 2  # benchmarks x problems x n
     assert set(samples[0]) == {"benchmark", "problem_id", "sample", "response", "answer", "gold", "score",
-                               "tokens", "truncated"}
+                               "grader_score", "tokens", "truncated"}
     assert [s["sample"] for s in samples[:4]] == [0, 1, 0, 1]
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
@@ -237,6 +238,27 @@ def test_random_model_on_every_benchmark_file(random_model, tokenizer, pool, tmp
     table = evaluate.format_table(results, label="random")
     for title in ("AIME24", "MATH-500", "OlympiadBench", "CMIMC25", "Avg", "avg@n"):
         assert title in table
+
+
+@needs_files
+def test_an_evaluation_repeats_exactly_with_its_seed_and_differs_with_another(random_model, tokenizer, pool):
+    from justrl_min.model import load_causal_lm
+    from justrl_min.rollout import HFEngine
+
+    engine = HFEngine(load_causal_lm(str(random_model), trainable=False), tokenizer, batch_size=8)
+    problem_sets = {name: evaluate.load_benchmark(name, BENCHMARK_DIR, max_problems=2) for name in ("aime24", "amc23")}
+
+    def responses(seed: int, names=("aime24", "amc23")) -> list[list[str]]:
+        runs = evaluate.generate_and_grade(engine, tokenizer, {name: problem_sets[name] for name in names}, n=3,
+                                           sampling=dataclasses.replace(FAST, max_tokens=8, seed=seed), pool=pool)
+        return [run.texts for run in runs]
+
+    first = responses(seed=0)
+    assert responses(seed=0) == first
+    assert responses(seed=1) != first
+    # A benchmark samples from its own seed: alone, or after another, it gets the same responses.
+    assert responses(seed=0, names=("amc23",)) == first[1:]
+    assert evaluate.benchmark_seed(0, "aime24") != evaluate.benchmark_seed(0, "amc23")
 
 
 @needs_files

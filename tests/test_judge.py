@@ -91,26 +91,29 @@ def test_default_template_is_valid():
 
 @pytest.fixture(scope="module")
 def tiny_judge_model():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from justrl_min.model import load_tokenizer
+    from justrl_min.rollout import HFEngine
     from justrl_min.tiny_judge import PROMPT_FILE, prepare_tiny_judge
 
     folder = prepare_tiny_judge(log=lambda *_: None)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    return model, AutoTokenizer.from_pretrained(folder), load_template(folder / PROMPT_FILE)
+    tokenizer = load_tokenizer(str(folder))
+    return HFEngine(model, tokenizer, batch_size=64), tokenizer, load_template(folder / PROMPT_FILE)
 
 
 def test_tiny_judge_generates_verdicts_through_its_chat_template(tiny_judge_model):
-    from justrl_min.judge import hf_greedy_generate
+    from justrl_min.judge import engine_generate
     from justrl_min.tiny_judge import labelled_items
 
-    model, tokenizer, template = tiny_judge_model
+    engine, tokenizer, template = tiny_judge_model
     items = labelled_items(64, seed=1234)  # held out: training used seed + 1 = 1
-    generate = hf_greedy_generate(model, tokenizer, batch_size=64, max_new_tokens=4)
+    generate = engine_generate(engine, tokenizer, max_new_tokens=4)
     verdicts = judge([item for item, _ in items], generate, template)
     assert all(v.label in ("A", "B") for v in verdicts), [v.output for v in verdicts]
     assert all(v.correct == (v.output.strip() == "A") for v in verdicts)
     assert {v.label for v in verdicts} == {"A", "B"}  # it does discriminate (how well is not tested)
-    # greedy: the same prompts give the same outputs
+    # greedy: the same prompts give the same outputs, alone or in another batch
     assert [v.output for v in judge([item for item, _ in items[:8]], generate, template)] == \
         [v.output for v in verdicts[:8]]

@@ -278,6 +278,46 @@ def test_compute_score_exact(response, gold, expected):
     assert compute_score(response, gold, mode="exact") == expected
 
 
+# --------------------------------------------------------------------------- compute_score, unboxed
+
+# math-verify's own answer search (verl's validation): priorities "final answer is" / a box, then
+# "answer:", then the rightmost plain LaTeX or number; equal priorities go to the rightmost match.
+UNBOXED_CASES = [
+    ("The answer is 42.", "42", 1.0),                      # no box needed
+    ("So we get 41, then 42", "42", 1.0),                  # the rightmost number
+    ("So we get 42, then 41", "42", 0.0),
+    ("the answer is $\\frac{3}{4}$", "0.75", 1.0),
+    ("x = 1/2", "\\frac{1}{2}", 1.0),                     # a plain expression
+    ("Answer: 1,000", "1000", 1.0),                        # thousands separator
+    ("the value is $(1, 2)$", "(1,2)", 1.0),
+    ("<think>maybe 5</think> Final answer: \\boxed{7}", "7", 1.0),
+    ("\\boxed{8} and then $7$", "8", 1.0),                 # a box outranks later plain LaTeX
+    ("The final answer is $7$. Check: \\boxed{8}", "7", 0.0),  # same priority: the rightmost (the box)
+    ("\\boxed{41, 42, 43}", "42", 0.0),                    # a set is not one of its members
+    ("\\boxed{2", "2", 0.0),                               # an unclosed box, nothing else to read
+    ("no answer here", "5", 0.0),
+    ("", "5", 0.0),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "expected"), UNBOXED_CASES)
+def test_compute_score_unboxed(response, gold, expected):
+    assert compute_score(response, gold, mode="unboxed") == expected
+
+
+def test_the_unboxed_mode_reads_answers_the_boxed_modes_do_not():
+    assert [compute_score("The answer is 42.", "42", mode=mode) for mode in ("symbolic", "exact", "unboxed")] == \
+        [0.0, 0.0, 1.0]
+
+
+def test_unboxed_pool_sends_whole_responses_and_keeps_the_deadline():
+    responses = ["The answer is 42.", "So 42 it is, no: 41", "\\boxed{42}", "", "x" * 50_000 + " 42"]
+    with VerifierPool(workers=1, timeout_s=5.0, mode="unboxed") as pool:
+        result = pool.score(responses, ["42"] * len(responses))
+    assert result.scores == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert result.judged == 4 and result.timeouts == 0  # the empty response needs no worker
+
+
 def test_unknown_mode_is_a_programming_error():
     with pytest.raises(ValueError, match="mode"):
         compute_score("\\boxed{1}", "1", mode="fuzzy")
