@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from justrl_min import algo, dist, shaping
+from justrl_min.by_source import build_source_grading
 from justrl_min.checkpoint import (
     Checkpointer,
     TrainingState,
@@ -184,6 +185,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
     step_reward = build_step_reward(cfg, tokenizer, device)
+    grading = build_source_grading(cfg.reward.by_source, cfg.reward.mode, [p.source for p in prompt_set.problems],
+                                   [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
     engine = build_engine(cfg, policy, tokenizer,
                           lambda: dist.gathered_for_generation(scorer, info, cfg.rollout.engine),
                           info.enabled, log=print if info.is_main else lambda _: None)
@@ -213,7 +216,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     consecutive_skips = 0
 
     with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
-                                               mode=cfg.reward.mode) as pool:
+                                               mode=cfg.reward.mode, graders=grading.extra_graders) as pool:
         for step in range(start_step + 1, t.steps + 1):
             step_started = time.monotonic()
             indices = sampler.next_batch(t.prompts_per_step)
@@ -233,7 +236,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
             step_problems = [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)]
             golds = [p.answer for p in step_problems]
-            scored = pool.score(texts, golds)
+            scored = pool.score(texts, golds, grading.graders_of(indices, cfg.rollout.n))
             correct = torch.tensor(scored.scores, dtype=torch.float64)
             rewards, reward_by_source = step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
                                                             rollouts.response_ids, rollouts.truncated, correct))
@@ -270,6 +273,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             metrics = step_metrics(rollouts, rewards, reward_by_source, correct, batch, cfg.rollout.n, info)
             metrics.update(update.metrics())
             metrics.update(critic_metrics)
+            metrics.update(grading.metrics(indices, cfg.rollout.n, rewards, correct, info))
             metrics.update({
                 "train/lr": lr,
                 "train/skipped_steps": training.skipped_total,
