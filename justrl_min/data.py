@@ -1,7 +1,7 @@
 """Problem sets: loading, schema adapters, prompt building and a seeded, resumable sampler.
 
-Sources: `tiny` or `tiny_mixed` (the synthetic tasks, justrl_min.tiny.TASKS), a hub id (`datasets.load_dataset`), or a local
-parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
+Sources: `tiny` or `tiny_mixed` (the synthetic tasks, justrl_min.tiny.TASKS), a hub id
+(`datasets.load_dataset`), or a local parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
 
 - verl (DAPO-Math-17k, the JustRL benchmark files): `prompt` = chat messages, gold in
   `reward_model.ground_truth` (sometimes stored as `\\boxed{204}`, unwrapped to `204`).

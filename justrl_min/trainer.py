@@ -28,6 +28,7 @@ import torch
 from justrl_min import algo, dist, shaping
 from justrl_min.by_source import build_source_grading
 from justrl_min.checkpoint import (
+    POLICY_PREFIX,
     Checkpointer,
     TrainingState,
     check_disk,
@@ -38,7 +39,7 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
-from justrl_min.critic import build_advantage_estimator
+from justrl_min.critic import build_advantage_estimator, policy_scorer_class
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
@@ -73,6 +74,8 @@ class Batch:
     tis_weights: torch.Tensor | None = None
     rollout_logp: torch.Tensor | None = None  # the engine's own log-probs, when it reports them
     advantages: torch.Tensor | None = None    # (R,), or (R, T) from GAE
+    values: torch.Tensor | None = None        # GAE: the rollout's values (R, T); returns too
+    returns: torch.Tensor | None = None
     fresh_rows: int = 0
     """Rows [0, fresh_rows) have no old log-probs yet: the update's first forward over them, taken
     before any optimizer step of this step, gives them (see `PolicyUpdate.fresh_rows`)."""
@@ -171,11 +174,11 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     share_prompts, prompt_layout = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
     microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
 
-    def token_scorer(causal_lm: torch.nn.Module) -> torch.nn.Module:
-        return dist.shard(TokenScorer(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
-                                      cfg.model.logprob_chunk_tokens), info, compute_dtype)
+    def token_scorer(causal_lm: torch.nn.Module, scorer_class=TokenScorer) -> torch.nn.Module:
+        return dist.shard(scorer_class(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
+                                       cfg.model.logprob_chunk_tokens), info, compute_dtype)
 
-    scorer = token_scorer(policy)
+    scorer = token_scorer(policy, policy_scorer_class(cfg, resume_from))  # with the value head if shared
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = token_scorer(load(cfg.model.path, trainable=False))
@@ -251,7 +254,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             batch = prepare_batch(rollouts, microbatches, scorer, reference,
                                   update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
                                   cfg.train.mask_truncated)
-            batch = dataclasses.replace(batch, advantages=estimator.advantages(rewards, batch))
+            batch = estimator.with_advantages(rewards, batch)
 
             # ---- update
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
@@ -326,8 +329,9 @@ def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, refere
     mask = unflatten(torch.ones(sum(lengths)), lengths, max(lengths, default=1))
     if mask_truncated:
         mask = shaping.without_truncated(mask, torch.tensor(rollouts.truncated))
-    old_logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask)
-    microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy)
+    old_logp, entropy, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
+    # `values` is written only by a scorer with a value head (critic.shared_backbone)
+    microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy, values)
     ref_logp = None
     if reference is not None:
         ref_logp = torch.zeros_like(mask)
@@ -339,7 +343,7 @@ def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, refere
         if tis_cap > 0:
             tis_weights = algo.truncated_is_weights(old_logp, rollout_logp, tis_cap)
     return Batch(prompts, responses, mask, old_logp, entropy, ref_logp, tis_weights, rollout_logp,
-                 fresh_rows=fresh_rows)
+                 fresh_rows=fresh_rows, values=values if scorer.has_values else None)
 
 
 @dataclass
@@ -399,9 +403,11 @@ class PolicyUpdate:
     def from_config(cls, cfg: Config, scorer, optimizer, scheduler, microbatches: MicroBatcher,
                     first_minibatch_scores_itself: bool = True) -> PolicyUpdate:
         a = cfg.algorithm
+        c = cfg.critic
         objective = algo.policy_objective(
             a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-            kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef)
+            kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
+            value_coef=c.value_coef if c.shared_backbone else 0.0, value_clip=c.value_clip)
         return cls(scorer, optimizer, scheduler, objective, microbatches,
                    cfg.train.mini_batch_prompts // microbatches.info.world_size * cfg.rollout.n, a.ppo_epochs,
                    cfg.train.grad_clip, a.target_kl, first_minibatch_scores_itself and cfg.rollout.tis_cap == 0)
@@ -461,7 +467,9 @@ class PolicyUpdate:
         names: list[str] = []
         for idx, micro in self.microbatches(batch.prompts, batch.responses, rows):
             width = max(micro.response_lengths)
-            logp, token_entropy = (unflatten(v, micro.response_lengths, width) for v in self.scorer(micro))  # (b, T)
+            rows_of = functools.partial(_micro_rows, idx=idx, width=width, device=device)
+            # (b, T) each; a value head on the policy (critic.shared_backbone) adds its values
+            logp, token_entropy, *values = (unflatten(v, micro.response_lengths, width) for v in self.scorer(micro))
             old = old_logp[idx, :width].to(device)
             if fresh_rows:
                 fresh = torch.tensor(idx) < fresh_rows                                    # (b,)
@@ -472,9 +480,8 @@ class PolicyUpdate:
             x = algo.PolicyInputs(
                 logp, token_entropy, old,
                 (batch.advantages[idx, :width] if batch.advantages.dim() == 2 else batch.advantages[idx]).to(device),
-                batch.mask[idx, :width].to(device),
-                batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None,
-                batch.ref_logp[idx, :width].to(device) if batch.ref_logp is not None else None)
+                batch.mask[idx, :width].to(device), rows_of(batch.tis_weights), rows_of(batch.ref_logp),
+                values[0] if values else None, rows_of(batch.values), rows_of(batch.returns))
             loss, diagnostics = self.objective(x, normalizer)
             # FSDP averages gradients over ranks; scaling by the world size turns that into a sum.
             (loss * info.world_size).backward()
@@ -488,10 +495,16 @@ class PolicyUpdate:
         return MiniBatchResult(dist.sum_scalar(loss_sum, info), bool(dist.sum_scalar(nonfinite, info)), token_weighted)
 
 
+def _micro_rows(t: torch.Tensor | None, idx: list[int], width: int, device: torch.device) -> torch.Tensor | None:
+    """A micro-batch's rows of an optional (R, T) step tensor, on the device."""
+    return t[idx, :width].to(device) if t is not None else None
+
+
 def weights_for_engine(scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
     """The trainer's full weights under Hugging Face names, lazily: an engine that samples from the
     trainer's own module never consumes them, so nothing is gathered for it."""
-    return ((name.removeprefix("causal_lm."), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype))
+    return ((name.removeprefix(POLICY_PREFIX), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype)
+            if name.startswith(POLICY_PREFIX))  # not a value head's
 
 
 def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:
