@@ -58,6 +58,7 @@ from justrl_min.model import (
 from justrl_min.reward import VerifierPool
 from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
+from justrl_min.summary import RunSummary
 from justrl_min.tracking import Tracker, read_metrics
 
 
@@ -210,6 +211,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     # A resumed run replays its logged steps into the monitor, so open episodes are not re-reported.
     health = HealthMonitor(cfg.health if cfg.log.health and info.is_main else None,
                            read_metrics(run_dir) if resume_from and info.is_main else ())
+    summary = RunSummary(run_dir, cfg, resumed=bool(resume_from), enabled=info.is_main)
     if resume_from:
         tracker.message(f"resumed from {resume_from} at step {start_step}")
     if prompt_set.dropped_too_long:
@@ -301,11 +303,13 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             stopping = bool(dist.sum_scalar(int(stop.requested), info))
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
                 save_training_state(checkpointer, step, cfg, training, info, write_extra=estimator.state_writer())
+                summary.write("running", checkpointer.latest())
             if stopping:
                 tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
                                 f"python train.py {run_dir / 'config.yaml'} run.resume=true")
                 break
     tracker.close()
+    summary.write("stopped" if stop.requested else "finished", checkpointer.latest())
     engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
         from justrl_min.curves import plot_runs
