@@ -259,10 +259,11 @@ class ValueTokenScorer(TokenScorer):
             self.value_head.load_state_dict({k.removeprefix("value_head."): v for k, v in state.items()})
 
     def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
-        """(log-probs, entropy, values), each (n,); values in float32."""
+        """(log-probs, entropy, values), each (n,); values in float32 or wider, like the log-probs."""
         hidden = self._response_hidden(batch)
         logp, entropy = self._token_logprobs(hidden, batch.target_ids, temperature, chunk_tokens)
-        return logp, entropy, self.value_head(hidden).squeeze(-1).float()
+        values = self.value_head(hidden).squeeze(-1)
+        return logp, entropy, values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
 def policy_scorer_class(cfg: Config, resume_from: Path | None) -> Callable[..., TokenScorer]:
