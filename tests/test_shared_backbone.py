@@ -27,7 +27,8 @@ def small(model: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    grads = {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for name, p in module.named_parameters()}
+    grads = {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+             for name, p in module.named_parameters()}
     module.zero_grad(set_to_none=True)
     return grads
 
@@ -70,7 +71,7 @@ def test_one_backward_gives_the_sum_of_the_two_losses_gradients(tmp_path):
     assert policy_only["value_head.weight"].abs().sum() == 0                             # the head is the value's
     for name in together:
         torch.testing.assert_close(together[name], policy_only[name] + value_coef * value_only[name], rtol=0,
-                                   atol=1e-6 * together[name].abs().max().item(), msg=lambda m: f"{name}: {m}")
+                                   atol=1e-6 * together[name].abs().max().item(), msg=name)
 
 
 def test_shared_head_checkpoints_and_resumes_exactly(warm_model, tmp_path):
