@@ -103,13 +103,14 @@ class GroupBaseline:
 class CriticGAE:
     """algorithm.advantage=gae: a trained value model, GAE advantages, optional KL in the reward."""
 
-    def __init__(self, cfg: Config, model: ValueModel, optimizer: torch.optim.Optimizer, kl_coef: float,
-                 microbatches: MicroBatcher):
+    def __init__(self, cfg: Config, model: ValueModel | None, optimizer: torch.optim.Optimizer | None,
+                 kl_coef: float, microbatches: MicroBatcher):
         self.cfg, self.model, self.optimizer, self.kl_coef = cfg, model, optimizer, kl_coef
         self.microbatches, self.info = microbatches, microbatches.info
         self.metrics: dict[str, float] = {}
         self.reads_old_logp = cfg.algorithm.kl_in_reward
-        """`advantages` reads the old log-probs (the KL in the reward), so they must exist first."""
+        """`with_advantages` reads the batch's no-grad pass (old log-probs for the KL in the reward; the
+        shared head's values), so every row must be scored before the update."""
 
     def policy_trains(self, step: int) -> bool:
         return step > self.cfg.critic.warmup_steps
