@@ -125,3 +125,27 @@ def test_shared_backbone_config_errors_name_the_key():
         load_recipe(RECIPE, ["critic.path=tiny"])
     with pytest.raises(ConfigError, match="critic.value_coef: must be > 0"):
         load_recipe(RECIPE, ["critic.value_coef=0"])
+
+
+def test_two_rank_shared_head_run_checkpoints_and_resumes(warm_model, tmp_path):
+    import math
+    import os
+    import subprocess
+    import sys
+
+    def torchrun(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                 "2", "train.py", str(RECIPE), *small(warm_model, tmp_path / "ddp"),
+                                 "checkpoint.every_steps=2", *args], cwd=ROOT, capture_output=True, text=True,
+                                timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        return result.stdout + result.stderr
+
+    torchrun("train.steps=2")
+    assert "resumed from" in torchrun("train.steps=3")
+    metrics = read_metrics(tmp_path / "ddp")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        assert all(math.isfinite(m[key]) for key in SHARED_METRICS), m
+    latest = tmp_path / "ddp/checkpoints/latest"
+    assert (latest / TRAINED_HEADS_FILE).is_file() and (latest / "critic/state.json").is_file()
