@@ -30,16 +30,16 @@ UNLABELLED = "unlabelled"
 @dataclass(frozen=True)
 class SourceGrading:
     """`reward.by_source` resolved against the prompt set; indexed by prompt position."""
-    prompt_graders: tuple[str, ...]
-    """Each prompt's grader."""
+    prompt_graders: tuple[str | None, ...]
+    """Each prompt's grader; None: the verifier pool's default (`reward.mode`)."""
     extra_graders: tuple[str, ...]
-    """The graders besides `reward.mode`, for the verifier pool's workers to load."""
+    """The graders `reward.by_source` names, for the verifier pool's workers to load."""
     sources: tuple[str, ...]
     """Metric names of the sources logged, sorted; empty: no per-source metrics."""
     prompt_source: tuple[int, ...]
     """Each prompt's position in `sources` (0 when none are logged)."""
 
-    def graders_of(self, prompts: Sequence[int], n: int) -> list[str]:
+    def graders_of(self, prompts: Sequence[int], n: int) -> list[str | None]:
         """The grader of each of the step's responses: n per prompt, groups contiguous."""
         return [self.prompt_graders[i] for i in prompts for _ in range(n)]
 
@@ -63,9 +63,10 @@ class SourceGrading:
         return out
 
 
-def build_source_grading(by_source: dict[str, str], default: str, problem_sources: Sequence[str],
+def build_source_grading(by_source: dict[str, str], problem_sources: Sequence[str],
                          reward_source_names: Iterable[str], data_name: str = "data.train") -> SourceGrading:
-    """Each prompt's grader (by_source[its source], else `default`) and the per-source metric names.
+    """Each prompt's grader (by_source[its source], else None: the pool's default) and the
+    per-source metric names.
 
     `problem_sources` holds each prompt's source; `reward_source_names` are the step reward's own
     terms (verifier, function, ...), whose reward/<name>_mean a source must not shadow.
@@ -84,7 +85,7 @@ def build_source_grading(by_source: dict[str, str], default: str, problem_source
                           f"would mean two things; rename the source in {data_name}")
     position = {source: sources.index(names[source]) if sources else 0 for source in present}
     return SourceGrading(
-        prompt_graders=tuple(by_source.get(source, default) for source in problem_sources),
-        extra_graders=tuple(dict.fromkeys(g for g in by_source.values() if g != default)),
+        prompt_graders=tuple(by_source.get(source) for source in problem_sources),
+        extra_graders=tuple(dict.fromkeys(by_source.values())),
         sources=sources,
         prompt_source=tuple(position[source] for source in problem_sources))

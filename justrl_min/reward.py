@@ -905,7 +905,7 @@ class VerifierPool:
     responses and golds as given, nothing merged (tests; custom rewards).
 
     ``graders`` are further `Grader`s the workers load (`reward.by_source`): `score` may name one
-    per item, and each item is judged by its own under the same deadline; unnamed items get the
+    per item, and each item is judged by its own under the same deadline; items given None get the
     default (``score_fn``, else ``mode``).
     """
 
@@ -930,7 +930,7 @@ class VerifierPool:
         self._graders: tuple[Grader, ...] = tuple(dict.fromkeys((score_fn or mode, *graders)))
         """Position 0 is the default; a job names its grader by position."""
         self._whole_items = tuple(judges_whole_items(grader) for grader in self._graders)
-        self._grader_position = {grader: i for i, grader in enumerate(self._graders)}
+        self._grader_position = {None: 0, **{grader: i for i, grader in enumerate(self._graders)}}
         self._context = mp.get_context(_START_METHOD)
         self._workers: list[_Worker] = []
         self._startup_failures = 0
@@ -943,10 +943,11 @@ class VerifierPool:
     # ---- public API
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str],
-              graders: Sequence[Grader] | None = None) -> BatchScore:
+              graders: Sequence[Grader | None] | None = None) -> BatchScore:
         """Score ``responses[i]`` against ``ground_truths[i]`` with ``graders[i]`` (one the pool was
-        built with; None: the default for all); returns when every item is scored, timed out or
-        errored. One call at a time: the pool is not meant to be shared by threads."""
+        built with, or None for its default; ``graders`` None: the default for all); returns when
+        every item is scored, timed out or errored. One call at a time: the pool is not meant to be
+        shared by threads."""
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
         if len(responses) != len(ground_truths):
@@ -967,14 +968,15 @@ class VerifierPool:
                            len(tally.scores), tally.timeouts, tally.errors, tally.slowest_s)
         return tally.result()
 
-    def _positions(self, graders: Sequence[Grader] | None, count: int) -> list[int]:
+    def _positions(self, graders: Sequence[Grader | None] | None, count: int) -> list[int]:
         if graders is None:
             return [0] * count
         if len(graders) != count:
             raise ValueError(f"{count} responses but {len(graders)} graders")
         unknown = sorted({str(g) for g in graders if g not in self._grader_position})
         if unknown:
-            raise ValueError(f"graders {unknown} were not given to this VerifierPool (it has {list(self._graders)})")
+            raise ValueError(f"graders {unknown} were not given to this VerifierPool "
+                             f"(it has {list(self._graders)}, None for the first)")
         return [self._grader_position[g] for g in graders]
 
     def worker_pids(self) -> list[int]:

@@ -189,7 +189,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
     step_reward = build_step_reward(cfg, tokenizer, device)
-    grading = build_source_grading(cfg.reward.by_source, cfg.reward.mode, [p.source for p in prompt_set.problems],
+    grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
                                    [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
     engine = build_engine(cfg, policy, tokenizer,
                           lambda: dist.gathered_for_generation(scorer, info, cfg.rollout.engine),

@@ -21,7 +21,7 @@ WITHIN_ONE = "justrl_min.tiny:within_one"
 def test_pool_judges_each_item_with_its_own_grader():
     responses = ["\\boxed{0.5}", "\\boxed{0.5}", "\\boxed{8}", "\\boxed{8}", "no box"]
     golds = ["\\frac{1}{2}", "\\frac{1}{2}", "7", "7", "7"]
-    graders = ["symbolic", "exact", WITHIN_ONE, "symbolic", WITHIN_ONE]
+    graders = [None, "exact", WITHIN_ONE, "symbolic", WITHIN_ONE]  # None: the pool's default (symbolic)
     with VerifierPool(workers=1, timeout_s=5.0, graders=("exact", WITHIN_ONE)) as pool:
         result = pool.score(responses, golds, graders)
         # 0.5 = 1/2 symbolically, not as strings; 8 is within one of 7 but not equal to it
@@ -43,18 +43,18 @@ def test_within_one_reads_the_last_box():
 
 
 def test_grading_is_resolved_once_per_prompt():
-    grading = build_source_grading({"b": WITHIN_ONE}, "symbolic", ["a", "b", "b", "c"], ["verifier"])
-    assert grading.prompt_graders == ("symbolic", WITHIN_ONE, WITHIN_ONE, "symbolic")
+    grading = build_source_grading({"b": WITHIN_ONE}, ["a", "b", "b", "c"], ["verifier"])
+    assert grading.prompt_graders == (None, WITHIN_ONE, WITHIN_ONE, None)  # None: the pool's default
     assert grading.extra_graders == (WITHIN_ONE,) and grading.sources == ("a", "b", "c")
-    assert grading.graders_of([1, 0], n=2) == [WITHIN_ONE, WITHIN_ONE, "symbolic", "symbolic"]
+    assert grading.graders_of([1, 0], n=2) == [WITHIN_ONE, WITHIN_ONE, None, None]
     # One source and no mapping: nothing extra, nothing per source (the default recipe's log is unchanged).
-    plain = build_source_grading({}, "symbolic", ["tiny_add"] * 3, ["verifier"])
+    plain = build_source_grading({}, ["tiny_add"] * 3, ["verifier"])
     assert plain.sources == () and plain.extra_graders == ()
     assert plain.metrics([0], 2, torch.ones(2), torch.ones(2), trainer.dist.DistInfo()) == {}
 
 
 def test_per_source_metrics_are_means_over_each_sources_responses():
-    grading = build_source_grading({}, "symbolic", ["a", "b", ""], ["verifier"])
+    grading = build_source_grading({}, ["a", "b", ""], ["verifier"])
     assert grading.sources == ("a", "b", "unlabelled")
     # prompts 0 (a) and 1 (b), two responses each; no response of the unlabelled prompt this step
     rewards = torch.tensor([1.0, -1.0, 0.5, 0.25], dtype=torch.float64)
@@ -67,15 +67,15 @@ def test_per_source_metrics_are_means_over_each_sources_responses():
 def test_bad_mappings_are_errors_naming_the_key():
     with pytest.raises(ConfigError, match="reward.by_source.tiny_sub: no row of data.train has source 'tiny_sub' "
                                           r"\(its sources: tiny_add, tiny_estimate\)"):
-        build_source_grading({"tiny_sub": "exact"}, "symbolic", ["tiny_add", "tiny_estimate"], [])
+        build_source_grading({"tiny_sub": "exact"}, ["tiny_add", "tiny_estimate"], [])
     with pytest.raises(ConfigError, match="reward.by_source.tiny_add: unknown grader 'exat'"):
         load_recipe(None, ["reward.by_source={tiny_add: exat}"])
     with pytest.raises(ConfigError, match="reward.by_source.tiny_add='nomodule_xyz:f': cannot import"):
-        build_source_grading({"tiny_add": "nomodule_xyz:f"}, "symbolic", ["tiny_add"], [])
+        build_source_grading({"tiny_add": "nomodule_xyz:f"}, ["tiny_add"], [])
     with pytest.raises(ConfigError, match="reward.by_source.tiny_add='tests.reward_fns:missing': .* has no callable"):
-        build_source_grading({"tiny_add": "tests.reward_fns:missing"}, "symbolic", ["tiny_add"], [])
+        build_source_grading({"tiny_add": "tests.reward_fns:missing"}, ["tiny_add"], [])
     with pytest.raises(ConfigError, match="data source 'verifier' has the name of a reward term"):
-        build_source_grading({}, "symbolic", ["verifier", "b"], ["verifier"])
+        build_source_grading({}, ["verifier", "b"], ["verifier"])
     with pytest.raises(ConfigError, match="reward.by_source: expected a mapping"):
         load_recipe(None, ["reward.by_source=exact"])
 
