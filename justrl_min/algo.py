@@ -63,7 +63,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool 
 
 class PolicyInputs(NamedTuple):
     """One micro-batch as a policy objective sees it: (b, T) each, `advantages` (b,) or (b, T);
-    `logp` and `entropy` of the current policy (with gradient); `token_weights` the TIS weights."""
+    `logp` and `entropy` of the current policy (with gradient); `token_weights` the TIS weights;
+    `values` the shared value head's (with gradient), `old_values` and `returns` the rollout's."""
     logp: torch.Tensor
     entropy: torch.Tensor
     old_logp: torch.Tensor
@@ -71,6 +72,9 @@ class PolicyInputs(NamedTuple):
     mask: torch.Tensor
     token_weights: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
 
 
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
@@ -134,11 +138,14 @@ PolicyObjective = Callable[[PolicyInputs, float], tuple[torch.Tensor, dict[str, 
 
 
 def policy_objective(loss: str, *, clip_low: float, clip_high: float, dual_clip: float | None,
-                     kl_coef: float = 0.0, kl_kind: str = "k3", entropy_coef: float = 0.0) -> PolicyObjective:
+                     kl_coef: float = 0.0, kl_kind: str = "k3", entropy_coef: float = 0.0,
+                     value_coef: float = 0.0, value_clip: float | None = None) -> PolicyObjective:
     """The named policy loss plus its optional terms, bound once at start-up.
 
     kl_coef > 0 adds kl_coef * token-sum(KL(pi || ref)) / token_normalizer (diagnostic `kl`, the
-    token mean); entropy_coef > 0 subtracts entropy_coef * token-sum(entropy) / token_normalizer.
+    token mean); entropy_coef > 0 subtracts entropy_coef * token-sum(entropy) / token_normalizer;
+    value_coef > 0 (a value head on the policy's backbone) adds value_coef * `value_loss` with the
+    same normalizer (diagnostics `value_loss`, its token mean, and `value_clip_frac`).
     """
     base = POLICY_LOSSES[loss]  # Config.validate names the choices
 
@@ -150,6 +157,11 @@ def policy_objective(loss: str, *, clip_low: float, clip_high: float, dual_clip:
             diagnostics["kl"] = masked_mean(kl.detach(), x.mask)
         if entropy_coef:
             total = total - entropy_coef * masked_sum(x.entropy, x.mask) / token_normalizer
+        if value_coef:
+            token_mean, metrics = value_loss(x.values, x.old_values, x.returns, x.mask, value_clip)
+            # token mean x tokens here / normalizer: the sum over valid tokens / normalizer, as above
+            total = total + value_coef * token_mean * x.mask.sum() / token_normalizer
+            diagnostics["value_loss"], diagnostics["value_clip_frac"] = token_mean.detach(), metrics.clip_frac
         return total, diagnostics
 
     return objective

@@ -35,6 +35,11 @@ except ImportError:  # numpy < 2
 
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
+POLICY_PREFIX = "causal_lm."
+"""Where the trained module (a model.TokenScorer) keeps the Hugging Face policy."""
+TRAINED_HEADS_FILE = "value_head.safetensors"
+"""The trained module's weights beside the policy (critic.shared_backbone's value head), kept out
+of the Hugging Face folder so that `latest` stays a plain model folder."""
 SAFE_GLOBALS = (np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32)))
 """What a state file may name beyond torch's own weights-only set: numpy's RNG state is a uint32
 array, which pickles through these."""
@@ -186,7 +191,8 @@ def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides the config: the trained module (FSDP-sharded under torchrun),
-    saved as the Hugging Face `policy`; the optimizer, schedule, sampler; the skipped-step count."""
+    saved as the Hugging Face `policy` (plus TRAINED_HEADS_FILE when it carries a value head); the
+    optimizer, schedule, sampler; the skipped-step count."""
     scorer: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -225,8 +231,13 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, trai
     dist.barrier(info)
     if info.is_main:
         def write(folder: Path) -> None:
-            t.policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v
-                                                         for k, v in model_state.items()})
+            t.policy.save_pretrained(folder, state_dict={k.removeprefix(POLICY_PREFIX): v for k, v in
+                                                         model_state.items() if k.startswith(POLICY_PREFIX)})
+            heads = {k: v.contiguous() for k, v in model_state.items() if not k.startswith(POLICY_PREFIX)}
+            if heads:
+                from safetensors.torch import save_file
+
+                save_file(heads, folder / TRAINED_HEADS_FILE)
             t.tokenizer.save_pretrained(folder)
             if optimizer_state is not None:
                 torch.save(optimizer_state, folder / "optimizer.pt")

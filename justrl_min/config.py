@@ -21,6 +21,10 @@ import yaml
 
 from justrl_min.reward import GRADERS
 
+TRAINING_MODES = ("symbolic", "exact", "deepscaler")
+"""The verifier modes a training reward may use (reward.mode, reward.by_source); `unboxed` reproduces
+an evaluation protocol and is no training reward."""
+
 BOXED_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -167,6 +171,14 @@ class CriticConfig:
     """Clip the value change per update to +-value_clip around the rollout's values; null disables."""
     warmup_steps: int = 0
     """Training steps at the start in which only the critic trains (the policy is not updated)."""
+    shared_backbone: bool = False
+    """The value head sits on the policy's own backbone instead of a separate critic model: one
+    forward gives log-probs and values, and one backward of policy loss + value_coef * value loss
+    (- entropy_coef * entropy) trains both with the policy's optimizer (train.lr, train.grad_clip;
+    the critic's own path / lr / weight_decay / grad_clip / warmup_steps do not apply). The head is
+    saved in each checkpoint (value_head.safetensors) and resumed with the policy."""
+    value_coef: float = 0.1
+    """shared_backbone: the value loss's weight c1 in the one total loss (TRL's vf_coef default)."""
 
 
 @dataclass
@@ -237,6 +249,14 @@ class RewardConfig:
     """Linear length penalty: response tokens (EOS counted) beyond which each token costs length_coef."""
     length_coef: float = 0.0
     """Linear length penalty -length_coef * max(0, length - length_target) added to every reward. 0: off."""
+    by_source: dict[str, str] = field(default_factory=dict)
+    """Grader per data source: {source: grader}, a row's source being its `data_source` (verl) or
+    `source` column (`tiny_mixed`: tiny_add, tiny_estimate). A grader is a verifier mode (symbolic |
+    exact | deepscaler) or `package.module:callable` called as fn(response, gold) -> 1.0 / 0.0; every
+    one runs in the verifier pool under `timeout_s`, and its verdict is what `correct` / `incorrect`
+    and train/accuracy read. Sources not named get `mode`. Each key must be a source of data.train.
+    With this set, or with more than one source in the data, each source's mean reward and accuracy
+    are logged as reward/<source>_mean and reward/<source>_accuracy. Empty: `mode` for every row."""
 
 
 @dataclass
@@ -384,16 +404,25 @@ class Config:
         c = self.critic
         _require(c.value_clip is None or c.value_clip > 0, "critic.value_clip", "must be > 0 or null")
         _require(c.warmup_steps >= 0 and c.lr > 0, "critic.warmup_steps", "warmup_steps >= 0 and lr > 0")
+        _require(not c.shared_backbone or a.advantage == "gae", "critic.shared_backbone",
+                 "needs algorithm.advantage=gae (the value head's values feed GAE)")
+        _require(not c.shared_backbone or (not c.path and not c.warmup_steps), "critic.shared_backbone",
+                 "the head sits on the policy itself: critic.path must be empty and critic.warmup_steps 0 "
+                 "(with one loss there is no update of the critic alone)")
+        _require(c.value_coef > 0, "critic.value_coef", "must be > 0")
         _require(self.reward.model_batch_size > 0, "reward.model_batch_size", "must be > 0")
         _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
-        _require(self.reward.mode in ("symbolic", "exact", "deepscaler"), "reward.mode",
-                 "must be symbolic | exact | deepscaler")
+        _require(self.reward.mode in TRAINING_MODES, "reward.mode", f"must be {' | '.join(TRAINING_MODES)}")
         rw = self.reward
         _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",
                  f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off)")
         _require(rw.overlong_penalty >= 0, "reward.overlong_penalty", "must be >= 0 (a penalty factor)")
         _require(rw.length_target >= 0, "reward.length_target", "must be >= 0")
         _require(rw.length_coef >= 0, "reward.length_coef", "must be >= 0 (0: off)")
+        for source, grader in rw.by_source.items():
+            _require(grader in TRAINING_MODES or ":" in grader, f"reward.by_source.{source}",
+                     f"unknown grader {grader!r}: a verifier mode ({' | '.join(TRAINING_MODES)}) or "
+                     "package.module:callable")
         _require(self.eval.grader in GRADERS, "eval.grader",
                  f"unknown grader {self.eval.grader!r} ({' | '.join(GRADERS)})")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
@@ -513,6 +542,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`

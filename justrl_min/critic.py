@@ -11,14 +11,22 @@
   mini-batches as the policy (token-mean across micro-batches and ranks), is sharded with FSDP2
   under torchrun, and is saved in `checkpoints/step_N/critic/` for an exact resume. For its first
   `critic.warmup_steps` steps only the critic trains.
+- `SharedHeadGAE` (gae with `critic.shared_backbone`, the classic shared policy-value network): the
+  value head sits on the policy's own backbone (`ValueTokenScorer`), so the no-grad pass that gives
+  the old log-probs gives the rollout's values too, and the policy update's one forward and one
+  backward train both (policy loss + critic.value_coef * value loss, `algo.policy_objective`) with
+  the policy's optimizer. The head is saved beside the policy (checkpoint.TRAINED_HEADS_FILE), its
+  Adam moments in the policy's optimizer state; GAE, whitening and the KL in the reward are as above.
 
-Both expose `advantages(rewards, batch)`, `policy_trains(step)`, `update(batch) -> metrics`,
-`state_writer() -> write(folder) | None` and `reads_old_logp`, so the loop has no branches on the
-estimator.
+All expose `with_advantages(rewards, batch) -> batch`, `policy_trains(step)`, `update(batch) ->
+metrics`, `state_writer() -> write(folder) | None` and `reads_old_logp`, so the loop has no branches
+on the estimator.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -27,9 +35,17 @@ from pathlib import Path
 import torch
 
 from justrl_min import algo, dist
-from justrl_min.checkpoint import load_state_file
+from justrl_min.checkpoint import TRAINED_HEADS_FILE, load_state_file
 from justrl_min.config import Config, ConfigError
-from justrl_min.model import MicroBatch, MicroBatcher, clip_grad_norm, load_causal_lm, minibatch_rows, unflatten
+from justrl_min.model import (
+    MicroBatch,
+    MicroBatcher,
+    TokenScorer,
+    clip_grad_norm,
+    load_causal_lm,
+    minibatch_rows,
+    unflatten,
+)
 from justrl_min.optim import build_adamw
 
 CRITIC_DIR = "critic"
@@ -70,8 +86,10 @@ class GroupBaseline:
         self.scale_by_std, self.eps = cfg.algorithm.scale_by_std, cfg.algorithm.adv_eps
         self.reads_old_logp = False
 
-    def advantages(self, rewards: torch.Tensor, _batch) -> torch.Tensor:
-        return algo.group_advantages(rewards, self.group_size, self.scale_by_std, self.eps).float()   # (R,)
+    def with_advantages(self, rewards: torch.Tensor, batch):
+        """The batch with group advantages (R,)."""
+        return dataclasses.replace(batch, advantages=algo.group_advantages(
+            rewards, self.group_size, self.scale_by_std, self.eps).float())
 
     def policy_trains(self, _step: int) -> bool:
         return True
@@ -86,30 +104,29 @@ class GroupBaseline:
 class CriticGAE:
     """algorithm.advantage=gae: a trained value model, GAE advantages, optional KL in the reward."""
 
-    def __init__(self, cfg: Config, model: ValueModel, optimizer: torch.optim.Optimizer, kl_coef: float,
-                 microbatches: MicroBatcher):
+    def __init__(self, cfg: Config, model: ValueModel | None, optimizer: torch.optim.Optimizer | None,
+                 kl_coef: float, microbatches: MicroBatcher):
         self.cfg, self.model, self.optimizer, self.kl_coef = cfg, model, optimizer, kl_coef
         self.microbatches, self.info = microbatches, microbatches.info
-        self.values: torch.Tensor | None = None         # (R, T) the rollout's values, for the clipped loss
-        self.returns: torch.Tensor | None = None        # (R, T)
         self.metrics: dict[str, float] = {}
         self.reads_old_logp = cfg.algorithm.kl_in_reward
-        """`advantages` reads the old log-probs (the KL in the reward), so they must exist first."""
+        """`with_advantages` reads the batch's no-grad pass (old log-probs for the KL in the reward; the
+        shared head's values), so every row must be scored before the update."""
 
     def policy_trains(self, step: int) -> bool:
         return step > self.cfg.critic.warmup_steps
 
     @torch.no_grad()
-    def advantages(self, rewards: torch.Tensor, batch) -> torch.Tensor:
-        """Per-token advantages (R, T). With kl_in_reward the KL to the reference lives in the reward
-        (the policy objective was built without its KL term)."""
+    def with_advantages(self, rewards: torch.Tensor, batch):
+        """The batch with per-token advantages, the rollout's values and the returns, (R, T) each.
+        With kl_in_reward the KL to the reference lives in the reward (the policy objective was
+        built without its KL term)."""
         a, info = self.cfg.algorithm, self.info
         mask = batch.mask
         values = self._predict(batch)                                                   # (R, T)
         kl = algo.kl_penalty(batch.old_logp, batch.ref_logp, a.kl_kind) if a.kl_in_reward else None
         rewards_t = algo.token_rewards(rewards.float(), mask, kl, self.kl_coef)
         advantages, returns = algo.gae_advantages(rewards_t, values, mask, a.gamma, a.lam)
-        self.values, self.returns = values, returns
         sums = dist.all_reduce_sum(torch.cat([
             algo.masked_moments(returns, mask), algo.masked_moments(returns - values, mask),
             algo.masked_moments(values, mask), algo.masked_moments(advantages, mask)]), info)
@@ -121,7 +138,7 @@ class CriticGAE:
             advantages = algo.whiten(advantages, mask, adv_mean, adv_var)
         if a.kl_in_reward:
             self._account_kl(kl, mask, len(batch.responses))
-        return advantages
+        return dataclasses.replace(batch, advantages=advantages, values=values, returns=returns)
 
     def _account_kl(self, kl: torch.Tensor, mask: torch.Tensor, responses: int) -> None:
         a = self.cfg.algorithm
@@ -164,8 +181,8 @@ class CriticGAE:
             width = max(micro.response_lengths)
             values = unflatten(self.model(micro), micro.response_lengths, width)         # (b, T)
             mask = batch.mask[idx, :width].to(device)
-            loss, metrics = algo.value_loss(values, self.values[idx, :width].to(device),
-                                            self.returns[idx, :width].to(device), mask,
+            loss, metrics = algo.value_loss(values, batch.values[idx, :width].to(device),
+                                            batch.returns[idx, :width].to(device), mask,
                                             self.cfg.critic.value_clip, token_normalizer=normalizer)
             (loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
             loss_sum += loss.item()
@@ -183,14 +200,80 @@ class CriticGAE:
         kl_coef = self.kl_coef
 
         def write(folder: Path) -> None:
-            out = folder / CRITIC_DIR
-            out.mkdir()
+            out = _write_critic_state(folder, kl_coef)
             save_file(model_state, out / "model.safetensors")
             if optimizer_state is not None:
                 torch.save(optimizer_state, out / "optimizer.pt")
-            (out / "state.json").write_text(json.dumps({"kl_coef": kl_coef}))
 
         return write
+
+
+def _write_critic_state(folder: Path, kl_coef: float) -> Path:
+    """critic/state.json (the adaptive KL coefficient) in a checkpoint folder; returns critic/."""
+    out = folder / CRITIC_DIR
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"kl_coef": kl_coef}))
+    return out
+
+
+class SharedHeadGAE(CriticGAE):
+    """critic.shared_backbone: GAE on the values of the policy's own value head (`ValueTokenScorer`).
+
+    The values come with the batch's no-grad pass (so every row is scored before the update:
+    `reads_old_logp`), and the policy update trains the head; this estimator only turns values and
+    rewards into advantages and returns, and keeps the KL coefficient."""
+
+    def __init__(self, cfg: Config, kl_coef: float, microbatches: MicroBatcher):
+        super().__init__(cfg, None, None, kl_coef, microbatches)
+        self.reads_old_logp = True
+
+    def _predict(self, batch) -> torch.Tensor:
+        return batch.values
+
+    def update(self, _batch) -> dict[str, float]:
+        """The value loss is the policy update's (train/value_loss, train/value_clip_frac)."""
+        return self.metrics
+
+    def state_writer(self) -> Callable[[Path], None]:
+        return functools.partial(_write_critic_state, kl_coef=self.kl_coef)
+
+
+class ValueTokenScorer(TokenScorer):
+    """The policy's TokenScorer with a scalar value head on its backbone: one forward gives log-probs,
+    entropy and V(s_t), all from the hidden state that predicts response token t."""
+    has_values = True
+
+    def __init__(self, causal_lm: torch.nn.Module, *args, saved: Path | None = None, **kwargs):
+        super().__init__(causal_lm, *args, **kwargs)
+        parameter = next(causal_lm.parameters())
+        hidden = causal_lm.config.get_text_config().hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1, dtype=parameter.dtype, device=parameter.device)
+        # A zero head predicts 0 everywhere at the start, as the separate critic's does.
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        if saved is not None:
+            from safetensors.torch import load_file
+
+            if not (saved / TRAINED_HEADS_FILE).is_file():
+                raise ConfigError(f"{saved} has no {TRAINED_HEADS_FILE} (saved by a run without "
+                                  f"critic.shared_backbone): resume it with its own critic settings, or start fresh")
+            state = load_file(saved / TRAINED_HEADS_FILE)
+            self.value_head.load_state_dict({k.removeprefix("value_head."): v for k, v in state.items()})
+
+    def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
+        """(log-probs, entropy, values), each (n,); values in float32 or wider, like the log-probs."""
+        hidden = self._response_hidden(batch)
+        logp, entropy = self._token_logprobs(hidden, batch.target_ids, temperature, chunk_tokens)
+        values = self.value_head(hidden).squeeze(-1)
+        return logp, entropy, values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
+def policy_scorer_class(cfg: Config, resume_from: Path | None) -> Callable[..., TokenScorer]:
+    """What wraps the policy: a TokenScorer, or with critic.shared_backbone one carrying the value
+    head (restored from `resume_from`)."""
+    if not cfg.critic.shared_backbone:
+        return TokenScorer
+    return functools.partial(ValueTokenScorer, saved=resume_from)
 
 
 def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatches: MicroBatcher,
@@ -198,25 +281,27 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatche
     """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`)."""
     if cfg.algorithm.advantage == "grpo":
         return GroupBaseline(cfg)
+    saved = resume_from / CRITIC_DIR if resume_from else None
+    if saved is not None and not saved.is_dir():
+        raise ConfigError(f"{resume_from} has no {CRITIC_DIR}/ folder (saved by a run without a critic): "
+                          f"resume it with its own algorithm.advantage, or start a fresh run")
+    kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"] if saved else cfg.algorithm.kl_coef
+    if cfg.critic.shared_backbone:
+        return SharedHeadGAE(cfg, kl_coef, microbatches)
     m, c, device, info = cfg.model, cfg.critic, microbatches.device, microbatches.info
     model = ValueModel(load_causal_lm(c.path or m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                       trust_remote_code=m.trust_remote_code, device=device,
                                       gradient_checkpointing=m.gradient_checkpointing), autocast)
-    saved = resume_from / CRITIC_DIR if resume_from else None
     if saved is not None:
         from safetensors.torch import load_file
 
-        if not saved.is_dir():
-            raise ConfigError(f"{resume_from} has no {CRITIC_DIR}/ folder (saved by a run without a critic): "
-                              f"resume it with its own algorithm.advantage, or start a fresh run")
-
+        if not (saved / "model.safetensors").is_file():
+            raise ConfigError(f"{saved} has no model.safetensors (saved by a critic.shared_backbone run): "
+                              f"resume it with critic.shared_backbone=true, or start a fresh run")
         model.load_state_dict(load_file(saved / "model.safetensors"))
     model = dist.shard(model, info, compute_dtype)
     optimizer, _ = build_adamw(model.parameters(), lr=c.lr, betas=cfg.train.betas, weight_decay=c.weight_decay,
                                implementation=cfg.train.adamw)
-    kl_coef = cfg.algorithm.kl_coef
-    if saved is not None:
-        if (saved / "optimizer.pt").is_file():
-            dist.load_optimizer_state(model, optimizer, load_state_file(saved / "optimizer.pt"), info)
-        kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"]
+    if saved is not None and (saved / "optimizer.pt").is_file():
+        dist.load_optimizer_state(model, optimizer, load_state_file(saved / "optimizer.pt"), info)
     return CriticGAE(cfg, model, optimizer, kl_coef, microbatches)

@@ -1,7 +1,7 @@
 """Problem sets: loading, schema adapters, prompt building and a seeded, resumable sampler.
 
-Sources: `tiny` (the synthetic task), a hub id (`datasets.load_dataset`), or a local
-parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
+Sources: `tiny` or `tiny_mixed` (the synthetic tasks, justrl_min.tiny.TASKS), a hub id
+(`datasets.load_dataset`), or a local parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
 
 - verl (DAPO-Math-17k, the JustRL benchmark files): `prompt` = chat messages, gold in
   `reward_model.ground_truth` (sometimes stored as `\\boxed{204}`, unwrapped to `204`).
@@ -46,6 +46,9 @@ class Problem:
     """The problem statement (or the full user message for chat-formatted rows)."""
     answer: str
     """The gold answer, unwrapped from `\\boxed{}`."""
+    source: str = ""
+    """Where the row comes from (its `data_source` or `source` column; a tiny task's name): what
+    `reward.by_source` picks a grader by and per-source metrics are named after. Empty if unknown."""
 
 
 def load_problems(source: str, *, split: str = "train", strip_dapo_instruction: bool = True,
@@ -54,11 +57,11 @@ def load_problems(source: str, *, split: str = "train", strip_dapo_instruction: 
     """All problems of a source, in file order. Rows without a gold answer are errors.
 
     ``revision`` pins a hub dataset to a commit (ignored for local files)."""
-    if source == "tiny":
-        from justrl_min.tiny import make_problems
+    from justrl_min.tiny import TASKS
 
-        return [Problem(f"tiny-{i}", p.question, p.answer)
-                for i, p in enumerate(make_problems(tiny_problems, seed=seed))]
+    if source in TASKS:
+        return [Problem(f"{source}-{i}", p.question, p.answer, p.source)
+                for i, p in enumerate(TASKS[source](tiny_problems, seed=seed))]
     rows, origin = _read_rows(source, split, revision)
     problems = [_to_problem(row, f"{origin} row {i}", i, strip_dapo_instruction) for i, row in enumerate(rows)]
     if not problems:
@@ -148,13 +151,14 @@ def _to_problem(row: dict[str, Any], where: str, index: int, strip_dapo: bool) -
         raise DataError(f"{where}: unknown schema with columns {sorted(row)}; expected verl "
                         f"(prompt, reward_model.ground_truth) or problem/answer")
     gold = clean_gold(gold)
+    origin = row.get("data_source", row.get("source"))
     if not gold:
         raise DataError(f"{where}: no gold answer")
     if not isinstance(problem, str) or not problem.strip():
         raise DataError(f"{where}: empty problem")
     if strip_dapo:
         problem = strip_dapo_wrapper(problem)
-    return Problem(uid=uid, problem=problem, answer=gold)
+    return Problem(uid=uid, problem=problem, answer=gold, source=str(origin) if origin is not None else "")
 
 
 def _user_message(prompt: Any, where: str) -> str:

@@ -256,6 +256,8 @@ class TokenScorer(torch.nn.Module):
     Being a module (rather than a function poking at the LM's parts) matters for FSDP2: the
     wrapper is the root that gathers the embedding / final norm / LM head for its forward.
     """
+    has_values = False
+    """Whether the forward also returns per-token values (critic.ValueTokenScorer's value head)."""
 
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None,
                  share_prompts: str = "never", temperature: float = 1.0, chunk_tokens: int = 512):
@@ -281,6 +283,10 @@ class TokenScorer(torch.nn.Module):
             return self._forward(batch, temperature or self.temperature, chunk_tokens or self.chunk_tokens)
 
     def _forward(self, batch: MicroBatch, temperature: float, chunk_tokens: int):
+        return self._token_logprobs(self._response_hidden(batch), batch.target_ids, temperature, chunk_tokens)
+
+    def _response_hidden(self, batch: MicroBatch) -> torch.Tensor:
+        """The final hidden states (n, H) that predict the response tokens."""
         backbone = self.causal_lm.get_decoder()
         packed = {}
         if batch.cu_seqlens is not None:
@@ -295,9 +301,13 @@ class TokenScorer(torch.nn.Module):
             hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
                               attention_mask=batch.attention_mask, use_cache=False, **packed).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]    # (n, H)
+        return hidden
+
+    def _token_logprobs(self, hidden: torch.Tensor, target_ids: torch.Tensor, temperature: float,
+                        chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         head = self.causal_lm.get_output_embeddings()
         logps, entropies = [], []
-        for h, ids in zip(hidden.split(chunk_tokens), batch.target_ids.split(chunk_tokens)):
+        for h, ids in zip(hidden.split(chunk_tokens), target_ids.split(chunk_tokens)):
             if torch.is_grad_enabled():
                 logp, entropy = checkpoint(_chunk_logprob_entropy, h, ids, head, temperature,
                                            use_reentrant=False)

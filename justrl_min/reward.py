@@ -733,7 +733,7 @@ class _Worker:
     conn: Connection
     started_at: float
     ready: bool = False
-    in_flight: deque = field(default_factory=deque)  # (job id, answer or response, gold) sent, in order
+    in_flight: deque = field(default_factory=deque)  # (job id, grader, answer or response, gold) sent, in order
     item_started_at: float = 0.0  # when the worker began in_flight[0]
 
 
@@ -741,9 +741,10 @@ class _Worker:
 class _Job:
     """One verdict for a worker to compute, and the responses of the batch it decides."""
 
-    first: str  # the score function's first argument: the extracted answer, or the response for a score_fn
+    first: str  # the score function's first argument: the extracted answer, or the response for a callable
     gold: str
     indices: list[int]
+    grader: int = 0  # position in the pool's graders
 
 
 @dataclass
@@ -784,18 +785,65 @@ class _Tally:
         return BatchScore(self.scores, self.timeouts, self.errors, self.examples, self.slowest_s, len(self.jobs))
 
 
-def _worker_main(
-    conn: Connection, mode: str, timeout_s: float, score_fn: Callable[[str, str], float] | None
-) -> None:
+Grader = str | Callable[[str, str], float]
+"""What a pool scores with: a verifier mode (MODES), judged on the extracted last box and the unboxed
+gold; a `package.module:callable` spec, or a picklable top-level callable, called as
+fn(response, ground_truth) -> float (1.0 correct, 0.0 incorrect) on the whole item."""
+
+
+def judges_whole_items(grader: Grader) -> bool:
+    """A mode judges an (extracted answer, unboxed gold) pair; anything else sees the item as given."""
+    return grader not in MODES
+
+
+def check_grader(grader: str, key: str) -> None:
+    """A mode name, or a `package.module:callable` that imports; errors name `key`."""
+    from justrl_min.config import ConfigError
+
+    if grader in MODES:
+        return
+    if ":" not in grader:
+        raise ConfigError(f"{key}={grader!r}: unknown grader; expected a verifier mode "
+                          f"({' | '.join(MODES)}) or package.module:callable")
+    load_callable(grader, key)
+
+
+def load_callable(spec: str, key: str = "reward.function") -> Callable:
+    """`package.module:callable` -> the callable, with errors that name the config key and the spec."""
+    import importlib
+
+    from justrl_min.config import ConfigError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{key}={spec!r}: expected the form package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{key}={spec!r}: cannot import {module_name}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{key}={spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def _grader_function(grader: Grader) -> Callable[[str, str], float]:
+    if not judges_whole_items(grader):
+        return partial(_judge_answer, mode=grader)
+    return load_callable(grader) if isinstance(grader, str) else grader
+
+
+def _worker_main(conn: Connection, graders: tuple[Grader, ...], timeout_s: float) -> None:
     """Worker loop: receive a chunk of jobs, answer job by job (so the parent can time each one).
 
-    Without a ``score_fn`` a job is an (extracted answer, unboxed gold) pair: the parent has already
-    done the cheap, linear-time extraction, so 60k-character responses never cross the pipe.
+    A job names its grader by position in ``graders``. For a mode it is an (extracted answer,
+    unboxed gold) pair: the parent has already done the cheap, linear-time extraction, so
+    60k-character responses never cross the pipe.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    if score_fn is None and mode in _WARMED_UP_MODES:
+    if any(grader in _WARMED_UP_MODES for grader in graders):
         warm_up()
-    score = score_fn if score_fn is not None else partial(_judge_answer, mode=mode)
+    scorers = [_grader_function(grader) for grader in graders]
     conn.send(("ready",))
     while True:
         try:
@@ -804,8 +852,8 @@ def _worker_main(
             return
         if chunk is None:
             return
-        for job_id, first, gold in chunk:
-            conn.send(("result", job_id, *_score_item(score, first, gold, timeout_s)))
+        for job_id, grader, first, gold in chunk:
+            conn.send(("result", job_id, *_score_item(scorers[grader], first, gold, timeout_s)))
 
 
 def _unguarded_main_message() -> str:
@@ -846,25 +894,26 @@ def _stop_workers(workers: list[_Worker]) -> None:
     workers.clear()
 
 
-def _plan_jobs(responses: list[str], ground_truths: list[str], *, judge_whole_items: bool,
-               extract: Callable[[str], str | None] = extract_boxed) -> list[_Job]:
-    """The verdicts a batch needs: one per distinct (``extract``ed answer - the last box -, unboxed
-    gold) pair, in order of first appearance (so a problem's samples stay together); responses
-    without an answer need none.
-    ``judge_whole_items`` (a custom score_fn, which need not be a pure function of the box): one
-    job per item, response and gold as given."""
+def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int],
+               extractors: tuple[Callable[[str], str | None] | None, ...]) -> list[_Job]:
+    """The verdicts a batch needs: one per distinct (grader, extracted answer - the last box, or for
+    ``unboxed`` the whole response -, unboxed gold), in order of first appearance (so a problem's
+    samples stay together); responses without an answer need none. An item whose grader judges whole
+    items (extractor None: a callable, which need not be a pure function of the box) gets a job of
+    its own, response and gold as given."""
     jobs: dict[Any, _Job] = {}  # insertion-ordered
-    for index, (response, gold) in enumerate(zip(responses, ground_truths, strict=True)):
+    for index, (response, gold, grader) in enumerate(zip(responses, ground_truths, graders, strict=True)):
         if not isinstance(response, str) or not isinstance(gold, str):
             raise TypeError(f"item {index}: response and ground truth must be str, got "
                             f"{type(response).__name__} and {type(gold).__name__}")
-        if judge_whole_items:
-            jobs[index] = _Job(response, gold, [index])
+        extract = extractors[grader]
+        if extract is None:
+            jobs[index] = _Job(response, gold, [index], grader)
             continue
         answer = extract(response)
         if answer is not None:
-            key = (answer, _unbox_gold(gold))
-            jobs.setdefault(key, _Job(*key, [])).indices.append(index)
+            key = (grader, answer, _unbox_gold(gold))
+            jobs.setdefault(key, _Job(answer, key[2], [], grader)).indices.append(index)
     return list(jobs.values())
 
 
@@ -879,7 +928,7 @@ def _take_chunk(pending: deque, size: int, finish_gold_run: bool) -> list:
     chunk = [pending.popleft()]
     while pending and len(chunk) < size:
         chunk.append(pending.popleft())
-    while finish_gold_run and pending and len(chunk) < 2 * size and pending[0][2] == chunk[-1][2]:
+    while finish_gold_run and pending and len(chunk) < 2 * size and pending[0][3] == chunk[-1][3]:
         chunk.append(pending.popleft())
     return chunk
 
@@ -902,6 +951,10 @@ class VerifierPool:
     gold. ``score_fn`` replaces ``compute_score(mode=...)`` in the workers: a picklable top-level
     ``fn(response, ground_truth) -> float`` run under the same deadline on every item, whole
     responses and golds as given, nothing merged (tests; custom rewards).
+
+    ``graders`` are further `Grader`s the workers load (`reward.by_source`): `score` may name one
+    per item, and each item is judged by its own under the same deadline; items given None get the
+    default (``score_fn``, else ``mode``).
     """
 
     def __init__(
@@ -912,6 +965,7 @@ class VerifierPool:
         *,
         chunk_size: int | None = None,
         score_fn: Callable[[str, str], float] | None = None,
+        graders: Sequence[Grader] = (),
     ) -> None:
         _exit_if_reimporting_main()
         _check_mode(mode)
@@ -921,7 +975,11 @@ class VerifierPool:
         self.timeout_s = float(timeout_s)
         self.mode = mode
         self._chunk_size = chunk_size
-        self._score_fn = score_fn
+        self._graders: tuple[Grader, ...] = tuple(dict.fromkeys((score_fn or mode, *graders)))
+        """Position 0 is the default; a job names its grader by position."""
+        self._extractors = tuple(None if judges_whole_items(grader) else ANSWER_EXTRACTORS[grader]
+                                 for grader in self._graders)
+        self._grader_position = {None: 0, **{grader: i for i, grader in enumerate(self._graders)}}
         self._context = mp.get_context(_START_METHOD)
         self._workers: list[_Worker] = []
         self._startup_failures = 0
@@ -933,18 +991,20 @@ class VerifierPool:
 
     # ---- public API
 
-    def score(self, responses: Sequence[str], ground_truths: Sequence[str]) -> BatchScore:
-        """Score ``responses[i]`` against ``ground_truths[i]``; returns when every item is scored,
-        timed out or errored. One call at a time: the pool is not meant to be shared by threads."""
+    def score(self, responses: Sequence[str], ground_truths: Sequence[str],
+              graders: Sequence[Grader | None] | None = None) -> BatchScore:
+        """Score ``responses[i]`` against ``ground_truths[i]`` with ``graders[i]`` (one the pool was
+        built with, or None for its default; ``graders`` None: the default for all); returns when
+        every item is scored, timed out or errored. One call at a time: the pool is not meant to be
+        shared by threads."""
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
         if len(responses) != len(ground_truths):
             raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
         responses, ground_truths = list(responses), list(ground_truths)
-        jobs = _plan_jobs(responses, ground_truths, judge_whole_items=self._score_fn is not None,
-                          extract=ANSWER_EXTRACTORS[self.mode])
+        jobs = _plan_jobs(responses, ground_truths, self._positions(graders, len(responses)), self._extractors)
         tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses), len(jobs))
-        pending = deque((job_id, job.first, job.gold) for job_id, job in enumerate(jobs))
+        pending = deque((job_id, job.grader, job.first, job.gold) for job_id, job in enumerate(jobs))
         chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)
         finish_gold_runs = self._chunk_size is None
         while tally.unfinished:
@@ -956,6 +1016,17 @@ class VerifierPool:
             logger.warning("verifier pool: %d items, %d timeouts, %d errors, slowest %.1f s",
                            len(tally.scores), tally.timeouts, tally.errors, tally.slowest_s)
         return tally.result()
+
+    def _positions(self, graders: Sequence[Grader | None] | None, count: int) -> list[int]:
+        if graders is None:
+            return [0] * count
+        if len(graders) != count:
+            raise ValueError(f"{count} responses but {len(graders)} graders")
+        unknown = sorted({str(g) for g in graders if g not in self._grader_position})
+        if unknown:
+            raise ValueError(f"graders {unknown} were not given to this VerifierPool "
+                             f"(it has {list(self._graders)}, None for the first)")
+        return [self._grader_position[g] for g in graders]
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (for monitoring and tests)."""
@@ -978,7 +1049,7 @@ class VerifierPool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_worker_main,
-            args=(child_end, self.mode, self.timeout_s, self._score_fn),
+            args=(child_end, self._graders, self.timeout_s),
             name="justrl-verifier",
             daemon=True,  # never outlive the trainer
         )

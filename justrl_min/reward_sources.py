@@ -21,7 +21,6 @@ penalised is logged as `train/<name>_frac`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -29,6 +28,7 @@ import torch
 
 from justrl_min import shaping
 from justrl_min.config import Config, ConfigError
+from justrl_min.reward import load_callable
 
 
 class RewardSourceError(ValueError):
@@ -113,21 +113,6 @@ def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepRewar
     if r.length_coef:
         sources.append(LengthPenalty(r.length_target, r.length_coef))
     return StepReward(sources)
-
-
-def load_callable(spec: str) -> Callable:
-    """`package.module:callable` -> the callable, with errors that name the spec."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"reward.function={spec!r}: expected the form package.module:callable")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"reward.function={spec!r}: cannot import {module_name}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"reward.function={spec!r}: {module_name} has no callable {attr!r}")
-    return fn
 
 
 def checked_rewards(values, count: int, name: str) -> torch.Tensor:

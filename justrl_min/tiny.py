@@ -36,6 +36,7 @@ VOCAB_SIZE = 320  # 256 bytes + specials, with room for the ones AutoTokenizer a
 class TinyProblem:
     question: str
     answer: str
+    source: str = "tiny_add"
 
 
 def build_tokenizer():
@@ -113,6 +114,37 @@ def make_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyP
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
         problems.append(TinyProblem(question=f"What is {a}+{b}?", answer=str(a + b)))
     return problems
+
+
+def make_mixed_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyProblem]:
+    """`data.train: tiny_mixed`, two sources alternating: tiny_add ("What is 3+4?", gold 7) and
+    tiny_estimate ("Roughly, what is 3+4?", gold 7), the second meant to be graded by `within_one`.
+    The warm start never saw the second phrasing; it answers it as addition anyway (measured on the
+    cached warm start: 17% exact, 46% within one, against 26% and 56% on tiny_add)."""
+    rng = random.Random(seed)
+    problems = []
+    for i in range(count):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        estimate = i % 2 == 1
+        problems.append(TinyProblem(question=f"Roughly, what is {a}+{b}?" if estimate else f"What is {a}+{b}?",
+                                    answer=str(a + b), source="tiny_estimate" if estimate else "tiny_add"))
+    return problems
+
+
+TASKS = {"tiny": make_problems, "tiny_mixed": make_mixed_problems}
+"""`data.train` names of the synthetic tasks -> fn(count, seed) -> problems."""
+
+
+def within_one(response: str, gold: str) -> float:
+    """tiny_estimate's grader (`reward.by_source`): 1.0 when the last boxed answer is an integer at
+    most 1 away from the gold, else 0.0."""
+    from justrl_min.reward import extract_boxed
+
+    answer = extract_boxed(response)
+    try:
+        return float(answer is not None and abs(int(answer.strip()) - int(gold)) <= 1)
+    except ValueError:
+        return 0.0
 
 
 def solution_text(answer: str) -> str:

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from justrl_min import algo, dist, shaping
+from justrl_min.by_source import build_source_grading
 from justrl_min.checkpoint import (
+    POLICY_PREFIX,
     Checkpointer,
     TrainingState,
     check_disk,
@@ -37,7 +39,7 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, config_to_dict, save_config
-from justrl_min.critic import build_advantage_estimator
+from justrl_min.critic import build_advantage_estimator, policy_scorer_class
 from justrl_min.data import EpochSampler, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
@@ -58,6 +60,7 @@ from justrl_min.optim import build_adamw
 from justrl_min.reward import VerifierPool
 from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
+from justrl_min.summary import RunSummary
 from justrl_min.tracking import Tracker, read_metrics
 
 
@@ -74,6 +77,8 @@ class Batch:
     tis_weights: torch.Tensor | None = None
     rollout_logp: torch.Tensor | None = None  # the engine's own log-probs, when it reports them
     advantages: torch.Tensor | None = None    # (R,), or (R, T) from GAE
+    values: torch.Tensor | None = None        # GAE: the rollout's values (R, T); returns too
+    returns: torch.Tensor | None = None
     fresh_rows: int = 0
     """Rows [0, fresh_rows) have no old log-probs yet: the update's first forward over them, taken
     before any optimizer step of this step, gives them (see `PolicyUpdate.fresh_rows`)."""
@@ -174,11 +179,11 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     share_prompts, prompt_layout = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
     microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
 
-    def token_scorer(causal_lm: torch.nn.Module) -> torch.nn.Module:
-        return dist.shard(TokenScorer(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
-                                      cfg.model.logprob_chunk_tokens), info, compute_dtype)
+    def token_scorer(causal_lm: torch.nn.Module, scorer_class=TokenScorer) -> torch.nn.Module:
+        return dist.shard(scorer_class(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
+                                       cfg.model.logprob_chunk_tokens), info, compute_dtype)
 
-    scorer = token_scorer(policy)
+    scorer = token_scorer(policy, policy_scorer_class(cfg, resume_from))  # with the value head if shared
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = token_scorer(load(cfg.model.path, trainable=False))
@@ -189,6 +194,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
     step_reward = build_step_reward(cfg, tokenizer, device)
+    grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
+                                   [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
     engine = build_engine(cfg, policy, tokenizer,
                           lambda: dist.gathered_for_generation(scorer, info, cfg.rollout.engine),
                           info.enabled, log=print if info.is_main else lambda _: None)
@@ -209,6 +216,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     # A resumed run replays its logged steps into the monitor, so open episodes are not re-reported.
     health = HealthMonitor(cfg.health if cfg.log.health and info.is_main else None,
                            read_metrics(run_dir) if resume_from and info.is_main else ())
+    summary = RunSummary(run_dir, cfg, resumed=bool(resume_from), enabled=info.is_main)
     if resume_from:
         tracker.message(f"resumed from {resume_from} at step {start_step}")
     if prompt_set.dropped_too_long:
@@ -218,7 +226,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     consecutive_skips = 0
 
     with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
-                                               mode=cfg.reward.mode) as pool:
+                                               mode=cfg.reward.mode, graders=grading.extra_graders) as pool:
         for step in range(start_step + 1, t.steps + 1):
             step_started = time.monotonic()
             indices = sampler.next_batch(t.prompts_per_step)
@@ -238,7 +246,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
             step_problems = [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)]
             golds = [p.answer for p in step_problems]
-            scored = pool.score(texts, golds)
+            scored = pool.score(texts, golds, grading.graders_of(indices, cfg.rollout.n))
             correct = torch.tensor(scored.scores, dtype=torch.float64)
             rewards, reward_by_source = step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
                                                             rollouts.response_ids, rollouts.truncated, correct))
@@ -253,7 +261,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             batch = prepare_batch(rollouts, microbatches, scorer, reference,
                                   update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
                                   cfg.train.mask_truncated)
-            batch = dataclasses.replace(batch, advantages=estimator.advantages(rewards, batch))
+            batch = estimator.with_advantages(rewards, batch)
             old_logp_s = time.monotonic() - t0
 
             # ---- update
@@ -279,6 +287,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             metrics = step_metrics(rollouts, rewards, reward_by_source, correct, batch, cfg.rollout.n, info)
             metrics.update(update.metrics())
             metrics.update(critic_metrics)
+            metrics.update(grading.metrics(indices, cfg.rollout.n, rewards, correct, info))
             metrics.update({
                 "train/lr": lr,
                 "train/skipped_steps": training.skipped_total,
@@ -306,11 +315,13 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 t0 = time.monotonic()
                 save_training_state(checkpointer, step, cfg, training, info, write_extra=estimator.state_writer())
                 tracker.message(f"checkpoint of step {step} saved in {time.monotonic() - t0:.1f} s")
+                summary.write("running", checkpointer.latest())
             if stopping:
                 tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
                                 f"python train.py {run_dir / 'config.yaml'} run.resume=true")
                 break
     tracker.close()
+    summary.write("stopped" if stop.requested else "finished", checkpointer.latest())
     engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
         from justrl_min.curves import plot_runs
@@ -334,8 +345,9 @@ def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, refere
     mask = unflatten(torch.ones(sum(lengths)), lengths, max(lengths, default=1))
     if mask_truncated:
         mask = shaping.without_truncated(mask, torch.tensor(rollouts.truncated))
-    old_logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask)
-    microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy)
+    old_logp, entropy, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
+    # `values` is written only by a scorer with a value head (critic.shared_backbone)
+    microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy, values)
     ref_logp = None
     if reference is not None:
         ref_logp = torch.zeros_like(mask)
@@ -347,7 +359,7 @@ def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, refere
         if tis_cap > 0:
             tis_weights = algo.truncated_is_weights(old_logp, rollout_logp, tis_cap)
     return Batch(prompts, responses, mask, old_logp, entropy, ref_logp, tis_weights, rollout_logp,
-                 fresh_rows=fresh_rows)
+                 fresh_rows=fresh_rows, values=values if scorer.has_values else None)
 
 
 @dataclass
@@ -407,9 +419,11 @@ class PolicyUpdate:
     def from_config(cls, cfg: Config, scorer, optimizer, scheduler, microbatches: MicroBatcher,
                     first_minibatch_scores_itself: bool = True) -> PolicyUpdate:
         a = cfg.algorithm
+        c = cfg.critic
         objective = algo.policy_objective(
             a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
-            kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef)
+            kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
+            value_coef=c.value_coef if c.shared_backbone else 0.0, value_clip=c.value_clip)
         return cls(scorer, optimizer, scheduler, objective, microbatches,
                    cfg.train.mini_batch_prompts // microbatches.info.world_size * cfg.rollout.n, a.ppo_epochs,
                    cfg.train.grad_clip, a.target_kl, first_minibatch_scores_itself and cfg.rollout.tis_cap == 0)
@@ -469,7 +483,9 @@ class PolicyUpdate:
         names: list[str] = []
         for idx, micro in self.microbatches(batch.prompts, batch.responses, rows):
             width = max(micro.response_lengths)
-            logp, token_entropy = (unflatten(v, micro.response_lengths, width) for v in self.scorer(micro))  # (b, T)
+            rows_of = functools.partial(_micro_rows, idx=idx, width=width, device=device)
+            # (b, T) each; a value head on the policy (critic.shared_backbone) adds its values
+            logp, token_entropy, *values = (unflatten(v, micro.response_lengths, width) for v in self.scorer(micro))
             old = old_logp[idx, :width].to(device)
             if fresh_rows:
                 fresh = torch.tensor(idx) < fresh_rows                                    # (b,)
@@ -480,9 +496,8 @@ class PolicyUpdate:
             x = algo.PolicyInputs(
                 logp, token_entropy, old,
                 (batch.advantages[idx, :width] if batch.advantages.dim() == 2 else batch.advantages[idx]).to(device),
-                batch.mask[idx, :width].to(device),
-                batch.tis_weights[idx, :width].to(device) if batch.tis_weights is not None else None,
-                batch.ref_logp[idx, :width].to(device) if batch.ref_logp is not None else None)
+                batch.mask[idx, :width].to(device), rows_of(batch.tis_weights), rows_of(batch.ref_logp),
+                values[0] if values else None, rows_of(batch.values), rows_of(batch.returns))
             loss, diagnostics = self.objective(x, normalizer)
             # FSDP averages gradients over ranks; scaling by the world size turns that into a sum.
             (loss * info.world_size).backward()
@@ -496,10 +511,16 @@ class PolicyUpdate:
         return MiniBatchResult(dist.sum_scalar(loss_sum, info), bool(dist.sum_scalar(nonfinite, info)), token_weighted)
 
 
+def _micro_rows(t: torch.Tensor | None, idx: list[int], width: int, device: torch.device) -> torch.Tensor | None:
+    """A micro-batch's rows of an optional (R, T) step tensor, on the device."""
+    return t[idx, :width].to(device) if t is not None else None
+
+
 def weights_for_engine(scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
     """The trainer's full weights under Hugging Face names, lazily: an engine that samples from the
     trainer's own module never consumes them, so nothing is gathered for it."""
-    return ((name.removeprefix("causal_lm."), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype))
+    return ((name.removeprefix(POLICY_PREFIX), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype)
+            if name.startswith(POLICY_PREFIX))  # not a value head's
 
 
 def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:

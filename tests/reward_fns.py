@@ -16,3 +16,11 @@ def one_value(responses, _golds, _problems):
 
 def a_nan(responses, _golds, _problems):
     return [math.nan] + [0.0] * (len(responses) - 1)
+
+
+def hangs(_response, _gold):
+    """A grader (`reward.by_source`) that never answers: the verifier pool's deadline must cut it."""
+    import time
+
+    time.sleep(60)
+    return 1.0
