@@ -186,12 +186,14 @@ def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides the config: the trained module (FSDP-sharded under torchrun),
-    saved as the Hugging Face `policy`; the optimizer, schedule, sampler; the skipped-step count."""
+    saved by `tuning` (a Hugging Face folder of the policy, or a PEFT folder of its LoRA adapters); the
+    optimizer, schedule, sampler; the skipped-step count."""
     scorer: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: Any
-    policy: Any
+    tuning: Any
+    """`model.FullFineTuning` or `lora.LoraFineTuning`: `save_policy(folder, full model state)`."""
     tokenizer: Any
     skipped_total: int = 0
 
@@ -225,8 +227,7 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, trai
     dist.barrier(info)
     if info.is_main:
         def write(folder: Path) -> None:
-            t.policy.save_pretrained(folder, state_dict={k.removeprefix("causal_lm."): v
-                                                         for k, v in model_state.items()})
+            t.tuning.save_policy(folder, model_state)
             t.tokenizer.save_pretrained(folder)
             if optimizer_state is not None:
                 torch.save(optimizer_state, folder / "optimizer.pt")
