@@ -143,9 +143,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def estimate_checkpoint_bytes(model: torch.nn.Module, with_optimizer: bool) -> int:
-    """Weights in their dtype plus AdamW's two fp32 moments (and step) per parameter."""
-    params = sum(p.numel() for p in model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    """Trained weights in their dtype plus AdamW's two fp32 moments (and step) per parameter. Only the
+    trainable ones: a checkpoint holds every weight in full fine-tuning, only the adapters under LoRA."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    params = sum(p.numel() for p in trained)
+    weights = sum(p.numel() * p.element_size() for p in trained)
     return weights + (8 * params if with_optimizer else 0)
 
 

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("peft", reason="model.lora needs peft: pip install 'justrl-min[lora]' (in the dev extra)")
 
 from justrl_min import dist, export, lora, trainer  # noqa: E402
+from justrl_min.checkpoint import estimate_checkpoint_bytes  # noqa: E402
 from justrl_min.config import ConfigError, LoraConfig, load_recipe  # noqa: E402
 from justrl_min.model import (  # noqa: E402
     MicroBatcher,
@@ -82,6 +83,9 @@ def test_only_the_adapters_are_trainable(warm_model):
     # all-linear: q, k, v, o, gate, up, down in each of the tiny model's 2 layers, an A and a B each.
     assert len(trainable) == 2 * 7 * 2
     assert len(trainable_parameters(policy)) == len(trainable)
+    # The disk pre-check sizes a checkpoint of the adapters (fp32) and their AdamW moments only.
+    adapters = sum(p.numel() for p in trainable_parameters(policy))
+    assert estimate_checkpoint_bytes(policy, with_optimizer=True) == adapters * (4 + 8)
 
 
 def test_fresh_adapters_are_seeded_and_leave_the_model_unchanged(warm_model):
