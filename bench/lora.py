@@ -52,6 +52,7 @@ from justrl_min import dist, standin
 from justrl_min.config import LoraConfig
 from justrl_min.lora import LoraFineTuning
 from justrl_min.model import FullFineTuning, TokenScorer, build_microbatch, trainable_parameters
+from justrl_min.optim import build_adamw
 
 STANDIN = "deepseek-r1-distill-qwen-1.5b"
 
@@ -86,7 +87,7 @@ def measure(build, tuning, batch, repeats: int) -> dict[str, float]:
     policy = tuning.load_policy(lambda _path: build().train(), "", None)
     scorer = TokenScorer(policy, chunk_tokens=1024)
     params = trainable_parameters(scorer)
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer, _ = build_adamw(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0)  # the trainer's AdamW
 
     def step():
         logp, _ = scorer(batch)
