@@ -55,7 +55,8 @@ test: install
 # The import first: here a vLLM that fails to import is an error, not a reason for the tests to skip.
 test-vllm: install-vllm
 	$(BIN)/python -c "import vllm"
-	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py tests/test_vllm_standin.py
+	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py tests/test_vllm_standin.py \
+		tests/test_vllm_lora.py
 
 # The DeepSeek recipe on the offline stand-in at full width: SIGKILL, resume, torchrun x2, prediction
 # beside measurement (docs/rehearsal.md). A bench, not a test: tens of minutes and ~16 GB here.

@@ -27,6 +27,7 @@ import torch
 
 from justrl_min import dist
 from justrl_min.config import Config, ConfigError, save_config
+from justrl_min.model import POLICY_PREFIX
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -35,8 +36,6 @@ except ImportError:  # numpy < 2
 
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
-POLICY_PREFIX = "causal_lm."
-"""Where the trained module (a model.TokenScorer) keeps the Hugging Face policy."""
 TRAINED_HEADS_FILE = "value_head.safetensors"
 """The trained module's weights beside the policy (critic.shared_backbone's value head), kept out
 of the Hugging Face folder so that `latest` stays a plain model folder."""
@@ -148,9 +147,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def estimate_checkpoint_bytes(model: torch.nn.Module, with_optimizer: bool) -> int:
-    """Weights in their dtype plus AdamW's two fp32 moments (and step) per parameter."""
-    params = sum(p.numel() for p in model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    """Trained weights in their dtype plus AdamW's two fp32 moments (and step) per parameter. Only the
+    trainable ones: a checkpoint holds every weight in full fine-tuning, only the adapters under LoRA."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    params = sum(p.numel() for p in trained)
+    weights = sum(p.numel() * p.element_size() for p in trained)
     return weights + (8 * params if with_optimizer else 0)
 
 
@@ -191,13 +192,15 @@ def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides the config: the trained module (FSDP-sharded under torchrun),
-    saved as the Hugging Face `policy` (plus TRAINED_HEADS_FILE when it carries a value head); the
-    optimizer, schedule, sampler; the skipped-step count."""
+    saved by `tuning` (a Hugging Face folder of the policy, or a PEFT folder of its LoRA adapters;
+    plus TRAINED_HEADS_FILE when the scorer carries a value head); the optimizer, schedule, sampler;
+    the skipped-step count."""
     scorer: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: Any
-    policy: Any
+    tuning: Any
+    """`model.FullFineTuning` or `lora.LoraFineTuning`: `save_policy(folder, full model state)`."""
     tokenizer: Any
     skipped_total: int = 0
 
@@ -231,8 +234,7 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, trai
     dist.barrier(info)
     if info.is_main:
         def write(folder: Path) -> None:
-            t.policy.save_pretrained(folder, state_dict={k.removeprefix(POLICY_PREFIX): v for k, v in
-                                                         model_state.items() if k.startswith(POLICY_PREFIX)})
+            t.tuning.save_policy(folder, {k: v for k, v in model_state.items() if k.startswith(POLICY_PREFIX)})
             heads = {k: v.contiguous() for k, v in model_state.items() if not k.startswith(POLICY_PREFIX)}
             if heads:
                 from safetensors.torch import save_file

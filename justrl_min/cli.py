@@ -40,6 +40,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "doctor": Subcommand("justrl_min.doctor", "health report of a run"),
     "standin": Subcommand("justrl_min.standin", "offline stand-ins of the paper's models", extra="dev"),
     "estimate": Subcommand("justrl_min.estimate", "memory per rank and step time of a recipe on given GPUs"),
+    "export": Subcommand("justrl_min.export", "write a checkpoint as a merged Hugging Face folder (LoRA runs too)"),
 }
 
 

@@ -51,6 +51,25 @@ class RunConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the policy through `peft` (`pip install 'justrl-min[lora]'`): only the adapters
+    train and sit in the optimizer; the KL reference is the base model with the adapters switched off
+    (no second copy); checkpoints hold the adapters as a PEFT folder; the rollout engine gets the
+    merged weights W + (alpha / rank) B A every step. `python -m justrl_min.export` writes a merged
+    plain Hugging Face folder."""
+    rank: int = 0
+    """Adapter rank r; 0 is off (full fine-tuning, the JustRL recipe)."""
+    alpha: float = 16.0
+    """Scale numerator: the update is (alpha / rank) B A, so at a fixed alpha a larger rank takes smaller steps."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input while training. Keep 0 for RL: with dropout the trainer's log-probs
+    are noisy, so the old log-probs, the ratio and the engine agreement all pick up that noise."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get adapters (e.g. [q_proj, v_proj]); `all-linear` is every linear layer but the
+    output head (peft's shorthand)."""
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny"
     """Hub id or local folder of a causal LM; `tiny` is the embedded CPU model (justrl_min.tiny)."""
@@ -69,6 +88,7 @@ class ModelConfig:
     """Tokens per chunk through the LM head when computing log-probs and entropy."""
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -435,6 +455,15 @@ class Config:
         _require(t.packing in ("auto", "packed", "padded"), "train.packing", "must be auto | packed | padded")
         _require(t.share_prompts in ("auto", "true", "false"), "train.share_prompts", "must be auto | true | false")
         _require(t.adamw in ("auto", "fused", "default"), "train.adamw", "must be auto | fused | default")
+        lora = self.model.lora
+        _require(lora.rank >= 0, "model.lora.rank", "must be >= 0 (0: off, full fine-tuning)")
+        _require(lora.alpha > 0, "model.lora.alpha", "must be > 0")
+        _require(0 <= lora.dropout < 1, "model.lora.dropout", "must be in [0, 1)")
+        _require(bool(lora.target_modules), "model.lora.target_modules", "name at least one module, or all-linear")
+        _require(lora.rank == 0 or "all-linear" not in lora.target_modules or len(lora.target_modules) == 1,
+                 "model.lora.target_modules", "all-linear already names every linear layer; give it alone")
+        _require(lora.rank == 0 or not self.critic.shared_backbone, "critic.shared_backbone",
+                 "not with model.lora (a value head on a LoRA policy is not built or tested yet)")
         _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
         _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")
         _require(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

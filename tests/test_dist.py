@@ -1,6 +1,7 @@
 """Two gloo processes under torchrun on CPU: the same loss, gradients and AdamW step as one process on
 the same global batch, a short 2-rank run that checkpoints and resumes, and a rank killed mid-step."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +24,9 @@ def torchrun(args, timeout=600):
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("layout", ["packed", "shared_prompts"])
+@pytest.mark.parametrize("layout", ["packed", "shared_prompts",
+                                    pytest.param("lora", marks=pytest.mark.skipif(
+                                        importlib.util.find_spec("peft") is None, reason="model.lora needs peft"))])
 def test_two_ranks_give_the_same_loss_and_gradients_as_one(tmp_path, layout):
     out = tmp_path / "eq.json"
     torchrun([str(ROOT / "tests/dist/grad_equivalence.py"), str(out), layout])
@@ -51,6 +54,24 @@ def test_two_rank_run_completes_and_resumes(warm_model, tmp_path):
     assert state["step"] == 3
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints" / "latest").glob("rng_rank*.pt")) == \
         ["rng_rank0.pt", "rng_rank1.pt"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="model.lora needs peft")
+def test_two_rank_lora_run_checkpoints_adapters_and_resumes_as_one_process(warm_model, tmp_path):
+    """FSDP2 over a model whose base is frozen: the adapters train and the PEFT checkpoint (adapters
+    and sharded optimizer state) resumes. Two ranks sample with their own seeds, so a one-process run
+    samples other responses; the gradient identity is test_two_ranks_give_the_same_loss_and_gradients_as_one's."""
+    common = ["recipes/tiny_cpu_lora.yaml", f"model.path={warm_model}", "train.prompts_per_step=8",
+              "train.mini_batch_prompts=4", "rollout.n=4", "reward.workers=1", "log.curves_at_end=false",
+              "log.tensorboard=false", "checkpoint.every_steps=2", "data.tiny_problems=64"]
+    two = common + [f"run.output_dir={tmp_path}", "run.name=ddp"]
+    torchrun(["train.py", *two, "train.steps=2"])
+    assert "resumed from" in torchrun(["train.py", *two, "train.steps=3"])
+    latest = tmp_path / "ddp" / "checkpoints" / "latest"
+    assert (latest / "adapter_model.safetensors").is_file() and not (latest / "model.safetensors").exists()
+    metrics = read_metrics(tmp_path / "ddp")
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["train/grad_norm"] > 0 for m in metrics)
 
 
 def test_streamed_full_tensors_match_the_full_state_dict(tmp_path):

@@ -105,9 +105,8 @@ def test_the_copy_engine_samples_from_the_trainers_weights_in_its_own_dtype(warm
     samples exactly what an engine on the trainer's module cast to that dtype samples."""
     from justrl_min import dist
     from justrl_min.config import load_recipe
-    from justrl_min.model import TokenScorer
+    from justrl_min.model import TokenScorer, weights_for_engine
     from justrl_min.rollout import HFCopyEngine, build_engine
-    from justrl_min.trainer import weights_for_engine
 
     tokenizer = load_tokenizer(str(warm_model))
     policy = load_causal_lm(str(warm_model), dtype="float32")

@@ -35,8 +35,8 @@ def overrides(model: Path, run_dir: Path, *extra: str) -> list[str]:
             "reward.workers=1", "log.curves_at_end=false", "data.tiny_problems=64", *extra]
 
 
-def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(ROOT / "recipes/tiny_cpu.yaml"), *args],
+def run_cli(args: list[str], recipe: Path = ROOT / "recipes/tiny_cpu.yaml", **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(recipe), *args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -21,7 +21,7 @@ vllm = pytest.importorskip("vllm")
 
 from vllm.platforms import current_platform  # noqa: E402
 
-from justrl_min import dist, trainer  # noqa: E402
+from justrl_min import dist, model, trainer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
 from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm, load_tokenizer  # noqa: E402
@@ -75,7 +75,7 @@ def logprob_gap(cfg, engine, scorer, prompts) -> float:
 
 def push(engine, scorer, rename=None):
     """What the trainer sends after an optimizer step, optionally with some names swapped."""
-    weights = trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32)
+    weights = model.weights_for_engine(scorer, dist.DistInfo(), torch.float32)
     engine.load_weights((rename.get(name, name), tensor) for name, tensor in weights) if rename else \
         engine.load_weights(weights)
 
@@ -131,7 +131,7 @@ def test_reload_follows_the_tied_embedding_and_lm_head(cfg, engine, scorer, prom
     # tensor: had the trainer sent the embedding alone (named_parameters() drops the tied name), the
     # head would sample from its old packed copy from the second reload on. state_dict() names both.
     assert scorer.causal_lm.config.tie_word_embeddings
-    assert "lm_head.weight" in dict(trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
+    assert "lm_head.weight" in dict(model.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
     for seed in (1, 2):
         perturb(scorer, "model.embed_tokens.weight", seed=seed)
         push(engine, scorer)

@@ -17,7 +17,7 @@ vllm = pytest.importorskip("vllm")
 
 from vllm.platforms import current_platform  # noqa: E402
 
-from justrl_min import dist, trainer  # noqa: E402
+from justrl_min import dist, model, trainer  # noqa: E402
 from justrl_min.config import BOXED_SUFFIX, load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
 from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm  # noqa: E402
@@ -76,7 +76,7 @@ def test_vllm_samples_gap_ids_keeps_eos_and_reloads_full_vocabulary_weights(engi
     cfg = load_recipe(ROOT / "recipes/tiny_cpu.yaml", [f"model.path={rigged_standin}", "rollout.engine=vllm"])
     scorer = TokenScorer(load_causal_lm(str(rigged_standin), dtype="float32", trainable=False),
                          temperature=cfg.rollout.temperature, chunk_tokens=cfg.model.logprob_chunk_tokens)
-    engine.load_weights(trainer.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
+    engine.load_weights(model.weights_for_engine(scorer, dist.DistInfo(), torch.float32))
     again = engine.generate(prompts, 4, SAMPLING)
     assert again.response_ids == out.response_ids  # same weights, same seed
     batch = trainer.prepare_batch(again, MicroBatcher(cfg.train.max_tokens_per_microbatch, False, torch.device("cpu"),

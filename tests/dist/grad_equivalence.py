@@ -1,10 +1,11 @@
 """Run under `torchrun --nproc_per_node 2`: FSDP2 (gloo, CPU) loss and gradients on a global batch
 split by rank must equal one process computing the whole batch. Rank 0 writes the comparison.
 
-    grad_equivalence.py OUT.json [packed | shared_prompts]
+    grad_equivalence.py OUT.json [packed | shared_prompts | lora]
 
 `shared_prompts`: padded rows with each distinct prompt run once (two backbone passes per
-micro-batch under FSDP2). Qwen2's RMSNorm is switched to float64 arithmetic here (transformers
+micro-batch under FSDP2). `lora`: packed, with peft LoRA adapters on every linear layer (B random, as
+after training): only the adapters have gradients, the frozen base is sharded alongside. Qwen2's RMSNorm is switched to float64 arithmetic here (transformers
 computes it in float32 for any dtype), so that the only difference left is summation order."""
 
 import json
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as torch_dist
 
 from justrl_min import dist, tiny
-from justrl_min.config import load_recipe
+from justrl_min.config import LoraConfig, load_recipe
 from justrl_min.model import MicroBatcher, TokenScorer, unflatten
 from justrl_min.optim import build_adamw
 from justrl_min.trainer import Batch, PolicyUpdate
@@ -53,6 +54,21 @@ def backward(cfg, batch: Batch, scorer, packed: bool, info: dist.DistInfo):
     return update.minibatch_backward(batch, list(range(len(batch.responses))), batch.old_logp, batch.entropy)
 
 
+def build_policy(layout: str) -> torch.nn.Module:
+    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
+    if layout != "lora":
+        return model
+    from justrl_min.lora import LoraFineTuning
+
+    policy = LoraFineTuning(LoraConfig(rank=4, alpha=8.0), seed=0).load_policy(lambda _: model, "", None).double()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0, where A would get no gradient
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return policy
+
+
 def float64_rms_norm(self, hidden_states):
     """Qwen2RMSNorm.forward in the input's dtype (transformers upcasts to float32 only)."""
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
@@ -63,29 +79,27 @@ def main(out_path: str, layout: str) -> None:
     from transformers.models.qwen2 import modeling_qwen2
 
     modeling_qwen2.Qwen2RMSNorm.forward = float64_rms_norm
-    packed, share = layout == "packed", "always" if layout == "shared_prompts" else "never"
+    packed, share = layout in ("packed", "lora"), "always" if layout == "shared_prompts" else "never"
     info = dist.init("cpu")
     cfg = load_recipe(None, ["train.max_tokens_per_microbatch=40", "rollout.temperature=0.9",
                              "model.logprob_chunk_tokens=7", "rollout.n=4", "train.mini_batch_prompts=4",
                              "train.prompts_per_step=4"])
-    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    reference = TokenScorer(model, share_prompts=share, temperature=0.9, chunk_tokens=7)
+    reference = TokenScorer(build_policy(layout), share_prompts=share, temperature=0.9, chunk_tokens=7)
     reference_copy = {k: v.clone() for k, v in reference.state_dict().items()}
     batch = global_batch(n_prompts=4, group=4)
 
     # One process, whole batch.
     whole = backward(cfg, batch, reference, packed, dist.DistInfo())
-    whole_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
+    whole_grads = {n: p.grad.clone() for n, p in reference.named_parameters() if p.requires_grad}
 
     # Two ranks, FSDP2, each with its own whole prompt groups.
-    sharded_model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
-    scorer = TokenScorer(sharded_model, share_prompts=share, temperature=0.9, chunk_tokens=7)
+    scorer = TokenScorer(build_policy(layout), share_prompts=share, temperature=0.9, chunk_tokens=7)
     scorer.load_state_dict(reference_copy)
     scorer = dist.shard(scorer, info, torch.float64)
     rows = list(range(info.rank * 8, (info.rank + 1) * 8))
     local = shard_rows(batch, rows)
     split = backward(cfg, local, scorer, packed, info)
-    split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters()}
+    split_grads = {n: p.grad.full_tensor() for n, p in scorer.named_parameters() if p.requires_grad}
 
     # One AdamW step on each: the default implementation on the whole model, the trainer's choice (the
     # fused kernel) on FSDP2's sharded parameters.
