@@ -1,6 +1,7 @@
 """`justrl prepare-data` (justrl_min/prepare_data.py) offline: small files in the hub schemas written here,
 and the shared benchmark files."""
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -49,6 +50,10 @@ def test_dapo_copy_is_deduplicated_unwrapped_and_described(tmp_path):
     assert [p.problem for p in load_problems(str(out / "DAPO-Math-17k"))] == table.column("problem").to_pylist()
 
 
+def _unsourced(problems: list[Problem]) -> list[Problem]:
+    return [dataclasses.replace(p, source="") for p in problems]
+
+
 def test_benchmarks_in_matharena_math_and_math_ai_schemas_land_in_the_eval_layout(tmp_path):
     arena = tmp_path / "hmmt.jsonl"
     arena.write_text("".join(json.dumps({"problem_idx": i, "problem": f"Problem {i}?", "answer": str(10 * i),
@@ -66,12 +71,14 @@ def test_benchmarks_in_matharena_math_and_math_ai_schemas_land_in_the_eval_layou
     argv = ["--out", str(out), "--only", "hmmt25,math500,olympiadbench,amc23", "--local", f"hmmt25={arena}",
             "--local", f"math500={math500}", "--local", f"olympiadbench={olympiad}", "--local", f"amc23={amc}"]
     assert prepare.main(argv) == 0
-    assert evaluate.load_benchmark("hmmt25", out) == [Problem("1", "Problem 1?", "10"),
+    # A prepared row's source is where it was read from (for reward.by_source); compared apart.
+    assert {p.source for p in evaluate.load_benchmark("hmmt25", out)} == {str(arena)}
+    assert _unsourced(evaluate.load_benchmark("hmmt25", out)) == [Problem("1", "Problem 1?", "10"),
                                                       Problem("2", "Problem 2?", "20")]
-    assert evaluate.load_benchmark("math500", out) == [
+    assert _unsourced(evaluate.load_benchmark("math500", out)) == [
         Problem("test/precalculus/807.json", "Convert $(0,3)$ to polar.", "\\left( 3, \\frac{\\pi}{2} \\right)")]
-    assert evaluate.load_benchmark("olympiadbench", out) == [Problem("7", "Compute y.", "\\frac{1}{2}")]
-    assert evaluate.load_benchmark("amc23", out) == [Problem("0", "How many?", "27")]
+    assert _unsourced(evaluate.load_benchmark("olympiadbench", out)) == [Problem("7", "Compute y.", "\\frac{1}{2}")]
+    assert _unsourced(evaluate.load_benchmark("amc23", out)) == [Problem("0", "How many?", "27")]
     manifest = _manifest(out, "HMMT25")
     assert (manifest["rows"], manifest["unique_problems"], manifest["expected_rows"]) == (2, 2, 30)
     assert manifest["hub_id"] == "MathArena/hmmt_feb_2025" and manifest["dapo_instruction_stripped"] is False
@@ -115,4 +122,4 @@ def test_the_nine_shared_files_prepare_to_their_known_sizes(tmp_path):
         assert manifest["rows"] == manifest["unique_problems"] == manifest["expected_rows"], name
         assert manifest["duplicates_dropped"] == 0 and manifest["problems_with_conflicting_golds"] == 0, name
         original = load_problems(str(SHARED / bench.folder / "test.parquet"), strip_dapo_instruction=False)
-        assert evaluate.load_benchmark(name, out) == original, name
+        assert _unsourced(evaluate.load_benchmark(name, out)) == _unsourced(original), name
