@@ -11,7 +11,7 @@ from justrl_min.checkpoint import TRAINED_HEADS_FILE
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.critic import ValueTokenScorer
 from justrl_min.dist import DistInfo
-from justrl_min.model import MicroBatcher, load_causal_lm, unflatten
+from justrl_min.model import MicroBatcher, load_causal_lm, unflatten, weights_for_engine
 from justrl_min.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_shared_head_checkpoints_and_resumes_exactly(warm_model, tmp_path):
 def test_the_engine_gets_the_policy_without_the_head(tmp_path):
     folder = tiny.save_random_model(tmp_path / "m", hidden=32, layers=1)
     scorer = ValueTokenScorer(load_causal_lm(str(folder)))
-    names = [name for name, _ in trainer.weights_for_engine(scorer, DistInfo(), torch.float32)]
+    names = [name for name, _ in weights_for_engine(scorer, DistInfo(), torch.float32)]
     assert "lm_head.weight" in names or "model.embed_tokens.weight" in names
     assert not any("value_head" in name for name in names)
 
