@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from rehearsal import build_standin  # noqa: E402  (bench/, the script's own folder)
 
 from justrl_min import dist  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
@@ -59,15 +60,6 @@ from justrl_min.trainer import PolicyUpdate, fast_compute_dtype, prepare_batch  
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
 DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0", "rollout.hf_copy=never"], ["after"]]
-
-
-def build_standin(out: Path, layers: int, narrow: bool) -> Path:
-    folder = out / f"standin-{layers}l{'-narrow' if narrow else ''}"
-    if not (folder / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "justrl_min.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
-                        str(folder), "--layers", str(layers), "--seed", "0", *(["--narrow-test-variant"] * narrow)],
-                       check=True, cwd=ROOT)
-    return folder
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -220,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.layers, args.shapes, args.prompt_tokens = 1, ["2x2x4"], 8
     args.out.mkdir(parents=True, exist_ok=True)
-    standin = build_standin(args.out, args.layers, narrow=args.smoke)
+    standin, _ = build_standin(args.out, args.layers, narrow=args.smoke)
     shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
     fp32_peak, bandwidth = measure_cpu("float32")
     bf16_peak, _ = measure_cpu("bfloat16")
