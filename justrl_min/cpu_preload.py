@@ -28,11 +28,7 @@ def preload_libraries() -> list[str]:
     iomp = next((str(p) for p in candidates if p.is_file()), None)
     if not tcmalloc or not iomp:
         return []
-    for directory in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
-        if (Path(directory) / tcmalloc).is_file():
-            tcmalloc = str(Path(directory) / tcmalloc)
-            break
-    return [tcmalloc, iomp]
+    return [tcmalloc, iomp]  # a bare soname in LD_PRELOAD is found on the loader's usual path
 
 
 def restart_with_preload(engine: str) -> None:
