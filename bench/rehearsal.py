@@ -1,12 +1,15 @@
 """The main command, rehearsed on this CPU: `recipes/deepseek_1p5b.yaml` on the offline stand-in of
 DeepSeek-R1-Distill-Qwen-1.5B (full width and vocabulary, a few layers, random weights), with only size
 overrides, killed with SIGKILL after a checkpoint, resumed and finished; once in one process and once
-under `torchrun --nproc_per_node 2`. Prints one table: the estimator's prediction beside the measured
-phase times and peak resident memory, and whether the resumed steps equal an uninterrupted run's.
+under `torchrun --nproc_per_node 2`; and once more in one process with HF generate, for comparison.
+Prints one table: the estimator's prediction beside the measured phase times, each phase's peak
+resident memory (the trainer's memory/<phase>_peak_gib), generation tokens/s, the update's FLOP/s,
+checkpoint save and load times and size, and whether the resumed steps equal an uninterrupted run's.
 
-    python bench/rehearsal.py                 # make rehearsal (~20-30 min on 2 cores)
+    python bench/rehearsal.py                 # make rehearsal (~30 min on 2 cores)
     python bench/rehearsal.py --smoke         # 1 layer, 1 step each, no torchrun, no kill (CI)
-    python bench/rehearsal.py --engine hf     # the same with HF generate
+    python bench/rehearsal.py --engine hf     # the same with HF generate only
+    python bench/rehearsal.py --table-only    # the table of the runs already in --out
 
 Everything but the sizes stays as the recipe: fp32 master weights, gradient checkpointing, the chunked
 LM head at 151,936 rows, four mini-batches per step, the +-1 verifier reward, checkpoints. The compute
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +49,11 @@ from justrl_min.estimate import (  # noqa: E402
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
 PHASES = {"generation": "time/rollout_s", "scoring": "time/reward_s", "old log-probs": "time/old_logp_s",
           "update": "time/update_s", "weight sync": "time/sync_s", "step": "time/step_s"}
+# Sizes of buffers, not of the algorithm: two ranks, each with its own vLLM-CPU engine, must fit in 24 GiB
+# next to each other. 0.25 GiB of KV cache holds ~120k tokens at 2 layers (a step needs ~1,300), and
+# 128-token LM-head chunks hold [128, 151936] fp32 logits instead of [512, 151936]. A checkpoint of the
+# 2-layer stand-in with its AdamW state is 6.3 GiB: one is kept per run instead of the recipe's three.
+SIZE_KNOBS = ("rollout.cpu_kv_cache_gib=0.25", "model.logprob_chunk_tokens=128", "checkpoint.keep=1")
 # The DAPO-Math-17k wrapper (justrl_min.data strips it), around problems this script makes up.
 DAPO_WRAP = ("Solve the following math problem step by step. The last line of your response should be of the "
              "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{}\n\n"
@@ -190,12 +200,37 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def medians(rows: list[dict]) -> dict[str, float]:
+    """Median over steps of each phase's time, and the largest per-phase peak memory (all steps)."""
     out = {}
     for phase, key in PHASES.items():
         values = sorted(r[key] for r in rows if key in r)
         if values:
             out[phase] = values[len(values) // 2]
+    for phase, key in PHASES.items():
+        peaks = [r[memory_key(key)] for r in rows if memory_key(key) in r]
+        if peaks:
+            out[f"{phase} peak"] = max(peaks)
     return out
+
+
+def memory_key(time_key: str) -> str:
+    """The trainer's peak-memory metric of the phase a time/<phase>_s metric times (justrl_min.phases)."""
+    return time_key.replace("time/", "memory/").replace("_s", "_peak_gib")
+
+
+def checkpoint_times(log: Path) -> dict[str, float]:
+    """Median save time, and the resume's load times, from the trainer's messages in `log`."""
+    text = log.read_text(errors="replace")
+    saves = sorted(float(s) for s in re.findall(r"checkpoint of step \d+ saved in ([\d.]+) s", text))
+    out = {"checkpoint save": saves[len(saves) // 2]} if saves else {}
+    load = re.search(r"weights loaded in ([\d.]+) s, optimizer and sampler state in ([\d.]+) s", text)
+    if load:
+        out["checkpoint load"] = float(load.group(1)) + float(load.group(2))
+    return out
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def resume_diff(resumed: list[dict], reference: list[dict]) -> float:
@@ -203,6 +238,27 @@ def resume_diff(resumed: list[dict], reference: list[dict]) -> float:
     by_step = {r["step"]: r for r in reference}
     return max((abs(r[k] - by_step[r["step"]][k]) for r in resumed if r["step"] in by_step
                 for k in r if k.startswith("train/") and k in by_step[r["step"]]), default=float("nan"))
+
+
+@dataclass(frozen=True)
+class Plan:
+    label: str
+    name: str
+    ranks: int
+    engine: str
+    kill: bool
+    """Killed with SIGKILL in the last step and resumed, then compared with an uninterrupted run."""
+
+
+def plans(args, engine: str) -> list[Plan]:
+    if args.smoke:
+        return [Plan("one process", "single", 1, engine, kill=False)]
+    chosen = [] if args.only_torchrun else [Plan("one process", "single", 1, engine, kill=True)]
+    if engine != "hf" and not args.only_torchrun:
+        chosen.append(Plan("one process, HF generate", "single_hf", 1, "hf", kill=False))
+    if not args.no_torchrun:
+        chosen.append(Plan("torchrun x2", "two_ranks", 2, engine, kill=True))
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,14 +272,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2, help="samples per prompt")
     parser.add_argument("--response-tokens", type=int, default=32)
     parser.add_argument("--engine", choices=("vllm", "hf", "auto"), default="vllm",
-                        help="auto: vllm where it is installed, else hf")
+                        help="auto: vllm where it is installed, else hf; with vllm, one more one-process run "
+                        "with HF generate is measured for comparison")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--gpu-tflops", type=float, default=989.0, help="for the prediction: H100/H200 dense bf16")
     parser.add_argument("--gpu-bw", type=float, default=4.8, help="for the prediction: H200 TB/s")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "rehearsal")
     parser.add_argument("--no-torchrun", action="store_true")
     parser.add_argument("--only-torchrun", action="store_true",
-                        help="run the two-rank part only; the table also shows an earlier one-process run in --out")
+                        help="run the two-rank part only; the table also shows earlier runs in --out")
+    parser.add_argument("--table-only", action="store_true", help="run nothing: print the table of the runs in --out")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="further overrides for every run (after SIZE_KNOBS)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.layers, args.steps, args.no_torchrun, args.engine, args.response_tokens = 1, 1, True, "hf", 8
@@ -235,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         import importlib.util
 
         engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
-    def sizes(ranks: int) -> list[str]:
+
+    def sizes(ranks: int, engine: str) -> list[str]:
         # Under torchrun each rank gets the one-process run's prompts: the same work per rank, and four
         # mini-batches per step as in the recipe.
         prompts = args.prompts * ranks
@@ -244,37 +305,42 @@ def main(argv: list[str] | None = None) -> None:
                 f"train.prompts_per_step={prompts}", f"train.mini_batch_prompts={max(ranks, prompts // 4)}",
                 f"rollout.n={args.n}", f"rollout.max_response_length={args.response_tokens}",
                 f"train.steps={args.steps}", "checkpoint.every_steps=1", f"run.output_dir={args.out}",
-                "run.overwrite=true"]
+                "run.overwrite=true", *SIZE_KNOBS, *args.set]
 
-    plans = {"one process": 1, "torchrun x2": 2}
-    if args.no_torchrun:
-        del plans["torchrun x2"]
-    if args.only_torchrun:
-        del plans["one process"]
-    for ranks in plans.values():
-        name = "single" if ranks == 1 else "two_ranks"
-        log = args.out / f"{name}.log"
+    for plan in [] if args.table_only else plans(args, engine):
+        log = args.out / f"{plan.name}.log"
         log.unlink(missing_ok=True)
-        common = sizes(ranks) + [f"run.name={name}"]
-        if args.smoke:
-            runs = [train(common + ["run.resume=false"], ranks, None, log, args.out / name)]
-        else:
-            runs = [train(common + ["run.resume=false"], ranks, args.steps, log, args.out / name),
-                    train(common + ["run.resume=true"], ranks, None, log, args.out / name)]
-        summary = {"ranks": ranks, "wall_s": sum(r.wall_s for r in runs), "peak_rss": max(r.peak_rss for r in runs),
-                   "peak_gpu": max(r.peak_gpu for r in runs), "killed": any(r.killed for r in runs)}
-        if ranks == 1 and not args.smoke:
-            ref_log = args.out / "reference.log"
+        common = sizes(plan.ranks, plan.engine) + [f"run.name={plan.name}"]
+        runs = [train(common + ["run.resume=false"], plan.ranks, args.steps if plan.kill else None, log,
+                      args.out / plan.name)]
+        if plan.kill:
+            runs.append(train(common + ["run.resume=true"], plan.ranks, None, log, args.out / plan.name))
+        summary = {"label": plan.label, "ranks": plan.ranks, "engine": plan.engine,
+                   "wall_s": sum(r.wall_s for r in runs), "peak_rss": max(r.peak_rss for r in runs),
+                   "peak_gpu": max(r.peak_gpu for r in runs), "killed": any(r.killed for r in runs),
+                   **checkpoint_times(log)}
+        latest = Checkpointer(args.out / plan.name, keep=1).latest()
+        summary["checkpoint_bytes"] = folder_bytes(latest) if latest else 0
+        if plan.kill:
+            reference = f"{plan.name}_reference"
+            ref_log = args.out / f"{reference}.log"
             ref_log.unlink(missing_ok=True)
-            train(sizes(1) + ["run.name=reference", "run.resume=false"], 1, None, ref_log, args.out / "reference")
-            summary["resume_diff"] = resume_diff(metrics(args.out / name), metrics(args.out / "reference"))
-        (args.out / f"{name}.json").write_text(json.dumps(summary))
+            train(sizes(plan.ranks, plan.engine) + [f"run.name={reference}", "run.resume=false"], plan.ranks, None,
+                  ref_log, args.out / reference)
+            summary["resume_diff"] = resume_diff(metrics(args.out / plan.name), metrics(args.out / reference))
+            shutil.rmtree(args.out / reference / "checkpoints")  # only its metrics are needed
+        (args.out / f"{plan.name}.json").write_text(json.dumps(summary))
     # Runs of earlier invocations into the same --out are reported too (e.g. --only-torchrun after a run).
-    results = {label: {**json.loads((args.out / f"{name}.json").read_text()), "rows": metrics(args.out / name)}
-               for label, name in (("one process", "single"), ("torchrun x2", "two_ranks"))
-               if (args.out / f"{name}.json").is_file()}
+    results = {}
+    for path in sorted(args.out.glob("*.json")):
+        summary = json.loads(path.read_text())
+        if "label" in summary and (args.out / path.stem / "metrics.jsonl").is_file():
+            results[summary["label"]] = {**summary, "rows": metrics(args.out / path.stem)}
+    print_table(args, results, standin, build_s, sizes)
 
-    cfg = load_recipe(RECIPE, sizes(1))
+
+def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> None:
+    cfg = load_recipe(RECIPE, sizes(1, "vllm"))
     shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
     if args.device == "cuda":
         import torch
@@ -287,37 +353,54 @@ def main(argv: list[str] | None = None) -> None:
     width = "the narrow test variant" if args.smoke else "full width"
     print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at {width}), built in "
           f"{build_s:.0f} s{' (cached)' if not build_s else ''}; matmul {tflops * 1e3:.0f} GFLOP/s in "
-          f"{compute_dtype(cfg, cpu=cpu)}, memory {bandwidth * 1e3:.1f} GB/s")
+          f"{compute_dtype(cfg, cpu=cpu)} (all cores), memory {bandwidth * 1e3:.1f} GB/s")
     columns, cells = [], {}
+
+    def add(row: str, predicted: str, measured: str) -> None:
+        cells.setdefault(row, []).extend([predicted, measured])
+
     for label, result in results.items():
         ranks = result["ranks"]
         hardware = Hardware(ranks=ranks, mem_gib=memory_gib, tflops=tflops / ranks if cpu else tflops,
                             bandwidth_tbs=bandwidth / ranks if cpu else bandwidth, cpu=cpu)
         # Two ranks on one CPU share its cores and memory bandwidth: each gets half.
-        predicted = estimate(load_recipe(RECIPE, sizes(ranks)), shape, hardware,
-                             Workload(prompt_tokens=120, response_tokens=args.response_tokens))
-        measured = medians(result["rows"])
+        run_cfg = load_recipe(RECIPE, sizes(ranks, result["engine"]))
+        rows = [r for r in result["rows"] if "time/step_s" in r]
+        responses = run_cfg.train.prompts_per_step * run_cfg.rollout.n
+        response_tokens = sum(r["train/response_length_mean"] for r in rows) / len(rows)
+        computed = sum(r["throughput/tokens_per_s"] * r["time/step_s"] for r in rows) / len(rows)
+        work = Workload(prompt_tokens=round(computed / responses - response_tokens),
+                        response_tokens=round(response_tokens))
+        predicted = estimate(run_cfg, shape, hardware, work)
+        measured = medians(rows)
         columns += [f"{label}: predicted", f"{label}: measured"]
         for phase in PHASES:
             guess = predicted.times.get(phase)
-            cells.setdefault(phase, []).extend([f"{guess:.1f}" if guess is not None else "-",
-                                                f"{measured[phase]:.1f}" if phase in measured else "-"])
+            add(f"{phase} (s)", f"{guess:.1f}" if guess is not None else "-",
+                f"{measured[phase]:.1f}" if phase in measured else "-")
+        for phase in PHASES:
+            if f"{phase} peak" in measured:
+                add(f"{phase}: peak RSS per rank (GiB)", "-", f"{measured[f'{phase} peak']:.1f}")
+        tokens = response_tokens * responses
+        add("generation (tokens/s)", "-", f"{tokens / measured['generation']:.0f}" if "generation" in measured else "-")
+        add("update (GFLOP/s, model FLOPs)", f"{predicted.flops['update'] / predicted.times['update'] / 1e9:.0f}",
+            f"{predicted.flops['update'] / measured['update'] / 1e9:.0f}" if "update" in measured else "-")
+        add("checkpoint save / load (s)", "-", " / ".join(f"{result[k]:.1f}" if k in result else "-"
+                                                         for k in ("checkpoint save", "checkpoint load")))
+        add("checkpoint size (GiB)", "-", f"{result['checkpoint_bytes'] / GiB:.2f}")
         # Resident memory of all ranks together: each holds its shard and its own engine.
-        cells["peak RSS, all ranks (GiB)"] = cells.get("peak RSS, all ranks (GiB)", []) + [
-            f"{ranks * max(predicted.peaks.values()) / GiB:.1f}", f"{result['peak_rss'] / GiB:.1f}"]
+        add("peak RSS, all processes (GiB)", f"{ranks * max(predicted.peaks.values()) / GiB:.1f}",
+            f"{result['peak_rss'] / GiB:.1f}")
         if args.device == "cuda":
-            cells["peak GPU memory (GiB)"] = cells.get("peak GPU memory (GiB)", []) + [
-                f"{max(predicted.peaks.values()) / GiB:.1f}", f"{result['peak_gpu'] / GiB:.1f}"]
-        cells["wall, all launches (s)"] = cells.get("wall, all launches (s)", []) + ["-", f"{result['wall_s']:.0f}"]
-        cells["killed and resumed"] = cells.get("killed and resumed", []) + [
-            "-", "yes" if result["killed"] else "no"]
+            add("peak GPU memory (GiB)", f"{max(predicted.peaks.values()) / GiB:.1f}",
+                f"{result['peak_gpu'] / GiB:.1f}")
+        add("wall, all launches (s)", "-", f"{result['wall_s']:.0f}")
+        add("killed and resumed: max |diff| train/*", "-",
+            f"{result['resume_diff']:.3g}" if result["killed"] and "resume_diff" in result else "no")
     print(f"\n| phase (median s per step) | {' | '.join(columns)} |")
     print("| --- |" + " --- |" * len(columns))
     for row, values in cells.items():
         print(f"| {row} | {' | '.join(values)} |")
-    if "resume_diff" in results.get("one process", {}):
-        print(f"\nresumed run against an uninterrupted one, steps after the kill: max |diff| over train/* = "
-              f"{results['one process']['resume_diff']:.3g}")
 
 
 if __name__ == "__main__":

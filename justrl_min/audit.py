@@ -29,11 +29,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 
 from justrl_min.data import load_problems
-from justrl_min.reward import DEFAULT_TIMEOUT_S, _judge, _score_item, warm_up
+from justrl_min.deadline_pool import call_with_deadline
+from justrl_min.reward import DEFAULT_TIMEOUT_S, _judge, warm_up
 
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)")
 _LAST_DIGIT = re.compile(r"\d(?!.*\d)", re.DOTALL)
@@ -103,13 +103,13 @@ class FileAudit:
 def audit_golds(name: str, golds: list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> FileAudit:
     """Judge every gold against itself and its wrong variants, each under ``timeout_s``."""
     result = FileAudit(name, golds=len(golds))
-    judge = partial(_judge, mode="symbolic")
     for gold in golds:
         answers = {"self": gold, **wrong_variants(gold)}
         for kind, answer in answers.items():
             started = time.perf_counter()
-            score, status, _ = _score_item(judge, "\\boxed{" + answer + "}", gold, timeout_s)
-            result.judgements.append(Judgement(gold, kind, answer, score, status, time.perf_counter() - started))
+            score, status, _ = call_with_deadline(_judge, ("\\boxed{" + answer + "}", gold, "symbolic"), timeout_s)
+            result.judgements.append(Judgement(gold, kind, answer, score or 0.0, status,
+                                               time.perf_counter() - started))
     return result
 
 

@@ -12,6 +12,7 @@ else. A run directory made by someone else cannot run code on resume.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -62,6 +63,10 @@ def load_state_file(path: Path):
                 f"arrays). Nothing in it was run. Resume only from checkpoints this trainer wrote.") from None
 
 
+DISK_FULL_BYTES = 256 * 2**20
+"""A checkpoint write that fails with less than this free is reported as a full disk."""
+
+
 class Checkpointer:
     def __init__(self, run_dir: Path, keep: int):
         self.folder = Path(run_dir) / "checkpoints"
@@ -82,8 +87,14 @@ class Checkpointer:
             if final.exists():  # re-saving the same step (e.g. a stop right after a periodic save)
                 shutil.rmtree(final)
             os.rename(tmp, final)
-        except BaseException:
+        except BaseException as error:
+            free = shutil.disk_usage(self.folder).free
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(error, Exception) and free < DISK_FULL_BYTES:  # torch.save says only "unexpected pos"
+                raise OSError(errno.ENOSPC, f"the checkpoint of step {step} could not be written to {self.folder}: "
+                              f"the disk is full ({free / 2**20:.0f} MiB were left); the last complete checkpoint "
+                              f"is {self.latest() or 'none'}. Free space or lower checkpoint.keep, then resume "
+                              "with run.resume=true") from error
             raise
         link_tmp = self.folder / f".{LATEST}.tmp"
         if link_tmp.is_symlink() or link_tmp.exists():
@@ -155,7 +166,8 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, with_optimizer: bool) -> i
     return weights + (8 * params if with_optimizer else 0)
 
 
-def check_disk(run_dir: Path, needed_bytes: int) -> None:
+def check_disk(run_dir: Path, checkpoint_bytes: int, keep: int) -> None:
+    """Writable, with room for `keep` checkpoints and the one being written (the oldest goes after it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     probe = run_dir / ".write_test"
     try:
@@ -163,10 +175,12 @@ def check_disk(run_dir: Path, needed_bytes: int) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"run directory {run_dir} is not writable: {e}") from None
-    free = shutil.disk_usage(run_dir).free
-    if free < needed_bytes:
-        raise ConfigError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free, one checkpoint "
-                           f"needs about {needed_bytes / 2**30:.2f} GiB: free space or set run.output_dir")
+    free, needed = shutil.disk_usage(run_dir).free, (keep + 1) * checkpoint_bytes
+    if free < needed:
+        raise ConfigError(f"run directory {run_dir} has {free / 2**30:.2f} GiB free; checkpoint.keep={keep} "
+                          f"checkpoints and the one being written need about {needed / 2**30:.2f} GiB "
+                          f"({checkpoint_bytes / 2**30:.2f} GiB each): free space, lower checkpoint.keep or set "
+                          "run.output_dir")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -249,8 +249,13 @@ class RewardConfig:
     workers: int = 0
     """Verifier processes; 0 means one per CPU core."""
     function: str = ""
-    """`package.module:callable` called as fn(responses, golds, problems) -> one float per response
-    (problems are `justrl_min.data.Problem` records); its rewards are added. Empty: none."""
+    """`package.module:callable` called as fn(responses, golds, problems) -> one float per response,
+    on each prompt's group of responses (problems are `justrl_min.data.Problem` records), in `workers`
+    processes of its own; its rewards are added. Empty: none."""
+    function_timeout_s: float = 60.0
+    """Hard deadline of one `function` call (one group); past it the call's process is killed and
+    the group gets 0 from the function (train/function_timeout_frac). An exception scores 0 too
+    (train/function_error_frac); a wrong count or a non-finite value stops the run."""
     model: str = ""
     """Folder or hub id of an AutoModelForSequenceClassification (one label) scoring prompt + response;
     its scores are added. Empty: none (nothing is loaded)."""
@@ -448,6 +453,7 @@ class Config:
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
+        _require(self.reward.function_timeout_s > 0, "reward.function_timeout_s", "must be > 0")
         _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
         for key in ("dtype", "compute_dtype"):
             _require(getattr(self.model, key) in ("float32", "bfloat16", "float16", "float64", "")

@@ -122,6 +122,8 @@ class Estimate:
     """bytes per rank in each phase (training, generation)"""
     times: dict[str, float] = field(default_factory=dict)
     """seconds per step, by phase"""
+    flops: dict[str, float] = field(default_factory=dict)
+    """model FLOPs per step of the training phases (all ranks together)"""
     assumptions: list[str] = field(default_factory=list)
 
 
@@ -156,8 +158,12 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
     elif n == 1:
         m["compute-dtype weight copies"] = p * c   # autocast caches each weight's cast for the forward
     else:
-        # FSDP2 gathers the root (embeddings, head) for the whole forward and ~2 layers at a time.
-        m["compute-dtype weight copies"] = (shape.embedding_params + 2 * shape.layer_params) * c
+        # FSDP2 gathers ~2 layers at a time, the root (LM head) for the whole step, and the untied input
+        # embedding around its forward and its backward, which comes last: then both matrices and their
+        # compute-dtype gradients are whole at once, and one gradient is cast to fp32 for its reduction.
+        matrices = 1 if shape.tied_embeddings else 2
+        m["unsharded embedding and LM head at the end of backward (+ 2 layers)"] = (
+            shape.vocab * shape.hidden * (2 * matrices * c + 4) + 2 * shape.layer_params * c)
     per_layer = shape.activation_bytes_per_token(c) * tokens
     if cfg.model.gradient_checkpointing:
         m["activations (checkpointed: layer inputs + one layer)"] = shape.layers * shape.hidden * c * tokens + per_layer
@@ -193,7 +199,7 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
             est.peaks["training"] = trainer + asleep
             # Generation: gradients are freed (zero_grad sets them to None), activations are gone.
             resting = trainer - m["gradients (fp32, sharded)"] - sum(
-                v for k, v in m.items() if k.startswith(("activations", "LM-head", "compute-dtype")))
+                v for k, v in m.items() if k.startswith(("activations", "LM-head", "compute-dtype", "unsharded")))
             est.peaks["generation"] = resting + reserved
             est.assumptions.append(f"vLLM reserves rollout.gpu_memory_utilization = "
                                    f"{cfg.rollout.gpu_memory_utilization} of {hw.mem_gib:g} GiB; sleep mode "
@@ -218,11 +224,12 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     # The first mini-batch takes its old log-probs from its own update forward (trainer.fresh_row_count).
     old_logp_share = (minibatches * cfg.algorithm.ppo_epochs - 1) / minibatches if minibatches > 1 else 0.0
     old_logp_share = min(old_logp_share, 1.0)
-    flops_per_s = hw.ranks * hw.tflops * 1e12 * hw.train_mfu
-    est.times["old log-probs"] = old_logp_share * forward / flops_per_s
-    est.times["update"] = passes * forward * cfg.algorithm.ppo_epochs / flops_per_s
+    est.flops["old log-probs"] = old_logp_share * forward
+    est.flops["update"] = passes * forward * cfg.algorithm.ppo_epochs
     if cfg.algorithm.kl_coef > 0:
-        est.times["reference log-probs"] = forward / flops_per_s
+        est.flops["reference log-probs"] = forward
+    flops_per_s = hw.ranks * hw.tflops * 1e12 * hw.train_mfu
+    est.times.update({phase: flops / flops_per_s for phase, flops in est.flops.items()})
 
     c = _compute_bytes(cfg, hw)
     per_rank = math.ceil(responses / hw.ranks)

@@ -58,13 +58,11 @@ thread it raises) and cannot interrupt C code such as a big-integer power. So:
    alarms do not fight. The timeout exception derives from ``BaseException`` so sympy's and
    math-verify's ``except Exception`` cannot swallow it. Off the main thread there is no in-process
    deadline (the pre-filters still apply): use ``VerifierPool`` there.
-2. ``VerifierPool`` is the hard guarantee: persistent "spawn" worker processes run the verifier in
-   their main thread (so 1. holds inside them) and report each item as it finishes. The parent
-   tracks when each worker's current item started and SIGKILLs a worker still busy
-   ``timeout_s + HARD_DEADLINE_GRACE_S`` later; the item scores 0 and counts as a timeout, the rest
-   of that worker's chunk is re-queued, and a fresh worker replaces it. A worker that dies (crash,
-   external SIGKILL) is detected through its process sentinel the same way (counted as an error).
-   Work goes out in small chunks, only to idle workers, so the parent never blocks on a pipe.
+2. ``VerifierPool`` is the hard guarantee: it runs the verdicts in a ``deadline_pool.DeadlinePool``,
+   whose "spawn" workers run them in their main thread (so 1. holds inside them). The parent
+   SIGKILLs a worker still busy ``timeout_s + deadline_pool.HARD_DEADLINE_GRACE_S`` after it began
+   an item; the item scores 0 and counts as a timeout, and a fresh worker takes over the rest of the
+   chunk. A worker that dies (crash, external SIGKILL) costs its item, counted as an error.
 3. The parent does the linear-time part itself (finding the last box) and sends only distinct
    (answer, gold) pairs: a step's ~35 MB of responses never cross a pipe, and the samples of a
    problem that end in the same answer are judged once. Only parsing and ``verify`` - the part
@@ -75,21 +73,13 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
-import os
 import re
-import signal
-import sys
-import threading
-import time
-import weakref
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from justrl_min.deadline_pool import DeadlinePool, Function, Outcome, call_with_deadline, load_callable
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +88,7 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_ANSWER_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 MAX_BRACKET_DEPTH = 8  # bare ( [ { nesting; parse time is ~0.5 s at 8 and ~40 s at 16
 MAX_RESULT_DIGITS = 4_000  # Python refuses to print ints over 4,300 digits; sympy sometimes must
-HARD_DEADLINE_GRACE_S = 0.5  # the worker's own alarm fires at timeout_s; the parent kills after this
-
-_START_METHOD = "spawn"  # fresh interpreters: safe with torch (threads, CUDA) in the parent
-_WORKER_STARTUP_TIMEOUT_S = 180.0
-_MAX_STARTUP_FAILURES = 3
 _MAX_EXAMPLES = 2
-# A "spawn" worker exits with this code when the script it re-imports creates a pool at import time.
-_UNGUARDED_MAIN_EXIT_CODE = 86
 
 
 # --------------------------------------------------------------------------- extraction
@@ -632,58 +615,6 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"reward mode must be one of {MODES}, got {mode!r}")
 
 
-# --------------------------------------------------------------------------- in-process deadline
-
-
-class VerifierTimeout(BaseException):
-    """Raised by the alarm; a BaseException so that library ``except Exception`` blocks let it through."""
-
-
-@contextmanager
-def _alarm_deadline(timeout_s: float | None) -> Iterator[None]:
-    """Raise VerifierTimeout in this (main) thread after ``timeout_s``; a no-op elsewhere.
-
-    Cannot interrupt C code (a big-int power): that is what VerifierPool's kill is for. An outer
-    ITIMER_REAL, if one was running, is re-armed with its remaining time.
-    """
-    if not timeout_s or timeout_s <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    armed = [True]
-
-    def on_alarm(_signum: int, _frame: Any) -> None:
-        if armed[0]:
-            raise VerifierTimeout(f"verifier exceeded {timeout_s:g} s")
-
-    started = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    if 0 < outer_delay < timeout_s:  # nested inside a shorter deadline: that one still wins
-        signal.setitimer(signal.ITIMER_REAL, outer_delay)
-    try:
-        yield
-    finally:
-        armed[0] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
-        if outer_delay > 0:
-            remaining = max(outer_delay - (time.monotonic() - started), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, remaining, outer_interval)
-
-
-def _score_item(
-    score: Callable[[str, str], float], response: str, ground_truth: str, timeout_s: float | None
-) -> tuple[float, str, str]:
-    """(score, status, detail) with status "ok", "timeout" or "error"; never raises (bar Ctrl-C)."""
-    try:
-        with _alarm_deadline(timeout_s):
-            return float(score(response, ground_truth)), "ok", ""
-    except VerifierTimeout as exc:
-        return 0.0, "timeout", str(exc)
-    except Exception as exc:  # noqa: BLE001 - not swallowed: the pool counts it, compute_score logs it
-        return 0.0, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
 def compute_score(
     response: str,
     ground_truth: str,
@@ -700,11 +631,11 @@ def compute_score(
     (see the module docstring); VerifierPool gives a hard deadline anywhere.
     """
     _check_mode(mode)
-    score, status, detail = _score_item(partial(_judge, mode=mode), response, ground_truth, timeout_s)
+    score, status, detail = call_with_deadline(_judge, (response, ground_truth, mode), timeout_s)
     if status != "ok":
         logger.warning("verifier %s (scored 0): %s; gold %.60r, answer %.60r",
                        status, detail, ground_truth, _answer_preview(response))
-    return score
+    return score if status == "ok" else 0.0
 
 
 def _answer_preview(response: Any) -> str:
@@ -728,16 +659,6 @@ class BatchScore:
 
 
 @dataclass
-class _Worker:
-    process: Any  # multiprocessing.process.BaseProcess
-    conn: Connection
-    started_at: float
-    ready: bool = False
-    in_flight: deque = field(default_factory=deque)  # (job id, grader, answer or response, gold) sent, in order
-    item_started_at: float = 0.0  # when the worker began in_flight[0]
-
-
-@dataclass
 class _Job:
     """One verdict for a worker to compute, and the responses of the batch it decides."""
 
@@ -749,13 +670,12 @@ class _Job:
 
 @dataclass
 class _Tally:
-    """What one call to VerifierPool.score has learned so far."""
+    """What one call to VerifierPool.score learned, per response."""
 
     responses: list[str]
     golds: list[str]
     jobs: list[_Job]
     scores: list[float]
-    unfinished: int  # jobs
     timeouts: int = 0
     errors: int = 0
     examples: list[str] = field(default_factory=list)
@@ -765,7 +685,6 @@ class _Tally:
         job = self.jobs[job_id]
         for index in job.indices:
             self.scores[index] = score
-        self.unfinished -= 1
         self.slowest_s = max(self.slowest_s, elapsed_s)
         if status == "ok":
             return
@@ -808,90 +727,10 @@ def check_grader(grader: str, key: str) -> None:
     load_callable(grader, key)
 
 
-def load_callable(spec: str, key: str = "reward.function") -> Callable:
-    """`package.module:callable` -> the callable, with errors that name the config key and the spec."""
-    import importlib
-
-    from justrl_min.config import ConfigError
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{key}={spec!r}: expected the form package.module:callable")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}={spec!r}: cannot import {module_name}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"{key}={spec!r}: {module_name} has no callable {attr!r}")
-    return fn
-
-
-def _grader_function(grader: Grader) -> Callable[[str, str], float]:
-    if not judges_whole_items(grader):
-        return partial(_judge_answer, mode=grader)
-    return load_callable(grader) if isinstance(grader, str) else grader
-
-
-def _worker_main(conn: Connection, graders: tuple[Grader, ...], timeout_s: float) -> None:
-    """Worker loop: receive a chunk of jobs, answer job by job (so the parent can time each one).
-
-    A job names its grader by position in ``graders``. For a mode it is an (extracted answer,
-    unboxed gold) pair: the parent has already done the cheap, linear-time extraction, so
-    60k-character responses never cross the pipe.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business; it closes us
-    if any(grader in _WARMED_UP_MODES for grader in graders):
-        warm_up()
-    scorers = [_grader_function(grader) for grader in graders]
-    conn.send(("ready",))
-    while True:
-        try:
-            chunk = conn.recv()
-        except EOFError:
-            return
-        if chunk is None:
-            return
-        for job_id, grader, first, gold in chunk:
-            conn.send(("result", job_id, *_score_item(scorers[grader], first, gold, timeout_s)))
-
-
-def _unguarded_main_message() -> str:
-    script = getattr(sys.modules.get("__main__"), "__file__", None) or "the main script"
-    return (f"verifier workers cannot start: {script} creates a VerifierPool (or calls score_batch) when it "
-            f"is imported, and has no `if __name__ == \"__main__\":` guard. Workers are started with "
-            f"multiprocessing's \"{_START_METHOD}\" method, which re-imports the main script in every worker, "
-            f"so each worker would start a pool of its own. Fix: put the script's top-level code under "
-            f"`if __name__ == \"__main__\":`.")
-
-
-def _exit_if_reimporting_main() -> None:
-    """In a "spawn" child that is still importing its parent's main script, stop with a known exit code.
-
-    multiprocessing marks a child as ``_inheriting`` while it re-imports ``__main__``; code that runs
-    then (an unguarded pool at a script's top level) would recurse. The parent recognises the exit
-    code and raises ``_unguarded_main_message()`` instead of retrying.
-    """
-    if getattr(mp.current_process(), "_inheriting", False):  # the flag multiprocessing itself checks
-        print(_unguarded_main_message(), file=sys.stderr)
-        raise SystemExit(_UNGUARDED_MAIN_EXIT_CODE)
-
-
-def _stop_workers(workers: list[_Worker]) -> None:
-    """Ask every worker to exit, give them a moment, then kill and reap what is left."""
-    for worker in workers:
-        try:
-            worker.conn.send(None)
-        except OSError:
-            pass  # already dead; reaped below
-    give_up_at = time.monotonic() + 1.0
-    for worker in workers:
-        worker.process.join(timeout=max(give_up_at - time.monotonic(), 0.0))
-        if worker.process.is_alive():
-            worker.process.kill()
-            worker.process.join()
-        worker.conn.close()
-    workers.clear()
+def _worker_function(grader: Grader) -> Function:
+    """What a pool worker runs for `grader`: a mode's verdict on an extracted answer and unboxed gold,
+    or the grader itself on the whole item."""
+    return partial(_judge_answer, mode=grader) if not judges_whole_items(grader) else grader
 
 
 def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int],
@@ -915,22 +754,6 @@ def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int
             key = (grader, answer, _unbox_gold(gold))
             jobs.setdefault(key, _Job(answer, key[2], [], grader)).indices.append(index)
     return list(jobs.values())
-
-
-def _auto_chunk_size(items: int, workers: int) -> int:
-    """~4 chunks per worker per batch, at most 8 items: small enough to balance the tail."""
-    return max(1, min(8, items // (4 * workers)))
-
-
-def _take_chunk(pending: deque, size: int, finish_gold_run: bool) -> list:
-    """Up to ``size`` jobs; with ``finish_gold_run``, extended (to at most 2x) so that the samples of
-    one problem go to one worker: a cold gold costs a worker as much as several answers to parse."""
-    chunk = [pending.popleft()]
-    while pending and len(chunk) < size:
-        chunk.append(pending.popleft())
-    while finish_gold_run and pending and len(chunk) < 2 * size and pending[0][3] == chunk[-1][3]:
-        chunk.append(pending.popleft())
-    return chunk
 
 
 class VerifierPool:
@@ -967,12 +790,7 @@ class VerifierPool:
         score_fn: Callable[[str, str], float] | None = None,
         graders: Sequence[Grader] = (),
     ) -> None:
-        _exit_if_reimporting_main()
         _check_mode(mode)
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        self.num_workers = workers or os.cpu_count() or 1
-        self.timeout_s = float(timeout_s)
         self.mode = mode
         self._chunk_size = chunk_size
         self._graders: tuple[Grader, ...] = tuple(dict.fromkeys((score_fn or mode, *graders)))
@@ -980,16 +798,10 @@ class VerifierPool:
         self._extractors = tuple(None if judges_whole_items(grader) else ANSWER_EXTRACTORS[grader]
                                  for grader in self._graders)
         self._grader_position = {None: 0, **{grader: i for i, grader in enumerate(self._graders)}}
-        self._context = mp.get_context(_START_METHOD)
-        self._workers: list[_Worker] = []
-        self._startup_failures = 0
-        self._closed = False
-        # Reaps the workers even if close() is never called (garbage collection or interpreter exit).
-        self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
-        for _ in range(self.num_workers):
-            self._workers.append(self._start_worker())
-
-    # ---- public API
+        warm = any(grader in _WARMED_UP_MODES for grader in self._graders)
+        self._pool = DeadlinePool([_worker_function(grader) for grader in self._graders], workers, timeout_s,
+                                  warm_up=warm_up if warm else None, purpose="verifier")
+        self.num_workers, self.timeout_s = self._pool.num_workers, self._pool.timeout_s
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str],
               graders: Sequence[Grader | None] | None = None) -> BatchScore:
@@ -997,21 +809,16 @@ class VerifierPool:
         built with, or None for its default; ``graders`` None: the default for all); returns when
         every item is scored, timed out or errored. One call at a time: the pool is not meant to be
         shared by threads."""
-        if self._closed:
-            raise RuntimeError("VerifierPool is closed")
         if len(responses) != len(ground_truths):
             raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
         responses, ground_truths = list(responses), list(ground_truths)
         jobs = _plan_jobs(responses, ground_truths, self._positions(graders, len(responses)), self._extractors)
-        tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses), len(jobs))
-        pending = deque((job_id, job.grader, job.first, job.gold) for job_id, job in enumerate(jobs))
-        chunk_size = self._chunk_size or _auto_chunk_size(len(pending), self.num_workers)
-        finish_gold_runs = self._chunk_size is None
-        while tally.unfinished:
-            self._dispatch(pending, chunk_size, finish_gold_runs)
-            self._handle_events(wait(self._event_sources(), self._seconds_to_next_deadline()), pending, tally)
-            self._kill_overdue(pending, tally)
-            self._replace_stalled_starters()
+        # Auto-sized chunks run to the end of a gold's run: one problem's samples share a worker and its parse.
+        outcomes = self._pool.run([(job.grader, (job.first, job.gold)) for job in jobs], self._chunk_size,
+                                  groups=[job.gold for job in jobs] if self._chunk_size is None else None)
+        tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses))
+        for job_id, outcome in enumerate(outcomes):
+            tally.record(job_id, *_as_score(outcome))
         if tally.timeouts or tally.errors:
             logger.warning("verifier pool: %d items, %d timeouts, %d errors, slowest %.1f s",
                            len(tally.scores), tally.timeouts, tally.errors, tally.slowest_s)
@@ -1030,12 +837,11 @@ class VerifierPool:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (for monitoring and tests)."""
-        return [worker.process.pid for worker in self._workers]
+        return self._pool.worker_pids()
 
     def close(self) -> None:
         """Stop and reap every worker; safe to call twice."""
-        self._closed = True
-        self._finalizer()
+        self._pool.close()
 
     def __enter__(self) -> VerifierPool:
         return self
@@ -1043,132 +849,15 @@ class VerifierPool:
     def __exit__(self, *_exc_info: object) -> None:
         self.close()
 
-    # ---- workers
 
-    def _start_worker(self) -> _Worker:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=_worker_main,
-            args=(child_end, self._graders, self.timeout_s),
-            name="justrl-verifier",
-            daemon=True,  # never outlive the trainer
-        )
-        process.start()
-        child_end.close()  # so the parent sees EOF when the child dies
-        return _Worker(process=process, conn=parent_end, started_at=time.monotonic())
-
-    def _replace(self, worker: _Worker, *, kill: bool) -> None:
-        if kill:
-            worker.process.kill()
-        worker.process.join(timeout=5.0)
-        worker.conn.close()
-        if not worker.ready:
-            if worker.process.exitcode == _UNGUARDED_MAIN_EXIT_CODE:
-                raise RuntimeError(_unguarded_main_message())
-            self._startup_failures += 1
-            if self._startup_failures > _MAX_STARTUP_FAILURES:
-                raise RuntimeError(f"verifier workers keep failing to start (exit code {worker.process.exitcode})")
-        position = self._workers.index(worker)
-        self._workers[position] = self._start_worker()
-
-    def _requeue_rest(self, worker: _Worker, pending: deque) -> None:
-        """Jobs sent to a lost worker but not started go back to the front of the queue, in order."""
-        pending.extendleft(reversed(worker.in_flight))
-        worker.in_flight.clear()
-
-    # ---- the event loop
-
-    def _dispatch(self, pending: deque, chunk_size: int, finish_gold_runs: bool) -> None:
-        """Send a chunk to each idle worker. Idle workers are blocked in recv(), so send() cannot stall."""
-        for worker in list(self._workers):
-            if not pending or not worker.ready or worker.in_flight:
-                continue
-            chunk = _take_chunk(pending, chunk_size, finish_gold_runs)
-            try:
-                worker.conn.send(chunk)
-            except OSError:  # died while idle: nothing of this chunk was started
-                pending.extendleft(reversed(chunk))
-                logger.warning("verifier worker %s died while idle; replacing it", worker.process.pid)
-                self._replace(worker, kill=True)
-                continue
-            worker.in_flight.extend(chunk)
-            worker.item_started_at = time.monotonic()
-
-    def _event_sources(self) -> list[Any]:
-        return [source for worker in self._workers for source in (worker.conn, worker.process.sentinel)]
-
-    def _seconds_to_next_deadline(self) -> float:
-        now = time.monotonic()
-        deadlines = [worker.item_started_at + self.timeout_s + HARD_DEADLINE_GRACE_S - now
-                     for worker in self._workers if worker.in_flight]
-        return max(min(deadlines, default=1.0), 0.0)
-
-    def _handle_events(self, ready: list[Any], pending: deque, tally: _Tally) -> None:
-        for worker in list(self._workers):
-            if worker.conn in ready or worker.process.sentinel in ready:
-                alive = self._drain(worker, tally)
-                if not alive or worker.process.sentinel in ready:
-                    self._on_worker_death(worker, pending, tally)
-
-    def _drain(self, worker: _Worker, tally: _Tally) -> bool:
-        """Read every message the worker has sent; False once its end of the pipe is gone."""
-        try:
-            while worker.conn.poll():
-                message = worker.conn.recv()
-                if message[0] == "ready":
-                    worker.ready = True
-                    self._startup_failures = 0
-                else:
-                    self._on_result(worker, message, tally)
-        except (EOFError, OSError):
-            return False
-        return True
-
-    def _on_result(self, worker: _Worker, message: tuple, tally: _Tally) -> None:
-        _, job_id, score, status, detail = message
-        expected_job_id = worker.in_flight.popleft()[0]
-        assert job_id == expected_job_id, f"worker answered job {job_id}, expected {expected_job_id}"
-        now = time.monotonic()
-        tally.record(job_id, score, status, now - worker.item_started_at, detail)
-        worker.item_started_at = now
-
-    def _on_worker_death(self, worker: _Worker, pending: deque, tally: _Tally) -> None:
-        exitcode = worker.process.exitcode
-        if worker.in_flight:
-            job_id = worker.in_flight.popleft()[0]
-            elapsed = time.monotonic() - worker.item_started_at
-            tally.record(job_id, 0.0, "error", elapsed, f"worker pid {worker.process.pid} died (exit code {exitcode})")
-            self._requeue_rest(worker, pending)
-        else:
-            logger.warning("verifier worker pid %s exited (code %s) while idle; replacing it",
-                           worker.process.pid, exitcode)
-        self._replace(worker, kill=False)
-
-    def _kill_overdue(self, pending: deque, tally: _Tally) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers):
-            if not worker.in_flight:
-                continue
-            elapsed = now - worker.item_started_at
-            if elapsed < self.timeout_s + HARD_DEADLINE_GRACE_S:
-                continue
-            if not self._drain(worker, tally) or not worker.in_flight:  # answered just in time, or died:
-                continue  # the next loop turn sees the result or the dead sentinel
-            elapsed = time.monotonic() - worker.item_started_at
-            if elapsed < self.timeout_s + HARD_DEADLINE_GRACE_S:
-                continue
-            job_id = worker.in_flight.popleft()[0]
-            tally.record(job_id, 0.0, "timeout", elapsed, f"killed worker pid {worker.process.pid} past the deadline")
-            self._requeue_rest(worker, pending)
-            self._replace(worker, kill=True)
-
-    def _replace_stalled_starters(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._workers):
-            if not worker.ready and now - worker.started_at > _WORKER_STARTUP_TIMEOUT_S:
-                logger.warning("verifier worker pid %s did not start in %.0f s; replacing it",
-                               worker.process.pid, _WORKER_STARTUP_TIMEOUT_S)
-                self._replace(worker, kill=True)
+def _as_score(outcome: Outcome) -> tuple[float, str, float, str]:
+    """(score, status, elapsed, detail) of a verdict; a grader that returned no number errs."""
+    if outcome.status != "ok":
+        return 0.0, outcome.status, outcome.elapsed_s, outcome.detail
+    try:
+        return float(outcome.value), "ok", outcome.elapsed_s, ""
+    except (TypeError, ValueError) as e:
+        return 0.0, "error", outcome.elapsed_s, f"the grader returned {outcome.value!r}, not a number: {e}"
 
 
 def score_batch(

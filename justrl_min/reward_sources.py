@@ -5,9 +5,11 @@ returns the total reward and each source's values (logged as `reward/<source>_me
 a callable with a `name` taking `Samples` and returning one float64 per response. The verifier's
 correct / incorrect reward (`verifier`) is the JustRL recipe's only reward. A recipe may add
 
-- a plain batched function, `package.module:callable`, called as fn(responses, golds, problems) with
-  the step's response texts, gold answers and `justrl_min.data.Problem` records (one per response)
-  and returning one finite float per response;
+- a plain batched function, `package.module:callable`, called as fn(responses, golds, problems) on
+  each prompt's group of responses, with their texts, gold answers and `justrl_min.data.Problem`
+  records, and returning one finite float per response. It runs in worker processes under a hard
+  deadline (`reward.function_timeout_s`, justrl_min.deadline_pool): a group whose call times out or
+  raises gets 0 from it, logged as `train/function_timeout_frac` / `train/function_error_frac`;
 - an `AutoModelForSequenceClassification` with one label, scoring the prompt exactly as the policy
   saw it (chat template included) followed by the response, in batches.
 
@@ -21,6 +23,7 @@ penalised is logged as `train/<name>_frac`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -28,7 +31,9 @@ import torch
 
 from justrl_min import shaping
 from justrl_min.config import Config, ConfigError
-from justrl_min.reward import load_callable
+from justrl_min.deadline_pool import DeadlinePool, load_callable
+
+logger = logging.getLogger(__name__)
 
 
 class RewardSourceError(ValueError):
@@ -98,6 +103,14 @@ class StepReward:
         by_source = {source.name: source(samples) for source in self.sources}
         return sum(by_source.values(), torch.zeros(len(samples.responses), dtype=torch.float64)), by_source
 
+    def failed_responses(self) -> dict[str, int]:
+        """{`train/<source>_<timeout|error>_frac`: responses of the last call a source could not score}."""
+        return {key: count for source in self.sources for key, count in getattr(source, "failed", {}).items()}
+
+    def close(self) -> None:
+        for source in self.sources:
+            getattr(source, "close", lambda: None)()
+
 
 def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepReward:
     """The step's reward as the recipe asks for it, chosen once (the verifier's alone by default)."""
@@ -105,7 +118,7 @@ def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepRewar
     sources: list[RewardSource] = [VerifierReward(r.correct, r.incorrect)] if r.with_verifier or not (
         r.function or r.model) else []
     if r.function:
-        sources.append(FunctionReward(r.function))
+        sources.append(FunctionReward(r.function, cfg.rollout.n, r.workers, r.function_timeout_s))
     if r.model:
         sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
     if r.overlong_buffer:
@@ -131,15 +144,34 @@ def checked_rewards(values, count: int, name: str) -> torch.Tensor:
 
 
 class FunctionReward:
+    """`reward.function` on each group of responses, in a `DeadlinePool` of its own."""
     name = "function"
 
-    def __init__(self, spec: str):
-        self.spec = spec
-        self.fn = load_callable(spec)
+    def __init__(self, spec: str, group_size: int, workers: int, timeout_s: float):
+        load_callable(spec)  # a bad spec fails at start-up, with the key's name
+        self.spec, self.group_size = spec, group_size
+        self.pool = DeadlinePool([spec], workers, timeout_s, purpose=f"reward.function {spec}")
+        self.failed: dict[str, int] = {}
 
     def __call__(self, samples: Samples) -> torch.Tensor:
-        values = self.fn(list(samples.responses), list(samples.golds), list(samples.problems))
-        return checked_rewards(values, len(samples.responses), f"reward.function {self.spec}")
+        starts = range(0, len(samples.responses), self.group_size)
+        groups = [slice(start, start + self.group_size) for start in starts]
+        outcomes = self.pool.run([(0, (samples.responses[g], samples.golds[g], samples.problems[g])) for g in groups],
+                                 chunk_size=1)
+        values, self.failed = [], {"train/function_timeout_frac": 0, "train/function_error_frac": 0}
+        for group, outcome in zip(groups, outcomes, strict=True):
+            count = len(samples.responses[group])
+            if outcome.status == "ok":
+                values.append(checked_rewards(outcome.value, count, f"reward.function {self.spec}"))
+                continue
+            self.failed[f"train/function_{outcome.status}_frac"] += count
+            logger.warning("reward.function %s: %s after %.1f s on the group at response %d (scored 0): %s",
+                           self.spec, outcome.status, outcome.elapsed_s, group.start, outcome.detail)
+            values.append(torch.zeros(count, dtype=torch.float64))
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class ModelReward:

@@ -58,6 +58,7 @@ from justrl_min.model import (
     unflatten,
 )
 from justrl_min.optim import build_adamw
+from justrl_min.phases import PhaseMeter
 from justrl_min.reward import VerifierPool
 from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
@@ -170,10 +171,12 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                              trust_remote_code=cfg.model.trust_remote_code, device=device)
     tuning = fine_tuning(cfg.model.lora, cfg.run.seed)  # all weights, or LoRA adapters
+    load_started = time.monotonic()
     policy = tuning.load_policy(functools.partial(load, gradient_checkpointing=cfg.model.gradient_checkpointing),
                                 cfg.model.path, resume_from)
+    weights_load_s = time.monotonic() - load_started
     if info.is_main:
-        check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer))
+        check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer), cfg.checkpoint.keep)
     compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
     # FSDP's mixed-precision policy casts for the forward; a single process uses autocast instead.
     autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] and not info.enabled else None
@@ -199,7 +202,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
                                    [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
     engine = build_engine(cfg, policy, tokenizer,
-                          lambda: dist.gathered_for_generation(scorer, info, cfg.rollout.engine),
+                          lambda: dist.gathered_for_generation(scorer, info),
                           info.enabled, log=print if info.is_main else lambda _: None)
     # The engine starts from the trainer's weights: a resumed LoRA run's are in no folder it could load.
     engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
@@ -208,7 +211,9 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     training = TrainingState(scorer, optimizer, scheduler, sampler, tuning, tokenizer)
     start_step = 0
     if resume_from:  # the weights came with the policy itself, loaded from the checkpoint folder
+        restore_started = time.monotonic()
         start_step = restore_training_state(resume_from, training, info)
+        restore_s = time.monotonic() - restore_started
         if info.is_main:
             truncate_metrics(run_dir, start_step)
     if info.is_main:
@@ -222,7 +227,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                            read_metrics(run_dir) if resume_from and info.is_main else ())
     summary = RunSummary(run_dir, cfg, resumed=bool(resume_from), enabled=info.is_main)
     if resume_from:
-        tracker.message(f"resumed from {resume_from} at step {start_step}")
+        tracker.message(f"resumed from {resume_from} at step {start_step}: weights loaded in {weights_load_s:.1f} s, "
+                        f"optimizer and sampler state in {restore_s:.1f} s")
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
@@ -238,41 +244,38 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             indices = indices[info.rank * share:(info.rank + 1) * share]  # whole groups per rank
 
             # ---- sample
-            t0 = time.monotonic()
+            phase = PhaseMeter(device)
             sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_response_length,
                                 seed=_generation_seed(cfg.run.seed, step, info.rank))
-            with engine.generating():
+            with phase("rollout"), engine.generating():
                 rollouts = engine.generate([prompt_set.prompt_ids[i] for i in indices], cfg.rollout.n, sampling)
-            rollout_s = time.monotonic() - t0
 
             # ---- score
-            t0 = time.monotonic()
-            texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-            step_problems = [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)]
-            golds = [p.answer for p in step_problems]
-            scored = pool.score(texts, golds, grading.graders_of(indices, cfg.rollout.n))
-            correct = torch.tensor(scored.scores, dtype=torch.float64)
-            rewards, reward_by_source = step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
-                                                            rollouts.response_ids, rollouts.truncated, correct))
-            if scored.examples:
-                tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
-                                f"e.g. {scored.examples[0]}")
-            reward_s = time.monotonic() - t0
+            with phase("reward"):
+                texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+                step_problems = [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)]
+                golds = [p.answer for p in step_problems]
+                scored = pool.score(texts, golds, grading.graders_of(indices, cfg.rollout.n))
+                correct = torch.tensor(scored.scores, dtype=torch.float64)
+                rewards, reward_by_source = step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
+                                                                rollouts.response_ids, rollouts.truncated, correct))
+                if scored.examples:
+                    tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
+                                    f"e.g. {scored.examples[0]}")
 
             # ---- old log-probs, then advantages (group baseline, or the critic's GAE)
-            t0 = time.monotonic()
             trains = estimator.policy_trains(step)
-            batch = prepare_batch(rollouts, microbatches, scorer, reference,
-                                  update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
-                                  cfg.train.mask_truncated)
-            batch = estimator.with_advantages(rewards, batch)
-            old_logp_s = time.monotonic() - t0
+            with phase("old_logp"):
+                batch = prepare_batch(rollouts, microbatches, scorer, reference,
+                                      update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
+                                      cfg.train.mask_truncated)
+                batch = estimator.with_advantages(rewards, batch)
 
             # ---- update
-            t0 = time.monotonic()
             lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
-            update, batch = update_policy(batch) if trains else (UpdateStats(), batch)
-            critic_metrics = estimator.update(batch)
+            with phase("update"):
+                update, batch = update_policy(batch) if trains else (UpdateStats(), batch)
+                critic_metrics = estimator.update(batch)
             training.skipped_total += update.skipped
             consecutive_skips = consecutive_skips + update.skipped if not update.updates else update.trailing_skips
             if update.skipped:
@@ -282,13 +285,12 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                     f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient norm "
                     f"(last at step {step}; batch summaries in {run_dir / 'skipped'}). Lower train.lr or check "
                     f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")
-            update_s = time.monotonic() - t0
-            t0 = time.monotonic()
-            engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
-            sync_s = time.monotonic() - t0
+            with phase("sync"):
+                engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
 
             # ---- log (and evaluate)
-            metrics = step_metrics(rollouts, rewards, reward_by_source, correct, batch, cfg.rollout.n, info)
+            metrics = step_metrics(rollouts, rewards, reward_by_source, step_reward.failed_responses(), correct,
+                                   batch, cfg.rollout.n, info)
             metrics.update(update.metrics())
             metrics.update(critic_metrics)
             metrics.update(grading.metrics(indices, cfg.rollout.n, rewards, correct, info))
@@ -297,9 +299,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 "train/skipped_steps": training.skipped_total,
                 "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
                 "train/reward_errors": dist.sum_scalar(scored.errors, info),
-                "time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/old_logp_s": old_logp_s,
-                "time/update_s": update_s, "time/sync_s": sync_s,
-                "time/step_s": time.monotonic() - step_started,
+                **phase.metrics(info), "time/step_s": time.monotonic() - step_started,
             })
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
             if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
@@ -326,6 +326,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 break
     tracker.close()
     summary.write("stopped" if stop.requested else "finished", checkpointer.latest())
+    step_reward.close()
     engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
         from justrl_min.curves import plot_runs
@@ -527,7 +528,8 @@ def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.
 
 
 def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: dict[str, torch.Tensor],
-                 correct: torch.Tensor, batch: Batch, group_size: int, info: dist.DistInfo) -> dict[str, float]:
+                 reward_failures: dict[str, int], correct: torch.Tensor, batch: Batch, group_size: int,
+                 info: dist.DistInfo) -> dict[str, float]:
     """Flat, namespaced step metrics, reduced over ranks (sums of sums, never means of means)."""
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float64)
     group_correct = correct.reshape(-1, group_size).mean(1)
@@ -538,7 +540,7 @@ def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: di
                         tokens=batch.mask.sum(), computed=sum(len(p) for p in rollouts.prompt_ids) + lengths.sum(),
                         **{f"reward/{name}_mean": values.sum() for name, values in reward_by_source.items()},
                         **{f"train/{name}_frac": (reward_by_source[name] < 0).sum()
-                           for name in PENALTY_SOURCES if name in reward_by_source})
+                           for name in PENALTY_SOURCES if name in reward_by_source}, **reward_failures)
     metrics = {
         "train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
         "train/response_length_mean": s["length"] / s["responses"],

@@ -24,3 +24,15 @@ def hangs(_response, _gold):
 
     time.sleep(60)
     return 1.0
+
+
+def stalls_on_hang(responses, _golds, _problems):
+    """`reward.function` that never answers for a group whose first response is "hang", raises for one
+    whose first response is "raise", and gives 0.25 per response otherwise."""
+    import time
+
+    if responses[0] == "hang":
+        time.sleep(60)
+    if responses[0] == "raise":
+        raise RuntimeError("a bug in the reward function")
+    return [0.25] * len(responses)

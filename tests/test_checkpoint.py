@@ -1,11 +1,12 @@
 """Atomic checkpoints: a failure mid-save leaves `latest` loadable; pruning; the disk pre-check."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from justrl_min import tiny
+from justrl_min import checkpoint, tiny
 from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes
 from justrl_min.config import ConfigError
 
@@ -59,9 +60,31 @@ def test_disk_check_names_the_directory(tmp_path):
     needed = estimate_checkpoint_bytes(model, with_optimizer=True)
     params = sum(p.numel() for p in model.parameters())
     assert needed == params * 4 + params * 8  # fp32 weights + AdamW's two fp32 moments
-    check_disk(tmp_path / "run", needed)
-    with pytest.raises(ConfigError, match=r"run directory .*run has .* GiB free, one checkpoint needs"):
-        check_disk(tmp_path / "run", 10**18)
+    check_disk(tmp_path / "run", needed, keep=3)
+    with pytest.raises(ConfigError, match=r"run directory .*run has .* GiB free; checkpoint.keep=3 checkpoints "
+                                          r"and the one being written need about .* GiB \(.* GiB each\)"):
+        check_disk(tmp_path / "run", shutil.disk_usage(tmp_path).free // 3, keep=3)
+
+
+def test_a_write_that_fills_the_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    ckpt = Checkpointer(tmp_path, keep=3)
+    first = ckpt.save(1, lambda folder: (folder / "trainer_state.json").write_text("{}"))
+
+    def fills_the_disk(_folder):
+        monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**12, 10**12, 2**20))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 933503040 vs 933502928")
+
+    with pytest.raises(OSError, match=r"checkpoint of step 2 could not be written .*: the disk is full \(1 MiB "
+                                      r"were left\); the last complete checkpoint is .*step_1"):
+        ckpt.save(2, fills_the_disk)
+    assert ckpt.latest() == first and not [p for p in ckpt.folder.iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.undo()
+
+    def fails(_folder):
+        raise RuntimeError("unexpected pos")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with room left, the error is the writer's own
+        ckpt.save(2, fails)
 
 
 class PlantedPayload:

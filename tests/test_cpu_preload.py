@@ -29,6 +29,10 @@ def test_only_a_vllm_run_restarts_and_with_both_libraries_first(execs, monkeypat
     [(exe, argv, env)] = execs
     assert exe == sys.executable and argv == [sys.executable, "train.py", "recipes/x.yaml", "rollout.engine=vllm"]
     assert env["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4:/v/libiomp5.so:/mine.so"
+    assert env[cpu_preload.DECOMMIT] == "true"
+    monkeypatch.setenv(cpu_preload.DECOMMIT, "false")  # the user's own choice stands
+    cpu_preload.restart_with_preload("vllm")
+    assert execs[-1][2][cpu_preload.DECOMMIT] == "false"
 
 
 def test_no_restart_when_preloaded_already_switched_off_or_missing(execs, monkeypatch, capsys):
@@ -49,10 +53,14 @@ def test_the_restarted_process_has_the_libraries_loaded():
         pytest.skip("libtcmalloc (Debian's libtcmalloc-minimal4) or libiomp5 (intel-openmp) is not installed")
     probe = ("import os; print('LD_PRELOAD=' + os.environ.get('LD_PRELOAD', ''), flush=True); "
              "from justrl_min.cpu_preload import restart_with_preload; restart_with_preload('vllm'); "
-             "print('tcmalloc mapped:', 'libtcmalloc' in open('/proc/self/maps').read())")
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", cpu_preload.SWITCH)}
+             "print('tcmalloc mapped:', 'libtcmalloc' in open('/proc/self/maps').read()); "
+             "import re, torch\nfor _ in range(2): blocks = [torch.ones(2**28), torch.ones(2**27)]; del blocks\n"
+             "print('resident after free:', int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", cpu_preload.SWITCH, cpu_preload.DECOMMIT)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     lines = out.splitlines()
     assert lines[0] == "LD_PRELOAD=" and lines[1].startswith("vLLM on CPU: restarting with LD_PRELOAD=")
     assert "libtcmalloc" in lines[2] and "libiomp5" in lines[2]   # the second start
-    assert lines[-1] == "tcmalloc mapped: True"
+    assert lines[-2] == "tcmalloc mapped: True"
+    # tcmalloc gave the freed 1.5 GiB back to the kernel (by default it keeps it: 1.8 GB resident here)
+    assert int(lines[-1].split(": ")[1]) < 800_000, lines[-1]  # kB

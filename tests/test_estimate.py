@@ -46,9 +46,12 @@ def test_memory_components_shard_over_ranks():
     p = shape.params
     assert one.memory["weights (master, sharded)"] == p * 4
     assert four.memory["AdamW moments (2 x fp32, sharded)"] == 2 * p * 4 / 4
-    # one rank: autocast keeps a bf16 cast of every weight; four: the root plus two layers gathered
+    # one rank: autocast keeps a bf16 cast of every weight; four: at the end of backward the untied
+    # embedding and LM head (10 x 8 each) whole in bf16 with their bf16 gradients (4 x 2 bytes), one
+    # of those gradients in fp32 for its reduction (4 bytes), and two layers gathered in bf16
     assert one.memory["compute-dtype weight copies"] == p * 2
-    assert four.memory["compute-dtype weight copies"] == (2 * 10 * 8 + 2 * 608) * 2
+    assert four.memory["unsharded embedding and LM head at the end of backward (+ 2 layers)"] == \
+        10 * 8 * (4 * 2 + 4) + 2 * 608 * 2
     # checkpointed: each layer's bf16 input for 1000 tokens, plus one layer's full activations
     assert one.memory["activations (checkpointed: layer inputs + one layer)"] == 2 * 8 * 2 * 1000 + 288 * 1000
     assert one.memory["LM-head chunk (fp32 logits, log-softmax, grad)"] == 3 * 4 * 10 * 4

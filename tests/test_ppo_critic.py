@@ -4,6 +4,7 @@ critic, target-KL stops are counted, and reward functions / models reach the rew
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -103,12 +104,30 @@ def test_step_reward_sums_its_sources_and_keeps_each():
         ["verifier"]
 
 
+def test_reward_function_runs_per_group_under_a_deadline():
+    cfg = load_recipe(None, ["reward.function=tests.reward_fns:stalls_on_hang", "reward.with_verifier=false",
+                             "rollout.n=2", "reward.function_timeout_s=1", "reward.workers=2"])
+    reward = reward_sources.build_step_reward(cfg, None, torch.device("cpu"))
+    try:
+        started = time.monotonic()
+        total, _ = reward(_samples(["a", "b", "hang", "c", "raise", "d"], [0] * 6))
+        elapsed = time.monotonic() - started
+        assert total.tolist() == [0.25, 0.25, 0.0, 0.0, 0.0, 0.0]  # groups 2 and 3 score 0 from the function
+        assert reward.failed_responses() == {"train/function_timeout_frac": 2, "train/function_error_frac": 2}
+        assert elapsed < 20.0  # the deadline plus one worker start-up, not the function's 60 s
+        assert reward(_samples(["a", "b"], [0, 0]))[0].tolist() == [0.25, 0.25]
+        assert reward.failed_responses() == {"train/function_timeout_frac": 0, "train/function_error_frac": 0}
+    finally:
+        reward.close()
+
+
 def test_reward_function_errors_name_the_function():
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:one_value"])
     reward = reward_sources.build_step_reward(cfg, None, torch.device("cpu"))
     with pytest.raises(RewardSourceError, match="reward.function tests.reward_fns:one_value returned 1 rewards "
                                                 "for 3 responses"):
         reward(_samples(["a", "b", "c"], [0, 0, 0]))
+    reward.close()
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:a_nan"])
     with pytest.raises(RewardSourceError, match=r"reward.function tests.reward_fns:a_nan returned non-finite "
                                                 r"rewards at responses \[0\]"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from justrl_min import reward
+from justrl_min import deadline_pool, reward
 from justrl_min.reward import (
     BatchScore,
     VerifierPool,
@@ -437,7 +437,7 @@ def test_pool_judges_each_distinct_answer_once_and_fans_the_verdict_out(symbolic
 
 def test_a_failed_verdict_counts_once_per_response_it_decides():
     jobs = [reward._Job("x", "1", [0, 2, 3]), reward._Job("y", "1", [1])]
-    tally = reward._Tally(["\\boxed{x}", "\\boxed{y}", "\\boxed{x}", "\\boxed{x}"], ["1"] * 4, jobs, [0.0] * 4, 2)
+    tally = reward._Tally(["\\boxed{x}", "\\boxed{y}", "\\boxed{x}", "\\boxed{x}"], ["1"] * 4, jobs, [0.0] * 4)
     tally.record(1, 1.0, "ok", 0.1, "")
     tally.record(0, 0.0, "timeout", 11.0, "killed worker pid 1 past the deadline")
     result = tally.result()
@@ -472,7 +472,7 @@ def test_pool_kills_a_worker_stuck_past_the_deadline_and_replaces_it():
 
 
 def test_pool_worker_alarm_stops_interruptible_work_without_a_kill(monkeypatch):
-    monkeypatch.setattr(reward, "HARD_DEADLINE_GRACE_S", 5.0)  # a loaded machine must not turn this into a kill
+    monkeypatch.setattr(deadline_pool, "HARD_DEADLINE_GRACE_S", 5.0)  # a loaded machine must not turn this into a kill
     with VerifierPool(workers=1, timeout_s=0.5, score_fn=_scripted_score) as pool:
         pool.score(["\\boxed{1}"], ["1"])
         pids = pool.worker_pids()

@@ -55,7 +55,9 @@ def backward(cfg, batch: Batch, scorer, packed: bool, info: dist.DistInfo):
 
 
 def build_policy(layout: str) -> torch.nn.Module:
-    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2).double()
+    # `packed` unties the LM head from the input embedding, which FSDP2 then shards as a unit of its own.
+    model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2,
+                             tie_embeddings=layout != "packed").double()
     if layout != "lora":
         return model
     from justrl_min.lora import LoraFineTuning
