@@ -207,15 +207,16 @@ def medians(rows: list[dict]) -> dict[str, float]:
         if values:
             out[phase] = values[len(values) // 2]
     for phase, key in PHASES.items():
-        peaks = [r[memory_key(key)] for r in rows if memory_key(key) in r]
-        if peaks:
-            out[f"{phase} peak"] = max(peaks)
+        for memory in ("peak", "gpu_peak"):
+            peaks = [r[memory_key(key, memory)] for r in rows if memory_key(key, memory) in r]
+            if peaks:
+                out[f"{phase} {memory}"] = max(peaks)
     return out
 
 
-def memory_key(time_key: str) -> str:
-    """The trainer's peak-memory metric of the phase a time/<phase>_s metric times (justrl_min.phases)."""
-    return time_key.replace("time/", "memory/").replace("_s", "_peak_gib")
+def memory_key(time_key: str, memory: str) -> str:
+    """The trainer's peak-memory metric (justrl_min.phases) of the phase a time/<phase>_s metric times."""
+    return time_key.replace("time/", "memory/").replace("_s", f"_{memory}_gib")
 
 
 def checkpoint_times(log: Path) -> dict[str, float]:
@@ -378,9 +379,10 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
             guess = predicted.times.get(phase)
             add(f"{phase} (s)", f"{guess:.1f}" if guess is not None else "-",
                 f"{measured[phase]:.1f}" if phase in measured else "-")
-        for phase in PHASES:
-            if f"{phase} peak" in measured:
-                add(f"{phase}: peak RSS per rank (GiB)", "-", f"{measured[f'{phase} peak']:.1f}")
+        for memory, what in (("peak", "peak RSS"), ("gpu_peak", "peak GPU memory (torch)")):
+            for phase in PHASES:
+                if f"{phase} {memory}" in measured:
+                    add(f"{phase}: {what} per rank (GiB)", "-", f"{measured[f'{phase} {memory}']:.1f}")
         tokens = response_tokens * responses
         add("generation (tokens/s)", "-", f"{tokens / measured['generation']:.0f}" if "generation" in measured else "-")
         add("update (GFLOP/s, model FLOPs)", f"{predicted.flops['update'] / predicted.times['update'] / 1e9:.0f}",

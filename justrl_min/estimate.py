@@ -162,7 +162,7 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
         # embedding around its forward and its backward, which comes last: then both matrices and their
         # compute-dtype gradients are whole at once, and one gradient is cast to fp32 for its reduction.
         matrices = 1 if shape.tied_embeddings else 2
-        m["unsharded embedding and LM head at the end of backward (+ 2 layers)"] = (
+        m["embedding + LM head gathered, end of backward"] = (
             shape.vocab * shape.hidden * (2 * matrices * c + 4) + 2 * shape.layer_params * c)
     per_layer = shape.activation_bytes_per_token(c) * tokens
     if cfg.model.gradient_checkpointing:
@@ -199,7 +199,7 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
             est.peaks["training"] = trainer + asleep
             # Generation: gradients are freed (zero_grad sets them to None), activations are gone.
             resting = trainer - m["gradients (fp32, sharded)"] - sum(
-                v for k, v in m.items() if k.startswith(("activations", "LM-head", "compute-dtype", "unsharded")))
+                v for k, v in m.items() if k.startswith(("activations", "LM-head", "compute-dtype", "embedding +")))
             est.peaks["generation"] = resting + reserved
             est.assumptions.append(f"vLLM reserves rollout.gpu_memory_utilization = "
                                    f"{cfg.rollout.gpu_memory_utilization} of {hw.mem_gib:g} GiB; sleep mode "

@@ -50,7 +50,7 @@ def test_memory_components_shard_over_ranks():
     # embedding and LM head (10 x 8 each) whole in bf16 with their bf16 gradients (4 x 2 bytes), one
     # of those gradients in fp32 for its reduction (4 bytes), and two layers gathered in bf16
     assert one.memory["compute-dtype weight copies"] == p * 2
-    assert four.memory["unsharded embedding and LM head at the end of backward (+ 2 layers)"] == \
+    assert four.memory["embedding + LM head gathered, end of backward"] == \
         10 * 8 * (4 * 2 + 4) + 2 * 608 * 2
     # checkpointed: each layer's bf16 input for 1000 tokens, plus one layer's full activations
     assert one.memory["activations (checkpointed: layer inputs + one layer)"] == 2 * 8 * 2 * 1000 + 288 * 1000
