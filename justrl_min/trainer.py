@@ -37,9 +37,9 @@ from justrl_min.checkpoint import (
     save_training_state,
     truncate_metrics,
 )
-from justrl_min.config import Config, ConfigError, config_to_dict, save_config
+from justrl_min.config import Config, ConfigError, DataConfig, config_to_dict, save_config
 from justrl_min.critic import build_advantage_estimator, policy_scorer_class
-from justrl_min.data import EpochSampler, load_problems, tokenize_problems
+from justrl_min.data import EpochSampler, PromptSet, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
 from justrl_min.host_memory import huge_pages_status
@@ -164,10 +164,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
     # ---- data, models, optimizer, engine, reward
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    problems = load_problems(cfg.data.train, split=cfg.data.split, seed=cfg.run.seed,
-                             strip_dapo_instruction=cfg.data.strip_dapo_instruction,
-                             dedup=cfg.data.dedup, tiny_problems=cfg.data.tiny_problems)
-    prompt_set = tokenize_problems(problems, tokenizer, cfg.data.prompt_suffix, cfg.data.max_prompt_length)
+    prompt_set = load_prompt_set(cfg.data, cfg.run.seed, tokenizer)
     load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                              trust_remote_code=cfg.model.trust_remote_code, device=device)
     tuning = fine_tuning(cfg.model.lora, cfg.run.seed)  # all weights, or LoRA adapters
@@ -307,11 +304,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             tracker.log(step, metrics)
             tracker.log_events(health.observe(step, metrics))
             if info.is_main and cfg.log.samples_per_step:
-                tracker.write_samples(step, [
-                    {"prompt": tokenizer.decode(rollouts.prompt_ids[i]), "response": texts[i],
-                     "gold": golds[i], "reward": float(rewards[i]), "truncated": rollouts.truncated[i]}
-                    for i in range(0, len(texts), max(1, len(texts) // cfg.log.samples_per_step))
-                ][:cfg.log.samples_per_step])
+                tracker.write_samples(step, sample_records(tokenizer, rollouts, texts, golds, rewards,
+                                                           cfg.log.samples_per_step))
 
             # ---- checkpoint, stop
             stopping = bool(dist.sum_scalar(int(stop.requested), info))
@@ -337,6 +331,21 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # Step pieces
+
+
+def load_prompt_set(data: DataConfig, seed: int, tokenizer) -> PromptSet:
+    """`data.train` read, cleaned and tokenized with the chat template, as the run samples it."""
+    problems = load_problems(data.train, split=data.split, seed=seed, dedup=data.dedup,
+                             strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
+    return tokenize_problems(problems, tokenizer, data.prompt_suffix, data.max_prompt_length)
+
+
+def sample_records(tokenizer, rollouts: Rollouts, texts: list[str], golds: list[str], rewards: torch.Tensor,
+                   count: int) -> list[dict]:
+    """`count` of the step's responses, evenly spaced, with their prompts, for samples.jsonl."""
+    return [{"prompt": tokenizer.decode(rollouts.prompt_ids[i]), "response": texts[i], "gold": golds[i],
+             "reward": float(rewards[i]), "truncated": rollouts.truncated[i]}
+            for i in range(0, len(texts), max(1, len(texts) // count))][:count]
 
 
 @torch.no_grad()
