@@ -133,8 +133,9 @@ class HFEngine:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         row_index = torch.tensor(prompt_of_row, device=device)                          # (B,)
         shared = {}
-        # Nothing to share when no prompt repeats (n = 1) or there is no prefix (one-token prompts).
-        if len(prompts) < len(prompt_of_row) and width > 1:
+        # Prefilled here even when no prompt repeats (n = 1, evaluation): generate's own prefill would
+        # run the LM head on the frozen copy, which costs the [P, hidden, vocab] copy described below.
+        if width > 1:
             shared["past_key_values"] = self._prefill_prompts(input_ids, attention_mask, row_index)
         out = self.model.generate(
             input_ids=input_ids[row_index], attention_mask=attention_mask[row_index], **shared,
@@ -159,7 +160,7 @@ class HFEngine:
 
     def _prefill_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, row_index: torch.Tensor):
         """The KV cache of every prompt but its last token, computed once per distinct prompt and
-        copied to each row that samples it.
+        copied to each row that samples it (when n > 1).
 
         `generate` given this cache runs the model only from each row's last prompt token on. The
         positions are the ones `generate` derives from the left-padded mask, so the cache holds what

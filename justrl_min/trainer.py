@@ -296,11 +296,13 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 "train/skipped_steps": training.skipped_total,
                 "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
                 "train/reward_errors": dist.sum_scalar(scored.errors, info),
-                **phase.metrics(info), "time/step_s": time.monotonic() - step_started,
+                "time/step_s": time.monotonic() - step_started,
             })
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
             if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
-                metrics.update(run_eval(cfg, engine, tokenizer, pool))  # one row per step
+                with phase("eval"):  # not in time/step_s
+                    metrics.update(run_eval(cfg, engine, tokenizer, pool))  # one row per step
+            metrics.update(phase.metrics(info))
             tracker.log(step, metrics)
             tracker.log_events(health.observe(step, metrics))
             if info.is_main and cfg.log.samples_per_step:

@@ -50,7 +50,7 @@ def reference_rollouts(model, tokenizer, prompts, n, sampling, batch_size):
 @pytest.mark.parametrize(("n", "batch_size"), [
     (3, 4),     # chunks of 4 rows split groups of 3: rows 0-3 are prompt 0 x3 + prompt 1 x1, ...
     (4, 64),    # one chunk, every group whole
-    (1, 3),     # n = 1: nothing to share, plain generate
+    (1, 3),     # n = 1: nothing to share, but prefilled by the engine all the same
 ])
 def test_shared_prefill_samples_what_plain_generate_samples(model_and_tokenizer, n, batch_size):
     model, tokenizer = model_and_tokenizer
@@ -98,6 +98,24 @@ def test_each_prompt_prefix_is_computed_once_per_chunk(model_and_tokenizer):
         hook.remove()
     # prefix of both prompts, then the last prompt token of all 8 rows, then 2 more decode steps
     assert shapes == [(2, width - 1), (8, 1), (8, 1), (8, 1)]
+
+
+def test_with_one_sample_per_prompt_the_engine_still_prefills_without_the_lm_head(model_and_tokenizer):
+    """Evaluation (n = 1): generate's own prefill would run the LM head over the prompts, which on a
+    frozen model at a 151,936-row vocabulary costs a [prompts, hidden, vocab] copy of its weight."""
+    model, tokenizer = model_and_tokenizer
+    prompts = [tiny.prompt_token_ids(tokenizer, q) for q in QUESTIONS[:3]]
+    width = max(len(p) for p in prompts)
+    embedded, head_inputs = [], []
+    hooks = [model.get_input_embeddings().register_forward_hook(lambda _m, a, _o: embedded.append(a[0].shape)),
+             model.get_output_embeddings().register_forward_hook(lambda _m, a, _o: head_inputs.append(a[0].shape))]
+    try:
+        HFEngine(model, tokenizer, batch_size=8).generate(prompts, 1, Sampling(1.0, 1.0, 2, seed=0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert embedded == [(3, width - 1), (3, 1), (3, 1)]
+    assert head_inputs == [(3, 1, model.config.hidden_size)] * 2  # only ever the decode steps' positions
 
 
 def test_the_copy_engine_samples_from_the_trainers_weights_in_its_own_dtype(warm_model):
