@@ -48,7 +48,8 @@ from justrl_min.estimate import (  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
 PHASES = {"generation": "time/rollout_s", "scoring": "time/reward_s", "old log-probs": "time/old_logp_s",
-          "update": "time/update_s", "weight sync": "time/sync_s", "step": "time/step_s"}
+          "update": "time/update_s", "weight sync": "time/sync_s", "step": "time/step_s",
+          "evaluation (AIME24, not in the step)": "time/eval_s"}
 # Sizes of buffers, not of the algorithm: two ranks, each with its own vLLM-CPU engine, must fit in 24 GiB
 # next to each other. 0.25 GiB of KV cache holds ~120k tokens at 2 layers (a step needs ~1,300), and
 # 128-token LM-head chunks hold [128, 151936] fp32 logits instead of [512, 151936]. A checkpoint of the

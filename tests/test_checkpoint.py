@@ -121,6 +121,24 @@ def test_training_state_files_load_weights_only(tmp_path):
     assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
 
 
+def test_state_files_are_mapped_not_copied(tmp_path):
+    """A resumed rank reads the whole optimizer state: its pages are the file's (shared, reclaimable)."""
+    import re
+
+    import torch
+
+    from justrl_min.checkpoint import load_state_file
+
+    def anonymous_kib() -> int:
+        return int(re.search(r"RssAnon:\s+(\d+) kB", Path("/proc/self/status").read_text())[1])
+
+    torch.save({"exp_avg": torch.ones(2**26)}, tmp_path / "optimizer.pt")  # 256 MiB
+    before = anonymous_kib()
+    state = load_state_file(tmp_path / "optimizer.pt")
+    assert state["exp_avg"].sum().item() == 2**26  # every page read
+    assert anonymous_kib() - before < 64 * 1024
+
+
 def test_a_planted_pickle_payload_is_refused_and_not_run(tmp_path):
     import torch
 
