@@ -400,7 +400,7 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
         add("wall, all launches (s)", "-", f"{result['wall_s']:.0f}")
         add("killed and resumed: max |diff| train/*", "-",
             f"{result['resume_diff']:.3g}" if result["killed"] and "resume_diff" in result else "no")
-    print(f"\n| phase (median s per step) | {' | '.join(columns)} |")
+    print(f"\n| per step: median time, largest memory | {' | '.join(columns)} |")
     print("| --- |" + " --- |" * len(columns))
     for row, values in cells.items():
         print(f"| {row} | {' | '.join(values)} |")
