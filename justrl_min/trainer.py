@@ -197,9 +197,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     step_reward = build_step_reward(cfg, tokenizer, device)
     grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
                                    [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
-    engine = build_engine(cfg, policy, tokenizer,
-                          lambda: dist.gathered_for_generation(scorer, info),
-                          info.enabled, log=print if info.is_main else lambda _: None)
+    engine = build_engine(cfg, policy, tokenizer, lambda: dist.gathered_for_generation(scorer, info), info.enabled,
+                          log=print if info.is_main else lambda _: None)
     # The engine starts from the trainer's weights: a resumed LoRA run's are in no folder it could load.
     engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
@@ -429,8 +428,7 @@ class PolicyUpdate:
     @classmethod
     def from_config(cls, cfg: Config, scorer, optimizer, scheduler, microbatches: MicroBatcher,
                     first_minibatch_scores_itself: bool = True) -> PolicyUpdate:
-        a = cfg.algorithm
-        c = cfg.critic
+        a, c = cfg.algorithm, cfg.critic
         objective = algo.policy_objective(
             a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
             kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
