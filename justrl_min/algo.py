@@ -97,24 +97,18 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     if advantages.dim() == 1:
         advantages = advantages[:, None].expand_as(logp)
     old_logp = old_logp.detach()
-    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    per_token = torch.maximum(unclipped, clipped)
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    per_token = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
     negative = advantages < 0
+    dual_held = torch.zeros_like(negative)
     if dual_clip is not None:
         assert dual_clip > 1.0, dual_clip
         dual_bound = -advantages * dual_clip
         dual_held = negative & (per_token > dual_bound)
         per_token = torch.where(negative, torch.minimum(per_token, dual_bound), per_token)
-    else:
-        dual_held = torch.zeros_like(negative)
     if token_weights is not None:
         per_token = per_token * token_weights.detach()
-    if token_normalizer is None:
-        token_normalizer = mask.sum().clamp(min=1)
-    loss = masked_sum(per_token, mask) / token_normalizer
+    loss = masked_sum(per_token, mask) / (mask.sum().clamp(min=1) if token_normalizer is None else token_normalizer)
 
     with torch.no_grad():
         clipped_low = negative & (ratio < 1.0 - clip_low)
@@ -179,8 +173,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
     if kind == "k2":
         return 0.5 * diff.square()
     if kind == "k3":
-        neg = -diff
-        return (torch.exp(neg) - neg - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
+        return (torch.exp(-diff) + diff - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
     raise ValueError(f"unknown KL estimator {kind!r} (k1 | k2 | k3)")
 
 
@@ -287,9 +280,8 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         clipped_values = old_values + (values - old_values).clamp(-value_clip, value_clip)
         clipped = (clipped_values - returns).square()
         per_token, cut = torch.maximum(unclipped, clipped), clipped > unclipped
-    if token_normalizer is None:
-        token_normalizer = mask.sum().clamp(min=1)
-    loss = 0.5 * masked_sum(per_token, mask) / token_normalizer
+    normalizer = mask.sum().clamp(min=1) if token_normalizer is None else token_normalizer
+    loss = 0.5 * masked_sum(per_token, mask) / normalizer
     with torch.no_grad():
         metrics = ValueLossMetrics(clip_frac=masked_mean(cut.float(), mask),
                                    value_mean=masked_mean(values, mask))

@@ -245,10 +245,9 @@ def save_training_state(checkpointer: Checkpointer, step: int, cfg: Config, trai
     t = training
     model_state = dist.full_model_state(t.scorer, info)
     optimizer_state = dist.full_optimizer_state(t.scorer, t.optimizer, info) if cfg.checkpoint.save_optimizer else None
-    rng = rng_state()
     rank_dir = checkpointer.folder / f".rng-step_{step}"
     rank_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(rng, rank_dir / f"rng_rank{info.rank}.pt")
+    torch.save(rng_state(), rank_dir / f"rng_rank{info.rank}.pt")
     dist.barrier(info)
     if info.is_main:
         def write(folder: Path) -> None:

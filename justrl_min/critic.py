@@ -42,13 +42,23 @@ from justrl_min.model import (
     MicroBatcher,
     TokenScorer,
     clip_grad_norm,
-    load_causal_lm,
     minibatch_rows,
     unflatten,
 )
 from justrl_min.optim import build_adamw
 
 CRITIC_DIR = "critic"
+
+
+def zero_value_head(causal_lm: torch.nn.Module) -> torch.nn.Linear:
+    """A scalar head on the backbone's hidden size, in its dtype and on its device, all zeros: it predicts
+    0 everywhere at the start, so the first advantages carry no random bias."""
+    parameter = next(causal_lm.parameters())
+    head = torch.nn.Linear(causal_lm.config.get_text_config().hidden_size, 1, dtype=parameter.dtype,
+                           device=parameter.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
 
 
 class ValueModel(torch.nn.Module):
@@ -59,12 +69,7 @@ class ValueModel(torch.nn.Module):
         super().__init__()
         causal_lm.set_output_embeddings(torch.nn.Identity())  # the LM head is unused: do not train or save it
         self.causal_lm = causal_lm  # the attribute name dist.shard looks for to shard per decoder layer
-        hidden = causal_lm.config.get_text_config().hidden_size
-        dtype = next(causal_lm.parameters()).dtype
-        self.value_head = torch.nn.Linear(hidden, 1, dtype=dtype, device=next(causal_lm.parameters()).device)
-        # A zero head predicts 0 everywhere at the start: no random bias in the first advantages.
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_value_head(causal_lm)
         self.autocast_dtype = autocast_dtype
 
     def forward(self, batch: MicroBatch, *_ignored) -> torch.Tensor:
@@ -156,11 +161,22 @@ class CriticGAE:
 
     def update(self, batch) -> dict[str, float]:
         """ppo_epochs passes of the clipped value loss over the same mini-batches as the policy."""
-        cfg, info = self.cfg, self.info
+        cfg, info, device = self.cfg, self.info, self.microbatches.device
         per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
         loss_total, clipped_tokens, grad_norm_total, passes = 0.0, 0.0, 0.0, 0
         for _epoch, _number, rows in minibatch_rows(len(batch.responses), per_rank_mini, cfg.algorithm.ppo_epochs):
-            loss, clipped = self._minibatch_backward(batch, rows)
+            normalizer, loss, clipped = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item(), 0.0, 0.0
+            for idx, micro in self.microbatches(batch.prompts, batch.responses, rows):  # accumulate the gradient
+                width = max(micro.response_lengths)
+                values = unflatten(self.model(micro), micro.response_lengths, width)         # (b, T)
+                mask = batch.mask[idx, :width].to(device)
+                micro_loss, metrics = algo.value_loss(values, batch.values[idx, :width].to(device),
+                                                      batch.returns[idx, :width].to(device), mask,
+                                                      cfg.critic.value_clip, token_normalizer=normalizer)
+                (micro_loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
+                loss += micro_loss.item()
+                clipped += metrics.clip_frac.item() * mask.sum().item()
+            loss = dist.sum_scalar(loss, info)
             grad_norm = clip_grad_norm(self.model, cfg.critic.grad_clip)
             if math.isfinite(loss) and math.isfinite(grad_norm):  # else skip, as the policy does
                 self.optimizer.step()
@@ -171,23 +187,6 @@ class CriticGAE:
         clip_frac = dist.sum_scalar(clipped_tokens, info) / max(tokens, 1.0)
         return {**self.metrics, "train/value_loss": loss_total / passes, "train/critic_grad_norm":
                 grad_norm_total / passes, "train/value_clip_frac": clip_frac}
-
-    def _minibatch_backward(self, batch, rows: list[int]) -> tuple[float, float]:
-        """Accumulate one mini-batch's value-loss gradient; returns (loss over all ranks, clipped tokens here)."""
-        info, normalizer = self.info, dist.all_reduce_sum(batch.mask[rows].sum().double(), self.info).item()
-        device = self.microbatches.device
-        loss_sum, clipped = 0.0, 0.0
-        for idx, micro in self.microbatches(batch.prompts, batch.responses, rows):
-            width = max(micro.response_lengths)
-            values = unflatten(self.model(micro), micro.response_lengths, width)         # (b, T)
-            mask = batch.mask[idx, :width].to(device)
-            loss, metrics = algo.value_loss(values, batch.values[idx, :width].to(device),
-                                            batch.returns[idx, :width].to(device), mask,
-                                            self.cfg.critic.value_clip, token_normalizer=normalizer)
-            (loss * info.world_size).backward()  # FSDP averages over ranks; this makes it a sum
-            loss_sum += loss.item()
-            clipped += metrics.clip_frac.item() * mask.sum().item()
-        return dist.sum_scalar(loss_sum, info), clipped
 
     def state_writer(self) -> Callable[[Path], None]:
         """Gather the critic's full state (a collective under FSDP); the returned function writes it
@@ -245,12 +244,7 @@ class ValueTokenScorer(TokenScorer):
 
     def __init__(self, causal_lm: torch.nn.Module, *args, saved: Path | None = None, **kwargs):
         super().__init__(causal_lm, *args, **kwargs)
-        parameter = next(causal_lm.parameters())
-        hidden = causal_lm.config.get_text_config().hidden_size
-        self.value_head = torch.nn.Linear(hidden, 1, dtype=parameter.dtype, device=parameter.device)
-        # A zero head predicts 0 everywhere at the start, as the separate critic's does.
-        torch.nn.init.zeros_(self.value_head.weight)
-        torch.nn.init.zeros_(self.value_head.bias)
+        self.value_head = zero_value_head(causal_lm)
         if saved is not None:
             from safetensors.torch import load_file
 
@@ -277,8 +271,10 @@ def policy_scorer_class(cfg: Config, resume_from: Path | None) -> Callable[..., 
 
 
 def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatches: MicroBatcher,
-                              compute_dtype: torch.dtype, autocast: torch.dtype | None):
-    """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`)."""
+                              load: Callable[..., torch.nn.Module], compute_dtype: torch.dtype,
+                              autocast: torch.dtype | None):
+    """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`), its
+    backbone loaded by `load(path, gradient_checkpointing=)` as the policy's is."""
     if cfg.algorithm.advantage == "grpo":
         return GroupBaseline(cfg)
     saved = resume_from / CRITIC_DIR if resume_from else None
@@ -288,10 +284,9 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatche
     kl_coef = json.loads((saved / "state.json").read_text())["kl_coef"] if saved else cfg.algorithm.kl_coef
     if cfg.critic.shared_backbone:
         return SharedHeadGAE(cfg, kl_coef, microbatches)
-    m, c, device, info = cfg.model, cfg.critic, microbatches.device, microbatches.info
-    model = ValueModel(load_causal_lm(c.path or m.path, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                                      trust_remote_code=m.trust_remote_code, device=device,
-                                      gradient_checkpointing=m.gradient_checkpointing), autocast)
+    c, info = cfg.critic, microbatches.info
+    model = ValueModel(load(c.path or cfg.model.path, gradient_checkpointing=cfg.model.gradient_checkpointing),
+                       autocast)
     if saved is not None:
         from safetensors.torch import load_file
 

@@ -159,8 +159,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                           f"{t.mini_batch_prompts} must be divisible by the world size {info.world_size}")
     run_dir = cfg.run_dir
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep)
-    resume_from = resume_point(cfg, checkpointer) if info.is_main else None
-    resume_from = dist.broadcast_object(resume_from, info)
+    resume_from = dist.broadcast_object(resume_point(cfg, checkpointer) if info.is_main else None, info)
 
     # ---- data, models, optimizer, engine, reward
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
@@ -192,15 +191,14 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     optimizer, adamw = build_adamw(trainable_parameters(scorer), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
-    estimator = build_advantage_estimator(cfg, resume_from, microbatches, compute_dtype, autocast)
+    estimator = build_advantage_estimator(cfg, resume_from, microbatches, load, compute_dtype, autocast)
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
     step_reward = build_step_reward(cfg, tokenizer, device)
     grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
                                    [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
-    engine = build_engine(cfg, policy, tokenizer,
-                          lambda: dist.gathered_for_generation(scorer, info),
-                          info.enabled, log=print if info.is_main else lambda _: None)
+    engine = build_engine(cfg, policy, tokenizer, lambda: dist.gathered_for_generation(scorer, info), info.enabled,
+                          log=print if info.is_main else lambda _: None)
     # The engine starts from the trainer's weights: a resumed LoRA run's are in no folder it could load.
     engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
@@ -286,18 +284,13 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
 
             # ---- log (and evaluate)
-            metrics = step_metrics(rollouts, rewards, reward_by_source, step_reward.failed_responses(), correct,
-                                   batch, cfg.rollout.n, info)
-            metrics.update(update.metrics())
-            metrics.update(critic_metrics)
-            metrics.update(grading.metrics(indices, cfg.rollout.n, rewards, correct, info))
-            metrics.update({
-                "train/lr": lr,
-                "train/skipped_steps": training.skipped_total,
-                "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
-                "train/reward_errors": dist.sum_scalar(scored.errors, info),
-                "time/step_s": time.monotonic() - step_started,
-            })
+            metrics = {**step_metrics(rollouts, rewards, reward_by_source, step_reward.failed_responses(), correct,
+                                      batch, cfg.rollout.n, info), **update.metrics(), **critic_metrics,
+                       **grading.metrics(indices, cfg.rollout.n, rewards, correct, info), "train/lr": lr,
+                       "train/skipped_steps": training.skipped_total,
+                       "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
+                       "train/reward_errors": dist.sum_scalar(scored.errors, info),
+                       "time/step_s": time.monotonic() - step_started}
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
             if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
                 with phase("eval"):  # not in time/step_s
@@ -406,6 +399,7 @@ class UpdateStats:
 class MiniBatchResult:
     loss: float
     nonfinite: bool
+    tokens: float                            # valid tokens, all ranks
     token_weighted: dict[str, float]
     """The objective's diagnostics times valid tokens, summed over micro-batches (divided later)."""
 
@@ -434,8 +428,7 @@ class PolicyUpdate:
     @classmethod
     def from_config(cls, cfg: Config, scorer, optimizer, scheduler, microbatches: MicroBatcher,
                     first_minibatch_scores_itself: bool = True) -> PolicyUpdate:
-        a = cfg.algorithm
-        c = cfg.critic
+        a, c = cfg.algorithm, cfg.critic
         objective = algo.policy_objective(
             a.policy_loss, clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip,
             kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
@@ -457,11 +450,12 @@ class PolicyUpdate:
         for epoch, number, rows in minibatch_rows(len(batch.responses), self.rows_per_minibatch, self.epochs):
             mini = self.minibatch_backward(batch, rows, old_logp, entropy, fresh_rows)
             fresh_rows = 0  # taken by the first mini-batch, which held them all
-            if self.target_kl and _approx_kl(mini, batch, rows, info) > self.target_kl:
+            if self.target_kl and (dist.sum_scalar(mini.token_weighted["approx_kl"], info) / max(mini.tokens, 1.0)
+                                   > self.target_kl):  # the mini-batch's token-mean approximate KL, all ranks
                 self.optimizer.zero_grad(set_to_none=True)  # this mini-batch's update and all later ones are dropped
                 stats.kl_stop = (epoch, number)
                 break
-            tokens_seen += batch.mask[rows].sum().item()
+            tokens_seen += mini.tokens
             grad_norm = clip_grad_norm(self.scorer, self.grad_clip)
             finite = not mini.nonfinite and math.isfinite(grad_norm)
             if finite:  # else skip rather than poison the weights and Adam's moments
@@ -473,12 +467,10 @@ class PolicyUpdate:
             stats.loss += mini.loss
             stats.grad_norm += grad_norm if math.isfinite(grad_norm) else 0.0
             token_weighted.update(mini.token_weighted)
-        total_tokens = dist.sum_scalar(tokens_seen, info)
         passes = max(1, stats.updates + stats.skipped)
         stats.loss, stats.grad_norm = stats.loss / passes, stats.grad_norm / passes
-        for key, value in token_weighted.items():
-            total = dist.all_reduce_sum(torch.tensor(value, dtype=torch.float64), info).item()
-            stats.diagnostics[key] = total / max(total_tokens, 1.0)
+        stats.diagnostics = {key: total / max(tokens_seen, 1.0)
+                             for key, total in _sum_over_ranks(info, **token_weighted).items()}
         return stats, dataclasses.replace(batch, old_logp=old_logp, entropy=entropy, fresh_rows=0)
 
     def minibatch_backward(self, batch: Batch, rows: list[int], old_logp: torch.Tensor, entropy: torch.Tensor,
@@ -491,8 +483,7 @@ class PolicyUpdate:
         detached, as their old ones, written (with the entropy) into `old_logp` and `entropy` (R, T).
         """
         info, device = self.microbatches.info, self.microbatches.device
-        # max(.., 1): with overlong filtering a mini-batch may hold no trained token at all (loss 0).
-        normalizer = max(dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item(), 1.0)
+        tokens = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item()
         # Per micro-batch statistics stay on the device and are read back in one copy at the end:
         # a .item() per micro-batch would stall a GPU once per micro-batch.
         stats: list[torch.Tensor] = []                       # each (2 + diagnostics,) float64
@@ -514,28 +505,24 @@ class PolicyUpdate:
                 (batch.advantages[idx, :width] if batch.advantages.dim() == 2 else batch.advantages[idx]).to(device),
                 batch.mask[idx, :width].to(device), rows_of(batch.tis_weights), rows_of(batch.ref_logp),
                 values[0] if values else None, rows_of(batch.values), rows_of(batch.returns))
-            loss, diagnostics = self.objective(x, normalizer)
+            # max(.., 1): with overlong filtering a mini-batch may hold no trained token at all (loss 0).
+            loss, diagnostics = self.objective(x, max(tokens, 1.0))
             # FSDP averages gradients over ranks; scaling by the world size turns that into a sum.
             (loss * info.world_size).backward()
-            tokens = x.mask.sum().double()
             names = list(diagnostics)
+            here = x.mask.sum().double()
             stats.append(torch.stack([loss.detach().double(), (~torch.isfinite(loss.detach())).double(),
-                                      *(value.detach().double() * tokens for value in diagnostics.values())]))
+                                      *(value.detach().double() * here for value in diagnostics.values())]))
         per_micro = torch.stack(stats).cpu().tolist()
         loss_sum, nonfinite = (sum(row[c] for row in per_micro) for c in range(2))
         token_weighted = {key: sum(row[2 + k] for row in per_micro) for k, key in enumerate(names)}
-        return MiniBatchResult(dist.sum_scalar(loss_sum, info), bool(dist.sum_scalar(nonfinite, info)), token_weighted)
+        return MiniBatchResult(dist.sum_scalar(loss_sum, info), bool(dist.sum_scalar(nonfinite, info)), tokens,
+                               token_weighted)
 
 
 def _micro_rows(t: torch.Tensor | None, idx: list[int], width: int, device: torch.device) -> torch.Tensor | None:
     """A micro-batch's rows of an optional (R, T) step tensor, on the device."""
     return t[idx, :width].to(device) if t is not None else None
-
-
-def _approx_kl(mini: MiniBatchResult, batch: Batch, rows: list[int], info: dist.DistInfo) -> float:
-    """Token-mean approximate KL of the policy to the rollout policy over one mini-batch (all ranks)."""
-    tokens = dist.sum_scalar(batch.mask[rows].sum().item(), info)
-    return dist.sum_scalar(mini.token_weighted["approx_kl"], info) / max(tokens, 1.0)
 
 
 def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: dict[str, torch.Tensor],
@@ -563,8 +550,7 @@ def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: di
     }
     if batch.rollout_logp is not None:
         diff = (batch.old_logp - batch.rollout_logp).abs()
-        metrics["train/rollout_logp_diff_mean"] = (
-            _sum_over_ranks(info, diff=algo.masked_sum(diff, batch.mask).item())["diff"] / s["tokens"])
+        metrics["train/rollout_logp_diff_mean"] = dist.sum_scalar(algo.masked_sum(diff, batch.mask), info) / s["tokens"]
         masked_max = torch.where(batch.mask.bool(), diff, torch.zeros_like(diff)).max()
         metrics["train/rollout_logp_diff_max"] = dist.all_reduce_max(masked_max.double(), info).item()
     return metrics
