@@ -48,9 +48,8 @@ class SourceGrading:
         """reward/<source>_mean and reward/<source>_accuracy over all ranks; rewards, verified (R,)."""
         if not self.sources:
             return {}
-        count = len(self.sources)
         codes = torch.tensor([self.prompt_source[i] for i in prompts], dtype=torch.long).repeat_interleave(n)
-        sums = torch.zeros(3, count, dtype=torch.float64)
+        sums = torch.zeros(3, len(self.sources), dtype=torch.float64)
         sums[0].index_add_(0, codes, rewards.double())
         sums[1].index_add_(0, codes, verified.double())
         sums[2].index_add_(0, codes, torch.ones_like(rewards, dtype=torch.float64))

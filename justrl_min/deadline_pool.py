@@ -209,14 +209,8 @@ def _take_chunk(pending: deque, size: int) -> list:
     return chunk
 
 
-class _Results:
-    def __init__(self, count: int):
-        self.outcomes: list[Outcome | None] = [None] * count
-        self.unfinished = count
-
-    def record(self, job_id: int, value: Any, status: str, detail: str, elapsed_s: float) -> None:
-        self.outcomes[job_id] = Outcome(value, status, detail, elapsed_s)
-        self.unfinished -= 1
+_Results = dict[int, Outcome]
+"""The outcomes of one `DeadlinePool.run` so far, by job id."""
 
 
 class DeadlinePool:
@@ -243,8 +237,7 @@ class DeadlinePool:
         self._startup_failures = 0
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
-        for _ in range(self.num_workers):
-            self._workers.append(self._start_worker())
+        self._workers.extend(self._start_worker() for _ in range(self.num_workers))
 
     def run(self, jobs: Sequence[tuple[int, tuple]], chunk_size: int | None = None,
             groups: Sequence[Hashable] | None = None) -> list[Outcome]:
@@ -257,13 +250,14 @@ class DeadlinePool:
         pending = deque((job_id, position, args, key)
                         for job_id, ((position, args), key) in enumerate(zip(jobs, keys, strict=True)))
         size = chunk_size or auto_chunk_size(len(pending), self.num_workers)
-        results = _Results(len(pending))
-        while results.unfinished:
+        results: _Results = {}
+        while len(results) < len(jobs):
             self._dispatch(pending, size)
-            self._handle_events(wait(self._event_sources(), self._seconds_to_next_deadline()), pending, results)
+            sources = [source for worker in self._workers for source in (worker.conn, worker.process.sentinel)]
+            self._handle_events(wait(sources, self._seconds_to_next_deadline()), pending, results)
             self._kill_overdue(pending, results)
             self._replace_stalled_starters()
-        return results.outcomes
+        return [results[job_id] for job_id in range(len(jobs))]
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (for monitoring and tests)."""
@@ -305,11 +299,15 @@ class DeadlinePool:
                                    f"(exit code {worker.process.exitcode})")
         self._workers[self._workers.index(worker)] = self._start_worker()
 
-    @staticmethod
-    def _requeue_rest(worker: _Worker, pending: deque) -> None:
-        """Jobs sent to a lost worker but not started go back to the front of the queue, in order."""
+    def _lose_current_job(self, worker: _Worker, pending: deque, results: _Results, status: str, detail: str,
+                          *, kill: bool) -> None:
+        """The job ``worker`` was on ends with ``status``; the jobs sent to it but not started go back
+        to the front of the queue, in order, and a fresh worker replaces it."""
+        job_id = worker.in_flight.popleft()[0]
+        results[job_id] = Outcome(None, status, detail, time.monotonic() - worker.item_started_at)
         pending.extendleft(reversed(worker.in_flight))
         worker.in_flight.clear()
+        self._replace(worker, kill=kill)
 
     # ---- the event loop
 
@@ -328,9 +326,6 @@ class DeadlinePool:
                 continue
             worker.in_flight.extend(chunk)
             worker.item_started_at = time.monotonic()
-
-    def _event_sources(self) -> list[Any]:
-        return [source for worker in self._workers for source in (worker.conn, worker.process.sentinel)]
 
     def _seconds_to_next_deadline(self) -> float:
         now = time.monotonic()
@@ -365,19 +360,17 @@ class DeadlinePool:
         expected_job_id = worker.in_flight.popleft()[0]
         assert job_id == expected_job_id, f"worker answered job {job_id}, expected {expected_job_id}"
         now = time.monotonic()
-        results.record(job_id, value, status, detail, now - worker.item_started_at)
+        results[job_id] = Outcome(value, status, detail, now - worker.item_started_at)
         worker.item_started_at = now
 
     def _on_worker_death(self, worker: _Worker, pending: deque, results: _Results) -> None:
         exitcode = worker.process.exitcode
         if worker.in_flight:
-            job_id = worker.in_flight.popleft()[0]
-            results.record(job_id, None, "error", f"worker pid {worker.process.pid} died (exit code {exitcode})",
-                           time.monotonic() - worker.item_started_at)
-            self._requeue_rest(worker, pending)
-        else:
-            logger.warning("%s worker pid %s exited (code %s) while idle; replacing it",
-                           self.purpose, worker.process.pid, exitcode)
+            self._lose_current_job(worker, pending, results, "error",
+                                   f"worker pid {worker.process.pid} died (exit code {exitcode})", kill=False)
+            return
+        logger.warning("%s worker pid %s exited (code %s) while idle; replacing it",
+                       self.purpose, worker.process.pid, exitcode)
         self._replace(worker, kill=False)
 
     def _kill_overdue(self, pending: deque, results: _Results) -> None:
@@ -387,14 +380,9 @@ class DeadlinePool:
                 continue
             if not self._drain(worker, results) or not worker.in_flight:  # answered just in time, or died:
                 continue  # the next loop turn sees the result or the dead sentinel
-            elapsed = time.monotonic() - worker.item_started_at
-            if elapsed < limit_s:
-                continue
-            job_id = worker.in_flight.popleft()[0]
-            results.record(job_id, None, "timeout", f"killed worker pid {worker.process.pid} past the deadline",
-                           elapsed)
-            self._requeue_rest(worker, pending)
-            self._replace(worker, kill=True)
+            if time.monotonic() - worker.item_started_at >= limit_s:
+                self._lose_current_job(worker, pending, results, "timeout",
+                                       f"killed worker pid {worker.process.pid} past the deadline", kill=True)
 
     def _replace_stalled_starters(self) -> None:
         now = time.monotonic()

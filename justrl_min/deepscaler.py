@@ -70,12 +70,8 @@ def grade(response: str, gold: str) -> bool:
         return False
     if "\\boxed" in gold:
         gold = reward.extract_boxed(gold)
-        if gold is None:
-            return False
     answer = reward.extract_boxed(response)
-    if answer is None:
-        return False
-    return grade_answer(answer, gold)
+    return gold is not None and answer is not None and grade_answer(answer, gold)
 
 
 def grade_answer(answer: str, gold: str) -> bool:
@@ -127,8 +123,7 @@ def _hendrycks_steps(s: str) -> str:
         lhs, rhs = s.split("=")
         if len(lhs) <= _SHORT_ASSIGNMENT_LHS:
             s = rhs
-    s = _brace_sqrt_argument(s).replace(" ", "")
-    s = _brace_frac_arguments(s)
+    s = _brace_arguments(_brace_arguments(s, "\\sqrt", 1).replace(" ", ""), "\\frac", 2)
     if s == "0.5":
         s = "\\frac{1}{2}"
     plain = _PLAIN_FRACTION.fullmatch(s)
@@ -137,30 +132,21 @@ def _hendrycks_steps(s: str) -> str:
     return s
 
 
-def _brace_sqrt_argument(s: str) -> str:
-    """``\\sqrt3`` -> ``\\sqrt{3}`` (one character)."""
-    head, *tails = s.split("\\sqrt")
+def _brace_arguments(s: str, macro: str, arguments: int) -> str:
+    """One-character arguments of ``macro`` get braces: ``\\sqrt3`` -> ``\\sqrt{3}`` (1), ``\\frac12`` ->
+    ``\\frac{1}{2}`` and ``\\frac1{72}`` -> ``\\frac{1}{72}`` (2); an argument already braced first
+    (``\\frac{72}1``) leaves the rest as it is."""
+    head, *tails = s.split(macro)
     for tail in tails:
         if not tail:
-            raise _Malformed("\\sqrt without an argument")
-        head += "\\sqrt" + (tail if tail[0] == "{" else "{" + tail[0] + "}" + tail[1:])
-    return head
-
-
-def _brace_frac_arguments(s: str) -> str:
-    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{72}`` -> ``\\frac{1}{72}``; ``\\frac{72}1`` stays."""
-    head, *tails = s.split("\\frac")
-    for tail in tails:
-        if not tail:
-            raise _Malformed("\\frac without arguments")
+            raise _Malformed(f"{macro} without an argument")
         if tail[0] == "{":
-            head += "\\frac" + tail
-        elif len(tail) < 2:
+            head += macro + tail
+            continue
+        if len(tail) < arguments:
             return s  # "\frac1": the whole rewrite is abandoned, the rest of the steps go on
-        elif tail[1] == "{":
-            head += "\\frac{" + tail[0] + "}" + tail[1:]
-        else:
-            head += "\\frac{" + tail[0] + "}{" + tail[1] + "}" + tail[2:]
+        braced = 2 if arguments == 2 and tail[1] != "{" else 1
+        head += macro + "".join("{" + ch + "}" for ch in tail[:braced]) + tail[braced:]
     return head
 
 
@@ -238,11 +224,9 @@ def _split_tuple(text: str) -> list[str]:
 
 
 def _without_thousands_commas(text: str) -> str:
-    while True:
-        shorter = _THOUSANDS_COMMA.sub(r"\1\2\3", text)
-        if shorter == text:
-            return text
+    while (shorter := _THOUSANDS_COMMA.sub(r"\1\2\3", text)) != text:
         text = shorter
+    return text
 
 
 def _float_or_none(text: str) -> float | None:
@@ -366,13 +350,9 @@ def _render(src: str, pos: int, closing: str | None) -> tuple[str, int]:
             text, pos = _render_macro(src, pos)
             out.append(text)
         else:
-            special = next(((old, new) for old, new in _SPECIALS if src.startswith(old, pos)), None)
-            if special:
-                out.append(special[1])
-                pos += len(special[0])
-            else:
-                out.append(ch)
-                pos += 1
+            old, new = next(((old, new) for old, new in _SPECIALS if src.startswith(old, pos)), (ch, ch))
+            out.append(new)
+            pos += len(old)
     return "".join(out), pos
 
 

@@ -156,9 +156,6 @@ def engine_generate(engine, tokenizer, *, seed: int = 0,
         order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]))  # HF batches pad little
         rollouts = engine.generate([prompt_ids[i] for i in order], 1, greedy)
         texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-        outputs = [""] * len(prompts)
-        for text, i in zip(texts, order, strict=True):
-            outputs[i] = text
-        return outputs
+        return [text for _, text in sorted(zip(order, texts, strict=True))]
 
     return generate

@@ -75,11 +75,11 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
-from justrl_min.deadline_pool import DeadlinePool, Function, Outcome, call_with_deadline, load_callable
+from justrl_min.deadline_pool import DeadlinePool, Outcome, call_with_deadline, load_callable
 
 logger = logging.getLogger(__name__)
 
@@ -438,10 +438,9 @@ def _relations_verdict(gold: Any, answer: Any, float_rounding: int) -> bool | No
     import sympy
     from sympy.core.relational import Relational
 
-    sides = (gold.lhs, gold.rhs, answer.lhs, answer.rhs) if isinstance(gold, Relational) and \
-        isinstance(answer, Relational) else ()
-    if not sides or not all(isinstance(side, sympy.Expr) for side in sides):  # x = {1, 2}: math-verify's
-        return None
+    if not (isinstance(gold, Relational) and isinstance(answer, Relational)) or not all(
+            isinstance(side, sympy.Expr) for side in (gold.lhs, gold.rhs, answer.lhs, answer.rhs)):
+        return None  # x = {1, 2}: math-verify's
     if _same_relation_rearranged(gold, answer, float_rounding):
         return True
     return None if _cheap_to_solve(gold) and _cheap_to_solve(answer) else False
@@ -450,20 +449,13 @@ def _relations_verdict(gold: Any, answer: Any, float_rounding: int) -> bool | No
 # --------------------------------------------------------------------------- symbolic comparison
 
 
-class _TimeoutWarningFilter(logging.Filter):
-    """Drop math-verify's one-time "Timeout is disabled" warning: our own deadline is in charge."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
 @lru_cache(maxsize=1)
 def _math_verify() -> Any:
     """Import math-verify lazily: a parent that only drives the pool never loads sympy."""
     import math_verify
 
-    for name in ("math_verify.parser", "math_verify.grader"):
-        logging.getLogger(name).addFilter(_TimeoutWarningFilter())
+    for name in ("math_verify.parser", "math_verify.grader"):  # its "Timeout is disabled": our deadline rules
+        logging.getLogger(name).addFilter(lambda record: "Timeout is disabled" not in record.getMessage())
     return math_verify
 
 
@@ -501,15 +493,14 @@ def _symbolic_match(answer: str, gold: str) -> bool:
         return base_n_verdict
     if _says_alternatives(answer) and not _says_alternatives(gold):
         return False
+    # Hostile, unparsable or too big to evaluate: only the identical text, matched above, would do.
     if _too_hostile_to_parse(answer) or _too_hostile_to_parse(gold):
-        return _without_whitespace(answer) == _without_whitespace(gold)
+        return False
     if _PLAIN_INTEGER.fullmatch(answer) and _PLAIN_INTEGER.fullmatch(gold):
         return int(answer) == int(gold)  # math-verify's verdict on two integers, without its ~10 ms parse
     gold_expr, answer_expr = _parse_latex(gold), _parse_latex(answer)
-    if gold_expr is None or answer_expr is None:
-        return _without_whitespace(answer) == _without_whitespace(gold)
-    if _too_big_to_evaluate(gold_expr) or _too_big_to_evaluate(answer_expr):
-        return _without_whitespace(answer) == _without_whitespace(gold)
+    if any(expr is None or _too_big_to_evaluate(expr) for expr in (gold_expr, answer_expr)):
+        return False
     if _names_several_values(answer_expr) and not _gold_is_many_valued(gold_expr):
         return False
     if _differ_relatively(gold_expr, answer_expr):
@@ -550,15 +541,6 @@ def _exact_match(answer: str, gold: str) -> bool:
     return bool(gold) and answer == gold
 
 
-def _judge(response: str, ground_truth: str, mode: str) -> float:
-    """1.0 if the answer in ``response`` (its last box, or the whole text for ``unboxed``) is equivalent
-    to ``ground_truth``, else 0.0. May raise or run long."""
-    answer = ANSWER_EXTRACTORS[mode](response)
-    if answer is None:
-        return 0.0
-    return _judge_answer(answer, _unbox_gold(ground_truth), mode)
-
-
 def _deepscaler_match(answer: str, gold: str) -> bool:
     from justrl_min import deepscaler  # it imports this module back
 
@@ -575,7 +557,8 @@ ANSWER_EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 whole response, whose answer math-verify searches for itself under the deadline. None scores 0."""
 ANSWER_MATCHERS = {"symbolic": _symbolic_match, "exact": _exact_match, "deepscaler": _deepscaler_match,
                    "unboxed": _unboxed_match}
-"""One rule per `reward.mode`; the pool's workers call it under the per-item deadline."""
+"""One rule per `reward.mode`, on an extracted answer and an unboxed gold: the part that may raise or
+run long, which the pool's workers call under the per-item deadline."""
 assert tuple(ANSWER_MATCHERS) == tuple(ANSWER_EXTRACTORS) == MODES
 _WARMED_UP_MODES = frozenset(("symbolic", "unboxed"))  # the modes that parse with math-verify
 
@@ -583,9 +566,11 @@ GRADERS = {"math-verify": "symbolic", "math-verify-unboxed": "unboxed", "deepsca
 """Evaluation's grader names (eval.py --grader, eval.grader) and the mode each one scores with."""
 
 
-def _judge_answer(answer: str, gold: str, mode: str) -> float:
-    """The verdict on an extracted answer against an unboxed gold: the part that may raise or run long."""
-    return 1.0 if ANSWER_MATCHERS[mode](answer, gold) else 0.0
+def _judge(response: str, ground_truth: str, mode: str) -> float:
+    """1.0 if the answer in ``response`` (its last box, or the whole text for ``unboxed``) is equivalent
+    to ``ground_truth``, else 0.0. May raise or run long."""
+    answer = ANSWER_EXTRACTORS[mode](response)
+    return 1.0 if answer is not None and ANSWER_MATCHERS[mode](answer, _unbox_gold(ground_truth)) else 0.0
 
 
 # Common answer shapes. ANTLR builds its parse-prediction cache lazily, per process: a fresh
@@ -604,7 +589,7 @@ def warm_up() -> None:
     VerifierPool workers do this before they report ready; call it in a process that will use
     compute_score directly if its first calls should be as fast as the later ones.
     """
-    for answer in _WARM_UP_ANSWERS:  # parsed and compared directly: _judge_answer returns early on equal text
+    for answer in _WARM_UP_ANSWERS:  # parsed and compared directly: _symbolic_match returns early on equal text
         expr = _parse_latex(_clean_latex(answer))
         if expr is not None:
             _math_verify().verify(expr, expr, timeout_seconds=None)
@@ -668,51 +653,45 @@ class _Job:
     grader: int = 0  # position in the pool's graders
 
 
-@dataclass
-class _Tally:
-    """What one call to VerifierPool.score learned, per response."""
-
-    responses: list[str]
-    golds: list[str]
-    jobs: list[_Job]
-    scores: list[float]
-    timeouts: int = 0
-    errors: int = 0
-    examples: list[str] = field(default_factory=list)
-    slowest_s: float = 0.0
-
-    def record(self, job_id: int, score: float, status: str, elapsed_s: float, detail: str) -> None:
-        job = self.jobs[job_id]
+def _tally(responses: list[str], golds: list[str], jobs: list[_Job], outcomes: list[Outcome]) -> BatchScore:
+    """What one call to VerifierPool.score learned, per response: each job's verdict goes to every
+    response it decides, and a failed one counts once per response."""
+    slowest_s = max((outcome.elapsed_s for outcome in outcomes), default=0.0)
+    result = BatchScore([0.0] * len(responses), 0, 0, [], slowest_s, len(jobs))
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        score, status, detail = _as_score(outcome)
         for index in job.indices:
-            self.scores[index] = score
-        self.slowest_s = max(self.slowest_s, elapsed_s)
+            result.scores[index] = score
         if status == "ok":
-            return
+            continue
         if status == "timeout":
-            self.timeouts += len(job.indices)
+            result.timeouts += len(job.indices)
         else:
-            self.errors += len(job.indices)
-        if len(self.examples) < _MAX_EXAMPLES:
+            result.errors += len(job.indices)
+        if len(result.examples) < _MAX_EXAMPLES:
             index = job.indices[0]
             twins = f" (and {len(job.indices) - 1} identical answers)" if len(job.indices) > 1 else ""
-            example = (f"item {index}{twins} {status} after {elapsed_s:.1f} s: {detail}; gold "
-                       f"{self.golds[index][:60]!r}, answer {_answer_preview(self.responses[index])[:60]!r}")
-            self.examples.append(example)
+            example = (f"item {index}{twins} {status} after {outcome.elapsed_s:.1f} s: {detail}; gold "
+                       f"{golds[index][:60]!r}, answer {_answer_preview(responses[index])[:60]!r}")
+            result.examples.append(example)
             logger.warning("verifier pool: %s", example)
+    return result
 
-    def result(self) -> BatchScore:
-        return BatchScore(self.scores, self.timeouts, self.errors, self.examples, self.slowest_s, len(self.jobs))
+
+def _as_score(outcome: Outcome) -> tuple[float, str, str]:
+    """(score, status, detail) of a verdict; a grader that returned no number errs."""
+    if outcome.status != "ok":
+        return 0.0, outcome.status, outcome.detail
+    try:
+        return float(outcome.value), "ok", ""
+    except (TypeError, ValueError) as e:
+        return 0.0, "error", f"the grader returned {outcome.value!r}, not a number: {e}"
 
 
 Grader = str | Callable[[str, str], float]
 """What a pool scores with: a verifier mode (MODES), judged on the extracted last box and the unboxed
 gold; a `package.module:callable` spec, or a picklable top-level callable, called as
 fn(response, ground_truth) -> float (1.0 correct, 0.0 incorrect) on the whole item."""
-
-
-def judges_whole_items(grader: Grader) -> bool:
-    """A mode judges an (extracted answer, unboxed gold) pair; anything else sees the item as given."""
-    return grader not in MODES
 
 
 def check_grader(grader: str, key: str) -> None:
@@ -725,12 +704,6 @@ def check_grader(grader: str, key: str) -> None:
         raise ConfigError(f"{key}={grader!r}: unknown grader; expected a verifier mode "
                           f"({' | '.join(MODES)}) or package.module:callable")
     load_callable(grader, key)
-
-
-def _worker_function(grader: Grader) -> Function:
-    """What a pool worker runs for `grader`: a mode's verdict on an extracted answer and unboxed gold,
-    or the grader itself on the whole item."""
-    return partial(_judge_answer, mode=grader) if not judges_whole_items(grader) else grader
 
 
 def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int],
@@ -756,13 +729,12 @@ def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int
     return list(jobs.values())
 
 
-class VerifierPool:
-    """Persistent worker processes that score batches with a hard per-item deadline.
+class VerifierPool(DeadlinePool):
+    """A `DeadlinePool` whose workers score batches with a hard per-item deadline.
 
     Create once per run and reuse every step: a worker takes ~1.5-3 s to start (interpreter, sympy,
     ``warm_up()``), and it gets faster over its first few thousand answers as the LaTeX parser's
-    cache fills. Close it, or use it as a context manager. ``workers`` None/0 means
-    ``os.cpu_count()``.
+    cache fills.
 
     The parent extracts each response's last box (linear time, no parsing; the ``unboxed`` mode
     sends the whole response, ``ANSWER_EXTRACTORS``) and sends each distinct (answer, gold) pair to a
@@ -795,13 +767,12 @@ class VerifierPool:
         self._chunk_size = chunk_size
         self._graders: tuple[Grader, ...] = tuple(dict.fromkeys((score_fn or mode, *graders)))
         """Position 0 is the default; a job names its grader by position."""
-        self._extractors = tuple(None if judges_whole_items(grader) else ANSWER_EXTRACTORS[grader]
-                                 for grader in self._graders)
+        # A mode judges an (extracted answer, unboxed gold) pair; any other grader sees the item as given.
+        self._extractors = tuple(ANSWER_EXTRACTORS.get(grader) for grader in self._graders)
         self._grader_position = {None: 0, **{grader: i for i, grader in enumerate(self._graders)}}
         warm = any(grader in _WARMED_UP_MODES for grader in self._graders)
-        self._pool = DeadlinePool([_worker_function(grader) for grader in self._graders], workers, timeout_s,
-                                  warm_up=warm_up if warm else None, purpose="verifier")
-        self.num_workers, self.timeout_s = self._pool.num_workers, self._pool.timeout_s
+        super().__init__([ANSWER_MATCHERS.get(grader, grader) for grader in self._graders], workers, timeout_s,
+                         warm_up=warm_up if warm else None, purpose="verifier")
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str],
               graders: Sequence[Grader | None] | None = None) -> BatchScore:
@@ -814,15 +785,13 @@ class VerifierPool:
         responses, ground_truths = list(responses), list(ground_truths)
         jobs = _plan_jobs(responses, ground_truths, self._positions(graders, len(responses)), self._extractors)
         # Auto-sized chunks run to the end of a gold's run: one problem's samples share a worker and its parse.
-        outcomes = self._pool.run([(job.grader, (job.first, job.gold)) for job in jobs], self._chunk_size,
-                                  groups=[job.gold for job in jobs] if self._chunk_size is None else None)
-        tally = _Tally(responses, ground_truths, jobs, [0.0] * len(responses))
-        for job_id, outcome in enumerate(outcomes):
-            tally.record(job_id, *_as_score(outcome))
-        if tally.timeouts or tally.errors:
+        outcomes = self.run([(job.grader, (job.first, job.gold)) for job in jobs], self._chunk_size,
+                             groups=[job.gold for job in jobs] if self._chunk_size is None else None)
+        result = _tally(responses, ground_truths, jobs, outcomes)
+        if result.timeouts or result.errors:
             logger.warning("verifier pool: %d items, %d timeouts, %d errors, slowest %.1f s",
-                           len(tally.scores), tally.timeouts, tally.errors, tally.slowest_s)
-        return tally.result()
+                           len(result.scores), result.timeouts, result.errors, result.slowest_s)
+        return result
 
     def _positions(self, graders: Sequence[Grader | None] | None, count: int) -> list[int]:
         if graders is None:
@@ -834,30 +803,6 @@ class VerifierPool:
             raise ValueError(f"graders {unknown} were not given to this VerifierPool "
                              f"(it has {list(self._graders)}, None for the first)")
         return [self._grader_position[g] for g in graders]
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the current workers (for monitoring and tests)."""
-        return self._pool.worker_pids()
-
-    def close(self) -> None:
-        """Stop and reap every worker; safe to call twice."""
-        self._pool.close()
-
-    def __enter__(self) -> VerifierPool:
-        return self
-
-    def __exit__(self, *_exc_info: object) -> None:
-        self.close()
-
-
-def _as_score(outcome: Outcome) -> tuple[float, str, float, str]:
-    """(score, status, elapsed, detail) of a verdict; a grader that returned no number errs."""
-    if outcome.status != "ok":
-        return 0.0, outcome.status, outcome.elapsed_s, outcome.detail
-    try:
-        return float(outcome.value), "ok", outcome.elapsed_s, ""
-    except (TypeError, ValueError) as e:
-        return 0.0, "error", outcome.elapsed_s, f"the grader returned {outcome.value!r}, not a number: {e}"
 
 
 def score_batch(

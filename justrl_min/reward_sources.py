@@ -67,29 +67,18 @@ class VerifierReward:
         return torch.where(samples.verified > 0, self.correct, self.incorrect)
 
 
-class OverlongPenalty:
-    name = "overlong"
+class LengthPenalty:
+    """A `shaping` penalty of each response's length in tokens."""
 
-    def __init__(self, max_length: int, buffer: int, factor: float):
-        self.max_length, self.buffer, self.factor = max_length, buffer, factor
+    def __init__(self, name: str, penalty: Callable[..., torch.Tensor], *args: float):
+        self.name, self.penalty, self.args = name, penalty, args
 
     def __call__(self, samples: Samples) -> torch.Tensor:
         lengths = torch.tensor([len(r) for r in samples.response_ids])   # EOS included, as verl counts it
-        return shaping.overlong_penalty(lengths, self.max_length, self.buffer, self.factor).double()
+        return self.penalty(lengths, *self.args).double()
 
 
-class LengthPenalty:
-    name = "length"
-
-    def __init__(self, target: int, coef: float):
-        self.target, self.coef = target, coef
-
-    def __call__(self, samples: Samples) -> torch.Tensor:
-        lengths = torch.tensor([len(r) for r in samples.response_ids])
-        return shaping.linear_length_penalty(lengths, self.target, self.coef).double()
-
-
-PENALTY_SOURCES = (OverlongPenalty.name, LengthPenalty.name)
+PENALTY_SOURCES = ("overlong", "length")
 
 
 class StepReward:
@@ -122,9 +111,10 @@ def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepRewar
     if r.model:
         sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
     if r.overlong_buffer:
-        sources.append(OverlongPenalty(cfg.rollout.max_response_length, r.overlong_buffer, r.overlong_penalty))
+        sources.append(LengthPenalty("overlong", shaping.overlong_penalty, cfg.rollout.max_response_length,
+                                     r.overlong_buffer, r.overlong_penalty))
     if r.length_coef:
-        sources.append(LengthPenalty(r.length_target, r.length_coef))
+        sources.append(LengthPenalty("length", shaping.linear_length_penalty, r.length_target, r.length_coef))
     return StepReward(sources)
 
 
@@ -154,8 +144,7 @@ class FunctionReward:
         self.failed: dict[str, int] = {}
 
     def __call__(self, samples: Samples) -> torch.Tensor:
-        starts = range(0, len(samples.responses), self.group_size)
-        groups = [slice(start, start + self.group_size) for start in starts]
+        groups = [slice(start, start + self.group_size) for start in range(0, len(samples.responses), self.group_size)]
         outcomes = self.pool.run([(0, (samples.responses[g], samples.golds[g], samples.problems[g])) for g in groups],
                                  chunk_size=1)
         values, self.failed = [], {"train/function_timeout_frac": 0, "train/function_error_frac": 0}

@@ -437,10 +437,9 @@ def test_pool_judges_each_distinct_answer_once_and_fans_the_verdict_out(symbolic
 
 def test_a_failed_verdict_counts_once_per_response_it_decides():
     jobs = [reward._Job("x", "1", [0, 2, 3]), reward._Job("y", "1", [1])]
-    tally = reward._Tally(["\\boxed{x}", "\\boxed{y}", "\\boxed{x}", "\\boxed{x}"], ["1"] * 4, jobs, [0.0] * 4)
-    tally.record(1, 1.0, "ok", 0.1, "")
-    tally.record(0, 0.0, "timeout", 11.0, "killed worker pid 1 past the deadline")
-    result = tally.result()
+    outcomes = [deadline_pool.Outcome(None, "timeout", "killed worker pid 1 past the deadline", 11.0),
+                deadline_pool.Outcome(1.0, "ok", "", 0.1)]
+    result = reward._tally(["\\boxed{x}", "\\boxed{y}", "\\boxed{x}", "\\boxed{x}"], ["1"] * 4, jobs, outcomes)
     assert (result.scores, result.timeouts, result.errors, result.judged) == ([0.0, 1.0, 0.0, 0.0], 3, 0, 2)
     assert result.examples[0].startswith("item 0 (and 2 identical answers) timeout after 11.0 s")
 
