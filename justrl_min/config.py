@@ -540,16 +540,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
-    kwargs = {}
-    for name in names:
-        if name not in raw:
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name], prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}")
-    return cls(**kwargs)
+    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in raw.items()})
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -557,6 +548,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against a type hint; ints are accepted where floats are expected."""
+    if dataclasses.is_dataclass(hint):  # a section
+        return _build(hint, value, prefix=f"{key}.")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

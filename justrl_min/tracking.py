@@ -23,13 +23,9 @@ CONSOLE_KEYS = (("reward", "train/reward_mean"), ("acc", "train/accuracy"), ("en
 class Tracker:
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0,
                  tensorboard: bool = True, hparams: dict[str, Any] | None = None, enabled: bool = True):
-        self.enabled = enabled
-        self.run_dir = run_dir
-        self.total_steps = total_steps
-        self.writer = None
-        self.bar = None
+        self.enabled, self.run_dir, self.total_steps, self.start_step = enabled, run_dir, total_steps, start_step
+        self.writer = self.bar = None
         self.started = time.monotonic()
-        self.start_step = start_step
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,8 +86,7 @@ class Tracker:
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         with open(folder / f"step_{step}.jsonl", "w") as f:
-            for sample in samples:
-                f.write(json.dumps(sample) + "\n")
+            f.writelines(json.dumps(sample) + "\n" for sample in samples)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -113,15 +108,11 @@ class Tracker:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The step rows of metrics.jsonl, in order (event rows left out)."""
-    return [row for row in _rows(run_dir) if not is_event(row)]
+    return [row for row in _rows(run_dir) if "event" not in row]
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    return [row for row in _rows(run_dir) if is_event(row)]
-
-
-def is_event(row: dict[str, Any]) -> bool:
-    return "event" in row
+    return [row for row in _rows(run_dir) if "event" in row]
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
