@@ -82,10 +82,7 @@ def _read_rows(source: str, split: str, revision: str | None = None) -> tuple[li
         matching = [f for f in files if split in f.stem] or files
         if not matching:
             raise DataError(f"{path}: no .parquet/.jsonl/.json files in this folder")
-        rows: list[dict[str, Any]] = []
-        for f in matching:
-            rows += _read_file(f)
-        return rows, str(path)
+        return [row for f in matching for row in _read_file(f)], str(path)
     if path.suffix in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
@@ -214,17 +211,11 @@ class PromptSet:
 
 def tokenize_problems(problems: list[Problem], tokenizer, suffix: str, max_prompt_length: int) -> PromptSet:
     """Tokenize every prompt; prompts over `max_prompt_length` tokens are dropped and counted."""
-    kept, ids, dropped = [], [], 0
-    for p in problems:
-        prompt_ids = build_prompt_ids(tokenizer, p.problem, suffix)
-        if len(prompt_ids) > max_prompt_length:
-            dropped += 1
-            continue
-        kept.append(p)
-        ids.append(prompt_ids)
+    ids = [build_prompt_ids(tokenizer, p.problem, suffix) for p in problems]
+    kept = [i for i, prompt_ids in enumerate(ids) if len(prompt_ids) <= max_prompt_length]
     if not kept:
         raise DataError(f"every prompt is longer than data.max_prompt_length={max_prompt_length}")
-    return PromptSet(kept, ids, dropped)
+    return PromptSet([problems[i] for i in kept], [ids[i] for i in kept], len(problems) - len(kept))
 
 
 class EpochSampler:
