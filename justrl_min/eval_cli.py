@@ -116,16 +116,13 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     context = evaluate.longest_prompt(problem_sets, tokenizer, grading.prompt_suffix) + grading.max_tokens
     with VerifierPool(workers=args.workers or None, timeout_s=args.verifier_timeout,
                       mode=GRADERS[grading.grader]) as pool:
-        with spec.open(model_path, context) as engine:  # closed before the judge's engine opens
-            runs = evaluate.generate_and_grade(engine, tokenizer, problem_sets, n=args.n, sampling=sampling,
-                                               pool=pool, prompt_suffix=grading.prompt_suffix)
-        del engine
-    config = evaluate.run_config(sampling, n=args.n, max_problems=args.max_problems,
-                                 prompt_suffix=grading.prompt_suffix, grader=grading.grader,
-                                 verifier_mode=GRADERS[grading.grader], data_dir=args.data_dir,
-                                 meta={"model": args.model, "engine": engine_kind, "dtype": dtype,
-                                       "protocol": grading.protocol, "judge_prompt": grading.judge_prompt})
-    results = evaluate.finish(runs, config=config, judge=judge, out_dir=out)
+        # The policy's engine is open while it generates only: closed before the judge's opens.
+        results = evaluate.evaluate_benchmarks(
+            None, tokenizer, names, n=args.n, sampling=sampling, data_dir=args.data_dir, pool=pool, out_dir=out,
+            max_problems=args.max_problems, problem_sets=problem_sets, grader=grading.grader, judge=judge,
+            prompt_suffix=grading.prompt_suffix, generating=lambda: spec.open(model_path, context),
+            meta={"model": args.model, "engine": engine_kind, "dtype": dtype, "protocol": grading.protocol,
+                  "judge_prompt": grading.judge_prompt})
     print(evaluate.format_table(results, label=_model_tag(args.model)))
     print(f"results: {out / 'results.json'}   samples: {out / 'samples.jsonl'}")
     return 0

@@ -304,37 +304,31 @@ def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int
                         meta: dict[str, Any] | None = None, grader: str | None = None, judge=None,
                         prompt_suffix: str = EVAL_SUFFIX,
                         generating: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
-    """`generate_and_grade` then `finish`, in one call (the trainer, tests).
+    """`generate_and_grade` then `finish`, in one call.
 
     `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`; `grader` (a
     `reward.GRADERS` name) grades with that mode instead, in a pool of its own when `pool`'s mode
     differs; None grades with `pool`. `judge` (`protocols.Judge`) asks a model about every rejected
     response. `problem_sets` (already loaded problems by name) skips loading. `meta` (e.g. the
-    model's name) is recorded in `results["config"]`. `generating()` is held around generation
-    only (the trainer's `engine.generating`: the judge runs after the policy's engine sleeps).
+    model's name) is recorded first in `results["config"]`. `generating()` is held around generation
+    only, so the judge runs after it: the trainer's `engine.generating` (the policy's engine sleeps),
+    or eval.py's opening of the engine, which it yields in place of `engine` (None) and closes.
     """
     from justrl_min.protocols import grader_pool
 
     names = resolve_benchmarks(names)
     problem_sets = {name: ((problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems))
                     [:max_problems or None] for name in names}
-    with generating(), grader_pool(grader, pool) as graded_by:
-        runs = generate_and_grade(engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
+    with generating() as opened, grader_pool(grader, pool) as graded_by:
+        runs = generate_and_grade(opened or engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
                                   prompt_suffix=prompt_suffix)
         mode = graded_by.mode
-    config = run_config(sampling, n=n, max_problems=max_problems, prompt_suffix=prompt_suffix, grader=grader,
-                        verifier_mode=mode, data_dir=data_dir, meta=meta)
+        del opened  # an engine opened here is freed with its closing, before the judge's opens
+    config = {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+              "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
+              "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": mode,
+              "data": str(data_dir) if data_dir else "hub"}
     return finish(runs, config=config, judge=judge, out_dir=out_dir)
-
-
-def run_config(sampling: Sampling, *, n: int | None, max_problems: int | None, prompt_suffix: str,
-               grader: str | None, verifier_mode: str, data_dir: str | Path | None,
-               meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`results["config"]`: what the evaluation ran with (`meta`: the caller's own entries first)."""
-    return {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-            "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": verifier_mode,
-            "data": str(data_dir) if data_dir else "hub"}
 
 
 def _final_scores(run: BenchmarkRun, verdicts: list | None) -> list[float]:
