@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     from justrl_min import evaluate
     from justrl_min.data import DataError
     from justrl_min.inference import EngineSpec
+    from justrl_min.judge import load_template
     from justrl_min.model import load_tokenizer, resolve_model_path
     from justrl_min.reward import VerifierPool
     from justrl_min.rollout import Sampling, VLLMSettings
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     try:
         names = evaluate.resolve_benchmarks(args.benchmarks)
         problem_sets = {name: evaluate.load_benchmark(name, args.data_dir, args.max_problems) for name in names}
-        judge = (protocols.Judge.load(grading.judge, grading.judge_prompt, spec, args.seed)  # checks the prompt file
+        judge = (protocols.Judge(grading.judge, load_template(grading.judge_prompt), spec, args.seed)  # checks the file
                  if grading.judge else None)
     except (ValueError, DataError) as e:
         sys.exit(f"{prog}: error: {e}")

@@ -209,8 +209,8 @@ def metric_names(n: int) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # Running an evaluation: generate and grade every benchmark, then (optionally) judge what the grader
-# rejected, then aggregate. Separate stages so that eval.py can close the policy's engine before the
-# judge's opens.
+# rejected, then aggregate. Separate stages so that the policy's engine can close (or sleep) before
+# the judge's opens.
 
 
 @dataclass(frozen=True)
