@@ -553,26 +553,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
+        [arg] = [a for a in args if a is not type(None)]  # the tree's unions are all `X | None`
+        return None if value is None else _coerce(value, arg, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
+        if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            else:
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and Ellipsis not in args:  # fixed length: train.betas
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))

@@ -92,8 +92,7 @@ def read_run(run_dir: str | Path) -> Series:
 
 def _read_jsonl(path: Path) -> Series:
     by_metric: dict[str, dict[int, float]] = {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:

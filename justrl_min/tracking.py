@@ -58,9 +58,7 @@ class Tracker:
             self.bar.set_postfix_str(summary, refresh=False)
             self.bar.update(step - self.bar.n)
         else:
-            elapsed = time.monotonic() - self.started
-            done = max(step - self.start_step, 1)
-            eta = elapsed / done * (self.total_steps - step)
+            eta = (time.monotonic() - self.started) / max(step - self.start_step, 1) * (self.total_steps - step)
             print(f"step {step}/{self.total_steps} {summary} "
                   f"step_s {metrics.get('time/step_s', 0):.1f} eta {eta / 60:.1f}m", flush=True)
 
