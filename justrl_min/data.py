@@ -87,7 +87,7 @@ def _read_rows(source: str, split: str, revision: str | None = None) -> tuple[li
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
         return _read_file(path), str(path)
-    return _read_hub(source, split, revision), source
+    return read_hub_rows(source, split, revision), source
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -120,15 +120,16 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _read_hub(hub_id: str, split: str, revision: str | None = None) -> list[dict[str, Any]]:
+def read_hub_rows(hub_id: str, split: str, revision: str | None = None,
+                  instead: str = "a local parquet/jsonl file or folder") -> list[dict[str, Any]]:
+    """A hub dataset's rows; DataError naming the id, and `instead` as the way round, if it cannot load."""
     import datasets
 
     try:
         pinned = {"revision": revision} if revision else {}
         return list(datasets.load_dataset(hub_id, split=split, **pinned))
     except Exception as e:  # network, auth, missing split: all fatal, all need the id named
-        raise DataError(f"cannot load hub dataset {hub_id!r} split {split!r}: {e}. "
-                        f"Pass a local parquet/jsonl file or folder instead.") from None
+        raise DataError(f"cannot load hub dataset {hub_id!r} split {split!r}: {e}. Pass {instead} instead.") from None
 
 
 def _to_problem(row: dict[str, Any], where: str, index: int, strip_dapo: bool) -> Problem:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
-from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems
+from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems, read_hub_rows
 from justrl_min.judge import LABELS
 from justrl_min.reward import extract_boxed
 from justrl_min.rollout import Sampling
@@ -111,14 +111,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, max_problems: 
 
 
 def _load_renamed_hub(bench: Benchmark) -> list[Problem]:
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(bench.hub_id, split=bench.split)
-    except Exception as e:  # network, auth, missing split: all fatal, all need the id named
-        raise DataError(f"cannot load hub dataset {bench.hub_id!r} split {bench.split!r}: {e}. "
-                        f"Pass a data dir with {bench.folder}/{LOCAL_FILE} instead.") from None
     problems = []
+    rows = read_hub_rows(bench.hub_id, bench.split, instead=f"a data dir with {bench.folder}/{LOCAL_FILE}")
     for i, row in enumerate(rows):
         if bench.problem_field not in row or bench.answer_field not in row:
             raise DataError(f"{bench.hub_id} row {i}: expected columns {bench.problem_field!r} and "
