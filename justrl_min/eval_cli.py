@@ -67,10 +67,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argp
                                          judge_prompt=args.judge_prompt, max_tokens=args.max_tokens)
     except ValueError as e:
         p.error(str(e))
-    if args.n is not None and args.n < 1:
-        p.error("--n must be >= 1")
-    if args.max_problems is not None and args.max_problems < 1:
-        p.error("--max-problems must be >= 1")
+    for flag, value in (("--n", args.n), ("--max-problems", args.max_problems)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1")
     return args
 
 

@@ -73,10 +73,9 @@ class Tracker:
             if self.writer is not None:
                 self.writer.add_text(f"events/{name}", episode.message, episode.first_step)
             self.message(f"step {episode.first_step} {episode.message}")
-        if episodes:
-            self.metrics_file.flush()
-            if self.writer is not None:
-                self.writer.flush()
+        self.metrics_file.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def write_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if not self.enabled or not samples:
