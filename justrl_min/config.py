@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -399,86 +400,77 @@ class Config:
         return self.train.prompts_per_step * self.rollout.n
 
     def validate(self) -> Config:
-        t, r, a = self.train, self.rollout, self.algorithm
-        _require(t.prompts_per_step > 0 and t.mini_batch_prompts > 0, "train.prompts_per_step",
-                 "prompts_per_step and mini_batch_prompts must be positive")
+        from justrl_min.algo import POLICY_LOSSES
+
+        for key, choices in {**_CHOICES, "algorithm.policy_loss": tuple(POLICY_LOSSES)}.items():
+            value, options = self._get(key), " | ".join(c or '""' for c in choices)
+            _require(value in choices, key, f"unknown {_NOUNS[key]} {value!r} ({options})" if key in _NOUNS
+                     else f"must be {options}, not {value!r}")
+        for rule, keys in _LOWER_BOUNDS.items():
+            op, bound = rule.split()
+            for key in keys:
+                value = self._get(key)
+                _require(value > int(bound) if op == ">" else value >= int(bound), key, f"must be {rule}")
+        t, r, a, c, rw, lora = self.train, self.rollout, self.algorithm, self.critic, self.reward, self.model.lora
         _require(t.prompts_per_step % t.mini_batch_prompts == 0, "train.mini_batch_prompts",
                  f"train.prompts_per_step={t.prompts_per_step} must be divisible by "
                  f"train.mini_batch_prompts={t.mini_batch_prompts}")
-        _require(r.n >= 1, "rollout.n", "must be >= 1")
         _require(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are taken at it)")
         _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        _require(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown engine {r.engine!r} (hf | vllm)")
-        _require(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", "must be > 0")
-        _require(r.hf_copy in ("auto", "never"), "rollout.hf_copy", f"must be auto | never, not {r.hf_copy!r}")
-        _require(a.clip_low >= 0 and a.clip_high >= 0, "algorithm.clip_low", "clip bounds must be >= 0")
         _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
-        from justrl_min.algo import POLICY_LOSSES
-
-        _require(a.policy_loss in POLICY_LOSSES, "algorithm.policy_loss", f"must be {' | '.join(POLICY_LOSSES)}")
-        _require(a.kl_kind in ("k1", "k2", "k3"), "algorithm.kl_kind", "must be k1 | k2 | k3")
-        _require(a.advantage in ("grpo", "gae"), "algorithm.advantage",
-                 f"unknown estimator {a.advantage!r} (grpo | gae)")
         _require(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algorithm.gamma", "gamma and lam must be in [0, 1]")
         _require(not a.kl_in_reward or (a.advantage == "gae" and a.kl_coef > 0), "algorithm.kl_in_reward",
                  "needs algorithm.advantage=gae (per-token rewards) and algorithm.kl_coef > 0")
         _require(a.adaptive_kl_target >= 0 and (not a.adaptive_kl_target or a.kl_in_reward),
                  "algorithm.adaptive_kl_target", "must be >= 0, and > 0 only with algorithm.kl_in_reward")
-        _require(a.adaptive_kl_horizon > 0, "algorithm.adaptive_kl_horizon", "must be > 0")
-        _require(a.target_kl >= 0, "algorithm.target_kl", "must be >= 0 (0 disables the early stop)")
-        c = self.critic
         _require(c.value_clip is None or c.value_clip > 0, "critic.value_clip", "must be > 0 or null")
-        _require(c.warmup_steps >= 0 and c.lr > 0, "critic.warmup_steps", "warmup_steps >= 0 and lr > 0")
         _require(not c.shared_backbone or a.advantage == "gae", "critic.shared_backbone",
                  "needs algorithm.advantage=gae (the value head's values feed GAE)")
         _require(not c.shared_backbone or (not c.path and not c.warmup_steps), "critic.shared_backbone",
                  "the head sits on the policy itself: critic.path must be empty and critic.warmup_steps 0 "
                  "(with one loss there is no update of the critic alone)")
-        _require(c.value_coef > 0, "critic.value_coef", "must be > 0")
-        _require(self.reward.model_batch_size > 0, "reward.model_batch_size", "must be > 0")
-        _require(a.ppo_epochs >= 1, "algorithm.ppo_epochs", "must be >= 1")
-        _require(self.reward.mode in TRAINING_MODES, "reward.mode", f"must be {' | '.join(TRAINING_MODES)}")
-        rw = self.reward
+        _require(lora.rank == 0 or not c.shared_backbone, "critic.shared_backbone",
+                 "not with model.lora (a value head on a LoRA policy is not built or tested yet)")
         _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",
                  f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off)")
-        _require(rw.overlong_penalty >= 0, "reward.overlong_penalty", "must be >= 0 (a penalty factor)")
-        _require(rw.length_target >= 0, "reward.length_target", "must be >= 0")
-        _require(rw.length_coef >= 0, "reward.length_coef", "must be >= 0 (0: off)")
         for source, grader in rw.by_source.items():
             _require(grader in TRAINING_MODES or ":" in grader, f"reward.by_source.{source}",
                      f"unknown grader {grader!r}: a verifier mode ({' | '.join(TRAINING_MODES)}) or "
                      "package.module:callable")
-        _require(self.eval.grader in GRADERS, "eval.grader",
-                 f"unknown grader {self.eval.grader!r} ({' | '.join(GRADERS)})")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
-        _require(self.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
-        _require(self.reward.function_timeout_s > 0, "reward.function_timeout_s", "must be > 0")
-        _require(self.run.resume in ("auto", "true", "false"), "run.resume", "must be auto | true | false")
-        for key in ("dtype", "compute_dtype"):
-            _require(getattr(self.model, key) in ("float32", "bfloat16", "float16", "float64", "")
-                     and self.model.dtype, f"model.{key}", "must be float32 | bfloat16 | float16 | float64")
-        _require(t.packing in ("auto", "packed", "padded"), "train.packing", "must be auto | packed | padded")
-        _require(t.share_prompts in ("auto", "true", "false"), "train.share_prompts", "must be auto | true | false")
-        _require(t.adamw in ("auto", "fused", "default"), "train.adamw", "must be auto | fused | default")
-        lora = self.model.lora
-        _require(lora.rank >= 0, "model.lora.rank", "must be >= 0 (0: off, full fine-tuning)")
-        _require(lora.alpha > 0, "model.lora.alpha", "must be > 0")
         _require(0 <= lora.dropout < 1, "model.lora.dropout", "must be in [0, 1)")
         _require(bool(lora.target_modules), "model.lora.target_modules", "name at least one module, or all-linear")
         _require(lora.rank == 0 or "all-linear" not in lora.target_modules or len(lora.target_modules) == 1,
                  "model.lora.target_modules", "all-linear already names every linear layer; give it alone")
-        _require(lora.rank == 0 or not self.critic.shared_backbone, "critic.shared_backbone",
-                 "not with model.lora (a value head on a LoRA policy is not built or tested yet)")
-        _require(self.model.logprob_chunk_tokens > 0, "model.logprob_chunk_tokens", "must be > 0")
-        _require(t.max_tokens_per_microbatch > 0, "train.max_tokens_per_microbatch", "must be > 0")
-        _require(self.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
-        _require(self.run.dist_timeout_s > 0, "run.dist_timeout_s", "must be > 0")
-        h = self.health
-        for key in ("smooth_steps", "entropy_start_steps", "entropy_collapse_window", "reward_flat_window",
-                    "length_window", "spike_window"):
-            _require(getattr(h, key) >= 1, f"health.{key}", "must be >= 1")
         return self
+
+    def _get(self, key: str) -> Any:
+        """The value at a dotted key (`model.lora.rank`)."""
+        return functools.reduce(getattr, key.split("."), self)
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_CHOICES = {  # key: the values it may take
+    "run.resume": ("auto", "true", "false"), "model.dtype": _DTYPES, "model.compute_dtype": ("", *_DTYPES),
+    "rollout.engine": ("hf", "vllm"), "rollout.hf_copy": ("auto", "never"),
+    "algorithm.advantage": ("grpo", "gae"), "algorithm.kl_kind": ("k1", "k2", "k3"),
+    "train.packing": ("auto", "packed", "padded"), "train.share_prompts": ("auto", "true", "false"),
+    "train.adamw": ("auto", "fused", "default"), "reward.mode": TRAINING_MODES, "eval.grader": tuple(GRADERS),
+}
+_NOUNS = {"rollout.engine": "engine", "algorithm.advantage": "estimator", "eval.grader": "grader"}
+"""Keys whose error says `unknown <noun> 'x' (a | b)` rather than `must be a | b, not 'x'`."""
+_LOWER_BOUNDS = {  # rule: the keys whose values must satisfy it
+    "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch",
+            "rollout.cpu_kv_cache_gib", "algorithm.adaptive_kl_horizon", "critic.lr", "critic.value_coef",
+            "reward.timeout_s", "reward.function_timeout_s", "reward.model_batch_size", "model.lora.alpha",
+            "model.logprob_chunk_tokens", "run.dist_timeout_s"),
+    ">= 0": ("algorithm.clip_low", "algorithm.clip_high", "algorithm.target_kl", "critic.warmup_steps",
+             "reward.overlong_penalty", "reward.length_target", "reward.length_coef", "model.lora.rank"),
+    ">= 1": ("rollout.n", "algorithm.ppo_epochs", "checkpoint.keep", "health.smooth_steps",
+             "health.entropy_start_steps", "health.entropy_collapse_window", "health.reward_flat_window",
+             "health.length_window", "health.spike_window"),
+}
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -548,16 +540,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
-    kwargs = {}
-    for name in names:
-        if name not in raw:
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, raw[name], prefix=f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(raw[name], hint, f"{prefix}{name}")
-    return cls(**kwargs)
+    return cls(**{name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in raw.items()})
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -565,51 +548,33 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against a type hint; ints are accepted where floats are expected."""
+    if dataclasses.is_dataclass(hint):  # a section
+        return _build(hint, value, prefix=f"{key}.")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
+        [arg] = [a for a in args if a is not type(None)]  # the tree's unions are all `X | None`
+        return None if value is None else _coerce(value, arg, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
+        if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            if origin is list and isinstance(value, str):  # `eval.benchmarks=aime24,amc23`
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            else:
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and Ellipsis not in args:  # fixed length: train.betas
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         return origin(_coerce(v, args[0], key) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads 1e-6 as a str
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, bool):  # YAML reads `resume: true` as a bool
-            return str(value).lower()
-        if isinstance(value, (int, float)):
-            return str(value)
-    else:
+    if hint not in (bool, float, int, str):
         raise ConfigError(f"{key}: unsupported type {hint}")
+    if hint is str and isinstance(value, (bool, int, float)):  # YAML reads `resume: true` as a bool
+        value = str(value).lower()
+    elif hint is float and (type(value) is int or isinstance(value, str) and _FLOAT.fullmatch(value.strip())):
+        value = float(value)  # YAML 1.1 reads 1e-6 as a str
+    if type(value) is hint:  # not isinstance: a bool is no int
+        return value
     raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")

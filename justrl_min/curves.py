@@ -92,8 +92,7 @@ def read_run(run_dir: str | Path) -> Series:
 
 def _read_jsonl(path: Path) -> Series:
     by_metric: dict[str, dict[int, float]] = {}
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -188,12 +187,9 @@ def plot_runs(run_dirs: Sequence[str | Path], out_path: str | Path, smooth: int 
                 drawn += values
             for first, last in flagged[r].get(panel.metric, ()):
                 ax.axvspan(first - 0.5, last + 0.5, color=color, alpha=0.15, linewidth=0)
-        ax.set_ylim(*y_limits(drawn, panel.zero_based))
+        ax.set(ylim=y_limits(drawn, panel.zero_based), title=panel.title, xlabel="step", ylabel=panel.ylabel)
         if paper == "deepseek":
             _draw_paper_ranges(ax, panel)
-        ax.set_title(panel.title)
-        ax.set_xlabel("step")
-        ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")

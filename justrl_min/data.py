@@ -82,15 +82,12 @@ def _read_rows(source: str, split: str, revision: str | None = None) -> tuple[li
         matching = [f for f in files if split in f.stem] or files
         if not matching:
             raise DataError(f"{path}: no .parquet/.jsonl/.json files in this folder")
-        rows: list[dict[str, Any]] = []
-        for f in matching:
-            rows += _read_file(f)
-        return rows, str(path)
+        return [row for f in matching for row in _read_file(f)], str(path)
     if path.suffix in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
         return _read_file(path), str(path)
-    return _read_hub(source, split, revision), source
+    return read_hub_rows(source, split, revision), source
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -123,15 +120,16 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _read_hub(hub_id: str, split: str, revision: str | None = None) -> list[dict[str, Any]]:
+def read_hub_rows(hub_id: str, split: str, revision: str | None = None,
+                  instead: str = "a local parquet/jsonl file or folder") -> list[dict[str, Any]]:
+    """A hub dataset's rows; DataError naming the id, and `instead` as the way round, if it cannot load."""
     import datasets
 
     try:
         pinned = {"revision": revision} if revision else {}
         return list(datasets.load_dataset(hub_id, split=split, **pinned))
     except Exception as e:  # network, auth, missing split: all fatal, all need the id named
-        raise DataError(f"cannot load hub dataset {hub_id!r} split {split!r}: {e}. "
-                        f"Pass a local parquet/jsonl file or folder instead.") from None
+        raise DataError(f"cannot load hub dataset {hub_id!r} split {split!r}: {e}. Pass {instead} instead.") from None
 
 
 def _to_problem(row: dict[str, Any], where: str, index: int, strip_dapo: bool) -> Problem:
@@ -214,17 +212,11 @@ class PromptSet:
 
 def tokenize_problems(problems: list[Problem], tokenizer, suffix: str, max_prompt_length: int) -> PromptSet:
     """Tokenize every prompt; prompts over `max_prompt_length` tokens are dropped and counted."""
-    kept, ids, dropped = [], [], 0
-    for p in problems:
-        prompt_ids = build_prompt_ids(tokenizer, p.problem, suffix)
-        if len(prompt_ids) > max_prompt_length:
-            dropped += 1
-            continue
-        kept.append(p)
-        ids.append(prompt_ids)
+    ids = [build_prompt_ids(tokenizer, p.problem, suffix) for p in problems]
+    kept = [i for i, prompt_ids in enumerate(ids) if len(prompt_ids) <= max_prompt_length]
     if not kept:
         raise DataError(f"every prompt is longer than data.max_prompt_length={max_prompt_length}")
-    return PromptSet(kept, ids, dropped)
+    return PromptSet([problems[i] for i in kept], [ids[i] for i in kept], len(problems) - len(kept))
 
 
 class EpochSampler:

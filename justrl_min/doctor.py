@@ -45,11 +45,10 @@ class Diagnosis:
 def diagnose(run_dir: str | Path, now: float | None = None) -> Diagnosis:
     """Replay a run's logged steps through the health checks (raises CurvesError if nothing is logged)."""
     run_dir = Path(run_dir)
-    notes = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         series = read_run(run_dir)
-    notes += [str(w.message) + " (a run killed mid-write leaves a partial last line)" for w in caught]
+    notes = [str(w.message) + " (a run killed mid-write leaves a partial last line)" for w in caught]
     rows = steps_as_rows(series)
     health, total_steps = HealthConfig(), None
     config = run_dir / "config.yaml"

@@ -67,10 +67,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argp
                                          judge_prompt=args.judge_prompt, max_tokens=args.max_tokens)
     except ValueError as e:
         p.error(str(e))
-    if args.n is not None and args.n < 1:
-        p.error("--n must be >= 1")
-    if args.max_problems is not None and args.max_problems < 1:
-        p.error("--max-problems must be >= 1")
+    for flag, value in (("--n", args.n), ("--max-problems", args.max_problems)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1")
     return args
 
 
@@ -81,6 +80,7 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     from justrl_min import evaluate
     from justrl_min.data import DataError
     from justrl_min.inference import EngineSpec
+    from justrl_min.judge import load_template
     from justrl_min.model import load_tokenizer, resolve_model_path
     from justrl_min.reward import VerifierPool
     from justrl_min.rollout import Sampling, VLLMSettings
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     try:
         names = evaluate.resolve_benchmarks(args.benchmarks)
         problem_sets = {name: evaluate.load_benchmark(name, args.data_dir, args.max_problems) for name in names}
-        judge = (protocols.Judge.load(grading.judge, grading.judge_prompt, spec, args.seed)  # checks the prompt file
+        judge = (protocols.Judge(grading.judge, load_template(grading.judge_prompt), spec, args.seed)  # checks the file
                  if grading.judge else None)
     except (ValueError, DataError) as e:
         sys.exit(f"{prog}: error: {e}")
@@ -116,16 +116,13 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     context = evaluate.longest_prompt(problem_sets, tokenizer, grading.prompt_suffix) + grading.max_tokens
     with VerifierPool(workers=args.workers or None, timeout_s=args.verifier_timeout,
                       mode=GRADERS[grading.grader]) as pool:
-        with spec.open(model_path, context) as engine:  # closed before the judge's engine opens
-            runs = evaluate.generate_and_grade(engine, tokenizer, problem_sets, n=args.n, sampling=sampling,
-                                               pool=pool, prompt_suffix=grading.prompt_suffix)
-        del engine
-    config = evaluate.run_config(sampling, n=args.n, max_problems=args.max_problems,
-                                 prompt_suffix=grading.prompt_suffix, grader=grading.grader,
-                                 verifier_mode=GRADERS[grading.grader], data_dir=args.data_dir,
-                                 meta={"model": args.model, "engine": engine_kind, "dtype": dtype,
-                                       "protocol": grading.protocol, "judge_prompt": grading.judge_prompt})
-    results = evaluate.finish(runs, config=config, judge=judge, out_dir=out)
+        # The policy's engine is open while it generates only: closed before the judge's opens.
+        results = evaluate.evaluate_benchmarks(
+            None, tokenizer, names, n=args.n, sampling=sampling, data_dir=args.data_dir, pool=pool, out_dir=out,
+            max_problems=args.max_problems, problem_sets=problem_sets, grader=grading.grader, judge=judge,
+            prompt_suffix=grading.prompt_suffix, generating=lambda: spec.open(model_path, context),
+            meta={"model": args.model, "engine": engine_kind, "dtype": dtype, "protocol": grading.protocol,
+                  "judge_prompt": grading.judge_prompt})
     print(evaluate.format_table(results, label=_model_tag(args.model)))
     print(f"results: {out / 'results.json'}   samples: {out / 'samples.jsonl'}")
     return 0

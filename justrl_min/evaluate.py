@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
-from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems
+from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems, read_hub_rows
 from justrl_min.judge import LABELS
 from justrl_min.reward import extract_boxed
 from justrl_min.rollout import Sampling
@@ -111,14 +111,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, max_problems: 
 
 
 def _load_renamed_hub(bench: Benchmark) -> list[Problem]:
-    import datasets
-
-    try:
-        rows = datasets.load_dataset(bench.hub_id, split=bench.split)
-    except Exception as e:  # network, auth, missing split: all fatal, all need the id named
-        raise DataError(f"cannot load hub dataset {bench.hub_id!r} split {bench.split!r}: {e}. "
-                        f"Pass a data dir with {bench.folder}/{LOCAL_FILE} instead.") from None
     problems = []
+    rows = read_hub_rows(bench.hub_id, bench.split, instead=f"a data dir with {bench.folder}/{LOCAL_FILE}")
     for i, row in enumerate(rows):
         if bench.problem_field not in row or bench.answer_field not in row:
             raise DataError(f"{bench.hub_id} row {i}: expected columns {bench.problem_field!r} and "
@@ -209,8 +203,8 @@ def metric_names(n: int) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # Running an evaluation: generate and grade every benchmark, then (optionally) judge what the grader
-# rejected, then aggregate. Separate stages so that eval.py can close the policy's engine before the
-# judge's opens.
+# rejected, then aggregate. Separate stages so that the policy's engine can close (or sleep) before
+# the judge's opens.
 
 
 @dataclass(frozen=True)
@@ -304,37 +298,31 @@ def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int
                         meta: dict[str, Any] | None = None, grader: str | None = None, judge=None,
                         prompt_suffix: str = EVAL_SUFFIX,
                         generating: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
-    """`generate_and_grade` then `finish`, in one call (the trainer, tests).
+    """`generate_and_grade` then `finish`, in one call.
 
     `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`; `grader` (a
     `reward.GRADERS` name) grades with that mode instead, in a pool of its own when `pool`'s mode
     differs; None grades with `pool`. `judge` (`protocols.Judge`) asks a model about every rejected
     response. `problem_sets` (already loaded problems by name) skips loading. `meta` (e.g. the
-    model's name) is recorded in `results["config"]`. `generating()` is held around generation
-    only (the trainer's `engine.generating`: the judge runs after the policy's engine sleeps).
+    model's name) is recorded first in `results["config"]`. `generating()` is held around generation
+    only, so the judge runs after it: the trainer's `engine.generating` (the policy's engine sleeps),
+    or eval.py's opening of the engine, which it yields in place of `engine` (None) and closes.
     """
     from justrl_min.protocols import grader_pool
 
     names = resolve_benchmarks(names)
     problem_sets = {name: ((problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems))
                     [:max_problems or None] for name in names}
-    with generating(), grader_pool(grader, pool) as graded_by:
-        runs = generate_and_grade(engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
+    with generating() as opened, grader_pool(grader, pool) as graded_by:
+        runs = generate_and_grade(opened or engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
                                   prompt_suffix=prompt_suffix)
         mode = graded_by.mode
-    config = run_config(sampling, n=n, max_problems=max_problems, prompt_suffix=prompt_suffix, grader=grader,
-                        verifier_mode=mode, data_dir=data_dir, meta=meta)
+        del opened  # an engine opened here is freed with its closing, before the judge's opens
+    config = {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
+              "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
+              "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": mode,
+              "data": str(data_dir) if data_dir else "hub"}
     return finish(runs, config=config, judge=judge, out_dir=out_dir)
-
-
-def run_config(sampling: Sampling, *, n: int | None, max_problems: int | None, prompt_suffix: str,
-               grader: str | None, verifier_mode: str, data_dir: str | Path | None,
-               meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`results["config"]`: what the evaluation ran with (`meta`: the caller's own entries first)."""
-    return {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-            "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": verifier_mode,
-            "data": str(data_dir) if data_dir else "hub"}
 
 
 def _final_scores(run: BenchmarkRun, verdicts: list | None) -> list[float]:

@@ -112,13 +112,9 @@ class Judge:
     """A model verifier on an engine of the generation's kind, opened only while it judges."""
     path: str
     template: str
+    """From `judge.load_template`: without a file, `judge.DEFAULT_TEMPLATE` (not CompassVerifier's official wording)."""
     engine: EngineSpec
     seed: int = 0
-
-    @classmethod
-    def load(cls, path: str, prompt_file: str | None, engine: EngineSpec, seed: int = 0) -> Judge:
-        """`prompt_file` empty uses `judge.DEFAULT_TEMPLATE` (not CompassVerifier's official wording)."""
-        return cls(path, load_template(prompt_file), engine, seed)
 
     @classmethod
     def for_training(cls, cfg, device) -> Judge:
@@ -132,7 +128,7 @@ class Judge:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         spec = EngineSpec(cfg.rollout.engine, cfg.model.compute_dtype or cfg.model.dtype, str(device),
                           cfg.rollout.hf_batch_size, VLLMSettings.from_config(cfg, distributed))
-        return cls.load(cfg.eval.judge, cfg.eval.judge_prompt, spec, cfg.run.seed)
+        return cls(cfg.eval.judge, load_template(cfg.eval.judge_prompt), spec, cfg.run.seed)
 
     def judge_rejected(self, runs: list[BenchmarkRun]) -> Judged:
         """Ask about every response the grader rejected, all benchmarks in one engine session; each

@@ -18,13 +18,15 @@ appearance (`step` first); a key a step did not log, or a non-finite value, is a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -83,22 +85,16 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
 
 
-class _atomic:
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[TextIO]:
     """Open `path.tmp` for writing; on success rename it over `path`, else remove it."""
-
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-
-    def __enter__(self):
-        self.file = open(self.tmp, "w", newline="")
-        return self.file
-
-    def __exit__(self, exc_type, *_exc) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class RunSummary:

@@ -23,13 +23,9 @@ CONSOLE_KEYS = (("reward", "train/reward_mean"), ("acc", "train/accuracy"), ("en
 class Tracker:
     def __init__(self, run_dir: Path, *, total_steps: int, start_step: int = 0,
                  tensorboard: bool = True, hparams: dict[str, Any] | None = None, enabled: bool = True):
-        self.enabled = enabled
-        self.run_dir = run_dir
-        self.total_steps = total_steps
-        self.writer = None
-        self.bar = None
+        self.enabled, self.run_dir, self.total_steps, self.start_step = enabled, run_dir, total_steps, start_step
+        self.writer = self.bar = None
         self.started = time.monotonic()
-        self.start_step = start_step
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -62,9 +58,7 @@ class Tracker:
             self.bar.set_postfix_str(summary, refresh=False)
             self.bar.update(step - self.bar.n)
         else:
-            elapsed = time.monotonic() - self.started
-            done = max(step - self.start_step, 1)
-            eta = elapsed / done * (self.total_steps - step)
+            eta = (time.monotonic() - self.started) / max(step - self.start_step, 1) * (self.total_steps - step)
             print(f"step {step}/{self.total_steps} {summary} "
                   f"step_s {metrics.get('time/step_s', 0):.1f} eta {eta / 60:.1f}m", flush=True)
 
@@ -79,10 +73,9 @@ class Tracker:
             if self.writer is not None:
                 self.writer.add_text(f"events/{name}", episode.message, episode.first_step)
             self.message(f"step {episode.first_step} {episode.message}")
-        if episodes:
-            self.metrics_file.flush()
-            if self.writer is not None:
-                self.writer.flush()
+        self.metrics_file.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def write_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         if not self.enabled or not samples:
@@ -90,8 +83,7 @@ class Tracker:
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         with open(folder / f"step_{step}.jsonl", "w") as f:
-            for sample in samples:
-                f.write(json.dumps(sample) + "\n")
+            f.writelines(json.dumps(sample) + "\n" for sample in samples)
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -113,15 +105,11 @@ class Tracker:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The step rows of metrics.jsonl, in order (event rows left out)."""
-    return [row for row in _rows(run_dir) if not is_event(row)]
+    return [row for row in _rows(run_dir) if "event" not in row]
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    return [row for row in _rows(run_dir) if is_event(row)]
-
-
-def is_event(row: dict[str, Any]) -> bool:
-    return "event" in row
+    return [row for row in _rows(run_dir) if "event" in row]
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
