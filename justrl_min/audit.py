@@ -123,11 +123,11 @@ def problem_files(path: Path) -> list[Path]:
 def format_table(rows: list[dict[str, object]]) -> str:
     columns = list(rows[0])
     widths = [max(len(column), *(len(str(row[column])) for row in rows)) for column in columns]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths)))]
-    for row in rows:
-        lines.append("  ".join(str(row[c]).ljust(w) if i == 0 else str(row[c]).rjust(w)
-                               for i, (c, w) in enumerate(zip(columns, widths))))
-    return "\n".join(lines)
+
+    def line(cells) -> str:  # the file name left-aligned, the counts right-aligned
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(columns), *(line(row[c] for c in columns) for row in rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

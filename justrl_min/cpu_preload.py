@@ -27,9 +27,8 @@ def preload_libraries() -> list[str]:
     candidates = [Path(sys.prefix) / "lib" / "libiomp5.so", *Path(sys.prefix).glob("lib/python*/site-packages/"
                                                                                    "*/lib/libiomp5.so")]
     iomp = next((str(p) for p in candidates if p.is_file()), None)
-    if not tcmalloc or not iomp:
-        return []
-    return [tcmalloc, iomp]  # a bare soname in LD_PRELOAD is found on the loader's usual path
+    # A bare soname in LD_PRELOAD is found on the loader's usual path.
+    return [tcmalloc, iomp] if tcmalloc and iomp else []
 
 
 def restart_with_preload(engine: str) -> None:

@@ -20,8 +20,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def cpu_matmul_gflops(name: str, size: int = 512, budget_s: float = 0.1) -> float:
     """GFLOP/s of a size x size matmul in dtype `name` on one CPU thread: the fastest of the calls
     that fit in `budget_s` (at least two), so that other work on the machine barely moves it."""
-    a = torch.randn(size, size).to(DTYPES[name])
-    b = torch.randn(size, size).to(DTYPES[name])
+    a, b = torch.randn(size, size).to(DTYPES[name]), torch.randn(size, size).to(DTYPES[name])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

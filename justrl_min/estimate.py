@@ -31,7 +31,6 @@ from justrl_min.dtypes import DTYPES, fast_cpu_dtype
 from justrl_min.recipe_files import find_recipe
 
 GiB = 2**30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 @dataclass(frozen=True)
@@ -140,14 +139,9 @@ def compute_dtype(cfg: Config, cpu: bool) -> str:
     return fast_cpu_dtype(name)[0] if cpu and cfg.model.cpu_float32_fallback else name
 
 
-def _compute_bytes(cfg: Config, hw: Hardware) -> int:
-    return DTYPE_BYTES[compute_dtype(cfg, hw.cpu)]
-
-
 def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None:
     p, n = shape.params, hw.ranks
-    master = DTYPE_BYTES[cfg.model.dtype]
-    c = _compute_bytes(cfg, hw)
+    master, c = DTYPES[cfg.model.dtype].itemsize, DTYPES[compute_dtype(cfg, hw.cpu)].itemsize
     tokens = cfg.train.max_tokens_per_microbatch
     m = est.memory
     m["weights (master, sharded)"] = p * master / n
@@ -173,14 +167,10 @@ def _memory(cfg: Config, shape: ModelShape, hw: Hardware, est: Estimate) -> None
     est.assumptions.append(f"micro-batch of {tokens:,} tokens (train.max_tokens_per_microbatch); activations "
                            f"{shape.activation_bytes_per_token(c) / 1024:.0f} KiB per token per layer "
                            f"without checkpointing, {shape.hidden * c / 1024:.1f} KiB with it")
-    if hw.cpu:
-        other = 1.5 * GiB
-        est.assumptions.append(f"CPU: {compute_dtype(cfg, True)} compute (justrl_min.dtypes measured it); 1.5 GiB "
-                               "of interpreter, torch and tokenizer memory per process")
-    else:
-        other = 2.0 * GiB
-        est.assumptions.append("GPU: 2 GiB of CUDA context, allocator slack and NCCL buffers per rank")
-    m["runtime (interpreter, context, buffers)"] = other
+    m["runtime (interpreter, context, buffers)"] = (1.5 if hw.cpu else 2.0) * GiB
+    est.assumptions.append(f"CPU: {compute_dtype(cfg, True)} compute (justrl_min.dtypes measured it); 1.5 GiB of "
+                           "interpreter, torch and tokenizer memory per process" if hw.cpu else
+                           "GPU: 2 GiB of CUDA context, allocator slack and NCCL buffers per rank")
     trainer = sum(m.values())
     est.peaks["training"] = trainer
     engine_weights = p * c
@@ -222,8 +212,7 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     passes = 4 if cfg.model.gradient_checkpointing else 3         # forward + backward (2x) [+ recompute]
     minibatches = t.prompts_per_step // t.mini_batch_prompts
     # The first mini-batch takes its old log-probs from its own update forward (trainer.fresh_row_count).
-    old_logp_share = (minibatches * cfg.algorithm.ppo_epochs - 1) / minibatches if minibatches > 1 else 0.0
-    old_logp_share = min(old_logp_share, 1.0)
+    old_logp_share = min((minibatches * cfg.algorithm.ppo_epochs - 1) / minibatches, 1.0) if minibatches > 1 else 0.0
     est.flops["old log-probs"] = old_logp_share * forward
     est.flops["update"] = passes * forward * cfg.algorithm.ppo_epochs
     if cfg.algorithm.kl_coef > 0:
@@ -231,7 +220,7 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     flops_per_s = hw.ranks * hw.tflops * 1e12 * hw.train_mfu
     est.times.update({phase: flops / flops_per_s for phase, flops in est.flops.items()})
 
-    c = _compute_bytes(cfg, hw)
+    c = DTYPES[compute_dtype(cfg, hw.cpu)].itemsize
     per_rank = math.ceil(responses / hw.ranks)
     weight_bytes = shape.params * c
     kv_token = shape.kv_bytes_per_token(c)
@@ -269,25 +258,23 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
                                    "generation will take longer than shown")
 
 
+def _calls_per_s(call, seconds: float) -> float:
+    call()  # warm-up
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        runs += 1
+    return runs / (time.perf_counter() - start)
+
+
 def measure_cpu(dtype: str = "float32", seconds: float = 1.0) -> tuple[float, float]:
     """This machine's matmul peak in `dtype` on all its threads (TFLOP/s) and its memory bandwidth
     (TB/s, from a large copy), measured."""
     a, b = torch.randn(2048, 2048).to(DTYPES[dtype]), torch.randn(2048, 2048).to(DTYPES[dtype])
-    a @ b
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        runs += 1
-    tflops = 2 * 2048**3 * runs / (time.perf_counter() - start) / 1e12
+    tflops = 2 * 2048**3 * _calls_per_s(lambda: a @ b, seconds) / 1e12
     src = torch.empty(64 * 2**20 // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds / 2:
-        dst.copy_(src)
-        runs += 1
-    bandwidth = 2 * src.numel() * 4 * runs / (time.perf_counter() - start) / 1e12   # read + write
-    return tflops, bandwidth
+    return tflops, 2 * src.numel() * 4 * _calls_per_s(lambda: dst.copy_(src), seconds / 2) / 1e12   # read + write
 
 
 def model_shape(cfg: Config, config_json: str | None) -> ModelShape:

@@ -22,9 +22,10 @@ it reads the same whatever `reward.correct` / `reward.incorrect` are. A failing 
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from justrl_min.config import HealthConfig
@@ -105,234 +106,155 @@ class Episode:
 
 
 # --------------------------------------------------------------------------------------------------
-# The checks: each a small object with a name, the curve panel it is drawn on, and evaluate(history).
+# The checks: each a function of the thresholds and the history, with a name and the curve panel it
+# is drawn on.
 
 
 @dataclass(frozen=True)
-class EntropyStart:
-    low: float
-    high: float
-    steps: int
-    name: str = "entropy_start"
-    title: str = "entropy at the start"
-    panel: str = ENTROPY
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(ENTROPY)
-        if s is None or len(s.raw) > self.steps:
-            return None
-        v = s.raw[-1]
-        outside = max(self.low - v, v - self.high, 0.0)
-        return Finding(outside == 0, outside, f"entropy {v:.3g} nats/token at step {h.step} "
-                                              f"(band {self.low:g}-{self.high:g})")
-
-
-@dataclass(frozen=True)
-class EntropyCollapse:
-    ratio: float
-    window: int
-    name: str = "entropy_collapse"
-    title: str = "entropy collapse"
-    panel: str = ENTROPY
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(ENTROPY)
-        if s is None or len(s.smooth) < 2:
-            return None
-        peak = max(s.smooth[-self.window - 1:-1])
-        share = s.smooth[-1] / peak if peak > 0 else 1.0
-        return Finding(share >= self.ratio, 1.0 - share,
-                       f"smoothed entropy {s.smooth[-1]:.3g}, {share:.0%} of its peak {peak:.3g} in the "
-                       f"{self.window} steps before (limit {self.ratio:.0%})")
-
-
-@dataclass(frozen=True)
-class RewardFlat:
-    window: int
-    min_rise: float
-    name: str = "reward_flat"
-    title: str = "reward rises"
-    panel: str = REWARD
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(ACCURACY)
-        if s is None or len(s.raw) < 2 * self.window:
-            return None
-        first = statistics.fmean(s.raw[:self.window])
-        latest = statistics.fmean(s.raw[-self.window:])
-        rise = latest - first
-        return Finding(rise >= self.min_rise, -rise,
-                       f"accuracy {latest:.3f} over the last {self.window} steps against {first:.3f} over the "
-                       f"first {self.window}: {rise:+.3f} (needs {self.min_rise:+g})")
-
-
-@dataclass(frozen=True)
-class RewardDrop:
-    max_drop: float
-    name: str = "reward_drop"
-    title: str = "reward holds"
-    panel: str = REWARD
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(ACCURACY)
-        if s is None or len(s.smooth) < 2:
-            return None
-        best = max(s.smooth[:-1])
-        drop = best - s.smooth[-1]
-        return Finding(drop <= self.max_drop, drop,
-                       f"smoothed accuracy {s.smooth[-1]:.3f}, {max(drop, 0):.3f} below its best {best:.3f} "
-                       f"(limit {self.max_drop:g})")
-
-
-@dataclass(frozen=True)
-class LengthDrift:
-    max_change: float
-    window: int
-    name: str = "length_drift"
-    title: str = "response length steady"
-    panel: str = LENGTH
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(LENGTH)
-        if s is None or len(s.smooth) <= self.window or s.smooth[-self.window - 1] <= 0:
-            return None
-        before = s.smooth[-self.window - 1]
-        change = s.smooth[-1] / before - 1.0
-        return Finding(abs(change) <= self.max_change, abs(change),
-                       f"smoothed mean length {s.smooth[-1]:.4g} tokens, {change:+.0%} from {before:.4g} "
-                       f"{self.window} steps before (limit +-{self.max_change:.0%})")
-
-
-@dataclass(frozen=True)
-class Truncation:
-    max_frac: float
-    max_rise: float
-    window: int
-    name: str = "truncation"
-    title: str = "truncation low and not growing"
-    panel: str = TRUNCATED
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(TRUNCATED)
-        if s is None:
-            return None
-        now = s.smooth[-1]
-        text = f"smoothed truncated share {now:.3f} (limit {self.max_frac:g})"
-        excess = now - self.max_frac
-        if len(s.smooth) > self.window:
-            rise = now - s.smooth[-self.window - 1]
-            excess = max(excess, rise - self.max_rise)
-            text += f", {rise:+.3f} over {self.window} steps (limit {self.max_rise:+g})"
-        return Finding(excess <= 0, excess, text)
-
-
-@dataclass(frozen=True)
-class KLBound:
-    max_kl: float
-    name: str = "kl"
-    title: str = "KL to the reference"
-    panel: str = KL
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(KL)
-        if s is None:
-            return None
-        return Finding(s.smooth[-1] <= self.max_kl, s.smooth[-1],
-                       f"smoothed KL {s.smooth[-1]:.3g} (limit {self.max_kl:g})")
-
-
-@dataclass(frozen=True)
-class NoSignal:
-    max_frac: float
-    name: str = "no_signal"
-    title: str = "groups with signal"
-    panel: str = REWARD
-
-    def evaluate(self, h: History) -> Finding | None:
-        none, every = h.get(SOLVE_NONE), h.get(SOLVE_ALL)
-        if none is None or every is None:
-            return None
-        share = none.smooth[-1] + every.smooth[-1]  # the EMA is linear: the sum's EMA
-        return Finding(share <= self.max_frac, share,
-                       f"{share:.0%} of groups all wrong ({none.smooth[-1]:.0%}) or all right "
-                       f"({every.smooth[-1]:.0%}), smoothed (limit {self.max_frac:.0%})")
-
-
-@dataclass(frozen=True)
-class Spike:
-    metric: str
-    label: str
-    factor: float
-    window: int
-    floor: float
+class Check:
     name: str
     title: str
-
-    @property
-    def panel(self) -> str:
-        return self.metric
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(self.metric)
-        if s is None or len(s.raw) < min(5, self.window) + 1:
-            return None
-        median = statistics.median(s.raw[-self.window - 1:-1])
-        value = s.raw[-1]
-        times = value / median if median > 0 else (math.inf if value > 0 else 0.0)
-        return Finding(times <= self.factor or value <= self.floor, times,
-                       f"{self.label} {value:.3g} at step {h.step}, {times:.1f}x the median {median:.3g} of the "
-                       f"steps before (limit {self.factor:g}x)")
+    panel: str
+    evaluate: Callable[[History], Finding | None]
 
 
-@dataclass(frozen=True)
-class SkippedSteps:
-    name: str = "skipped_steps"
-    title: str = "no skipped steps"
-    panel: str = GRAD_NORM
-
-    def evaluate(self, h: History) -> Finding | None:
-        s = h.get(SKIPPED)
-        if s is None:
-            return None
-        new = s.raw[-1] - (s.raw[-2] if len(s.raw) > 1 else 0.0)
-        return Finding(new <= 0, new, f"{new:.0f} optimizer steps skipped at step {h.step} (non-finite loss "
-                                      f"or gradient; {s.raw[-1]:.0f} in all)")
+def entropy_start(c: HealthConfig, h: History) -> Finding | None:
+    s = h.get(ENTROPY)
+    if s is None or len(s.raw) > c.entropy_start_steps:
+        return None
+    v = s.raw[-1]
+    outside = max(c.entropy_start_min - v, v - c.entropy_start_max, 0.0)
+    return Finding(outside == 0, outside, f"entropy {v:.3g} nats/token at step {h.step} "
+                                          f"(band {c.entropy_start_min:g}-{c.entropy_start_max:g})")
 
 
-@dataclass(frozen=True)
-class VerifierTimeouts:
-    max_count: int
-    name: str = "verifier_timeouts"
-    title: str = "verifier answers in time"
-    panel: str = REWARD
-
-    def evaluate(self, h: History) -> Finding | None:
-        timeouts, errors = h.get(TIMEOUTS), h.get(ERRORS)
-        if timeouts is None and errors is None:
-            return None
-        t = timeouts.raw[-1] if timeouts else 0.0
-        e = errors.raw[-1] if errors else 0.0
-        return Finding(t + e <= self.max_count, t + e,
-                       f"{t:.0f} verifier timeouts and {e:.0f} errors at step {h.step} (limit {self.max_count})")
+def entropy_collapse(c: HealthConfig, h: History) -> Finding | None:
+    s, window = h.get(ENTROPY), c.entropy_collapse_window
+    if s is None or len(s.smooth) < 2:
+        return None
+    peak = max(s.smooth[-window - 1:-1])
+    share = s.smooth[-1] / peak if peak > 0 else 1.0
+    return Finding(share >= c.entropy_collapse_ratio, 1.0 - share,
+                   f"smoothed entropy {s.smooth[-1]:.3g}, {share:.0%} of its peak {peak:.3g} in the "
+                   f"{window} steps before (limit {c.entropy_collapse_ratio:.0%})")
 
 
-def build_checks(cfg: HealthConfig) -> list:
-    return [
-        EntropyStart(cfg.entropy_start_min, cfg.entropy_start_max, cfg.entropy_start_steps),
-        EntropyCollapse(cfg.entropy_collapse_ratio, cfg.entropy_collapse_window),
-        RewardFlat(cfg.reward_flat_window, cfg.reward_flat_min_rise),
-        RewardDrop(cfg.reward_drop_max),
-        LengthDrift(cfg.length_drift_max, cfg.length_window),
-        Truncation(cfg.truncation_max, cfg.truncation_rise, cfg.length_window),
-        KLBound(cfg.kl_max),
-        NoSignal(cfg.no_signal_max),
-        Spike(GRAD_NORM, "gradient norm", cfg.spike_factor, cfg.spike_window, 0.0,
-              "grad_norm_spike", "no gradient-norm spikes"),
-        Spike(CLIP, "clip fraction", cfg.spike_factor, cfg.spike_window, cfg.clip_frac_spike_min,
-              "clip_frac_spike", "no clip-fraction spikes"),
-        SkippedSteps(),
-        VerifierTimeouts(cfg.verifier_timeouts_max),
-    ]
+def reward_flat(c: HealthConfig, h: History) -> Finding | None:
+    s, window = h.get(ACCURACY), c.reward_flat_window
+    if s is None or len(s.raw) < 2 * window:
+        return None
+    first = statistics.fmean(s.raw[:window])
+    latest = statistics.fmean(s.raw[-window:])
+    rise = latest - first
+    return Finding(rise >= c.reward_flat_min_rise, -rise,
+                   f"accuracy {latest:.3f} over the last {window} steps against {first:.3f} over the "
+                   f"first {window}: {rise:+.3f} (needs {c.reward_flat_min_rise:+g})")
+
+
+def reward_drop(c: HealthConfig, h: History) -> Finding | None:
+    s = h.get(ACCURACY)
+    if s is None or len(s.smooth) < 2:
+        return None
+    best = max(s.smooth[:-1])
+    drop = best - s.smooth[-1]
+    return Finding(drop <= c.reward_drop_max, drop,
+                   f"smoothed accuracy {s.smooth[-1]:.3f}, {max(drop, 0):.3f} below its best {best:.3f} "
+                   f"(limit {c.reward_drop_max:g})")
+
+
+def length_drift(c: HealthConfig, h: History) -> Finding | None:
+    s, window = h.get(LENGTH), c.length_window
+    if s is None or len(s.smooth) <= window or s.smooth[-window - 1] <= 0:
+        return None
+    before = s.smooth[-window - 1]
+    change = s.smooth[-1] / before - 1.0
+    return Finding(abs(change) <= c.length_drift_max, abs(change),
+                   f"smoothed mean length {s.smooth[-1]:.4g} tokens, {change:+.0%} from {before:.4g} "
+                   f"{window} steps before (limit +-{c.length_drift_max:.0%})")
+
+
+def truncation(c: HealthConfig, h: History) -> Finding | None:
+    s, window = h.get(TRUNCATED), c.length_window
+    if s is None:
+        return None
+    now = s.smooth[-1]
+    text = f"smoothed truncated share {now:.3f} (limit {c.truncation_max:g})"
+    excess = now - c.truncation_max
+    if len(s.smooth) > window:
+        rise = now - s.smooth[-window - 1]
+        excess = max(excess, rise - c.truncation_rise)
+        text += f", {rise:+.3f} over {window} steps (limit {c.truncation_rise:+g})"
+    return Finding(excess <= 0, excess, text)
+
+
+def kl_bound(c: HealthConfig, h: History) -> Finding | None:
+    s = h.get(KL)
+    return None if s is None else Finding(s.smooth[-1] <= c.kl_max, s.smooth[-1],
+                                          f"smoothed KL {s.smooth[-1]:.3g} (limit {c.kl_max:g})")
+
+
+def no_signal(c: HealthConfig, h: History) -> Finding | None:
+    none, every = h.get(SOLVE_NONE), h.get(SOLVE_ALL)
+    if none is None or every is None:
+        return None
+    share = none.smooth[-1] + every.smooth[-1]  # the EMA is linear: the sum's EMA
+    return Finding(share <= c.no_signal_max, share,
+                   f"{share:.0%} of groups all wrong ({none.smooth[-1]:.0%}) or all right "
+                   f"({every.smooth[-1]:.0%}), smoothed (limit {c.no_signal_max:.0%})")
+
+
+def spike(c: HealthConfig, h: History, metric: str, label: str, floor: float) -> Finding | None:
+    s, window = h.get(metric), c.spike_window
+    if s is None or len(s.raw) < min(5, window) + 1:
+        return None
+    median = statistics.median(s.raw[-window - 1:-1])
+    value = s.raw[-1]
+    times = value / median if median > 0 else (math.inf if value > 0 else 0.0)
+    return Finding(times <= c.spike_factor or value <= floor, times,
+                   f"{label} {value:.3g} at step {h.step}, {times:.1f}x the median {median:.3g} of the "
+                   f"steps before (limit {c.spike_factor:g}x)")
+
+
+def skipped_steps(c: HealthConfig, h: History) -> Finding | None:
+    s = h.get(SKIPPED)
+    if s is None:
+        return None
+    new = s.raw[-1] - (s.raw[-2] if len(s.raw) > 1 else 0.0)
+    return Finding(new <= 0, new, f"{new:.0f} optimizer steps skipped at step {h.step} (non-finite loss "
+                                  f"or gradient; {s.raw[-1]:.0f} in all)")
+
+
+def verifier_timeouts(c: HealthConfig, h: History) -> Finding | None:
+    timeouts, errors = h.get(TIMEOUTS), h.get(ERRORS)
+    if timeouts is None and errors is None:
+        return None
+    t = timeouts.raw[-1] if timeouts else 0.0
+    e = errors.raw[-1] if errors else 0.0
+    return Finding(t + e <= c.verifier_timeouts_max, t + e,
+                   f"{t:.0f} verifier timeouts and {e:.0f} errors at step {h.step} "
+                   f"(limit {c.verifier_timeouts_max})")
+
+
+CHECKS = [  # name, title, panel, fn(cfg, history)
+    ("entropy_start", "entropy at the start", ENTROPY, entropy_start),
+    ("entropy_collapse", "entropy collapse", ENTROPY, entropy_collapse),
+    ("reward_flat", "reward rises", REWARD, reward_flat),
+    ("reward_drop", "reward holds", REWARD, reward_drop),
+    ("length_drift", "response length steady", LENGTH, length_drift),
+    ("truncation", "truncation low and not growing", TRUNCATED, truncation),
+    ("kl", "KL to the reference", KL, kl_bound),
+    ("no_signal", "groups with signal", REWARD, no_signal),
+    ("grad_norm_spike", "no gradient-norm spikes", GRAD_NORM,
+     lambda c, h: spike(c, h, GRAD_NORM, "gradient norm", 0.0)),
+    ("clip_frac_spike", "no clip-fraction spikes", CLIP,
+     lambda c, h: spike(c, h, CLIP, "clip fraction", c.clip_frac_spike_min)),
+    ("skipped_steps", "no skipped steps", GRAD_NORM, skipped_steps),
+    ("verifier_timeouts", "verifier answers in time", REWARD, verifier_timeouts),
+]
+
+
+def build_checks(cfg: HealthConfig) -> list[Check]:
+    return [Check(name, title, panel, functools.partial(fn, cfg)) for name, title, panel, fn in CHECKS]
 
 
 # --------------------------------------------------------------------------------------------------

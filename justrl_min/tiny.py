@@ -60,60 +60,58 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_model(tokenizer, seed: int = 0, *, hidden: int = 128, layers: int = 2, tie_embeddings: bool = True):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def _config(tokenizer, hidden: int, layers: int, **extra):
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=tie_embeddings,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    return Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def build_model(tokenizer, seed: int = 0, *, hidden: int = 128, layers: int = 2, tie_embeddings: bool = True):
+    from transformers import Qwen2ForCausalLM
+
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(_config(tokenizer, hidden, layers, tie_word_embeddings=tie_embeddings))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
+def _save(folder: str | Path, model, tokenizer) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
+
+
 def save_random_model(folder: str | Path, seed: int = 0, **model_kwargs) -> Path:
     """A randomly initialised tiny model + tokenizer as a Hugging Face folder (for fast tests)."""
-    folder = Path(folder)
     tokenizer = build_tokenizer()
-    build_model(tokenizer, seed, **model_kwargs).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save(folder, build_model(tokenizer, seed, **model_kwargs), tokenizer)
 
 
 def save_reward_model(folder: str | Path, seed: int = 0, *, hidden: int = 32, layers: int = 1) -> Path:
     """A randomly initialised tiny one-label `Qwen2ForSequenceClassification` + the tiny tokenizer, as
     a Hugging Face folder: the `reward.model` of tests (its scores are arbitrary but deterministic)."""
-    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+    from transformers import Qwen2ForSequenceClassification
 
-    folder = Path(folder)
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
     torch.manual_seed(seed)
-    Qwen2ForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save(folder, Qwen2ForSequenceClassification(_config(tokenizer, hidden, layers, num_labels=1)), tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------
 # The synthetic task
 
 
-def make_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyProblem]:
+def _operands(count: int, seed: int, max_operand: int) -> list[tuple[int, int]]:
     rng = random.Random(seed)
-    problems = []
-    for _ in range(count):
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        problems.append(TinyProblem(question=f"What is {a}+{b}?", answer=str(a + b)))
-    return problems
+    return [(rng.randint(0, max_operand), rng.randint(0, max_operand)) for _ in range(count)]
+
+
+def make_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyProblem]:
+    return [TinyProblem(f"What is {a}+{b}?", str(a + b)) for a, b in _operands(count, seed, max_operand)]
 
 
 def make_mixed_problems(count: int, seed: int = 0, max_operand: int = 9) -> list[TinyProblem]:
@@ -121,14 +119,9 @@ def make_mixed_problems(count: int, seed: int = 0, max_operand: int = 9) -> list
     tiny_estimate ("Roughly, what is 3+4?", gold 7), the second meant to be graded by `within_one`.
     The warm start never saw the second phrasing; it answers it as addition anyway (measured on the
     cached warm start: 17% exact, 46% within one, against 26% and 56% on tiny_add)."""
-    rng = random.Random(seed)
-    problems = []
-    for i in range(count):
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        estimate = i % 2 == 1
-        problems.append(TinyProblem(question=f"Roughly, what is {a}+{b}?" if estimate else f"What is {a}+{b}?",
-                                    answer=str(a + b), source="tiny_estimate" if estimate else "tiny_add"))
-    return problems
+    return [TinyProblem(question=f"Roughly, what is {a}+{b}?" if i % 2 else f"What is {a}+{b}?", answer=str(a + b),
+                        source="tiny_estimate" if i % 2 else "tiny_add")
+            for i, (a, b) in enumerate(_operands(count, seed, max_operand))]
 
 
 TASKS = {"tiny": make_problems, "tiny_mixed": make_mixed_problems}
@@ -151,10 +144,12 @@ def solution_text(answer: str) -> str:
     return f"\\boxed{{{answer}}}"
 
 
+def off_by_a_little(answer: str, rng: random.Random) -> str:
+    return str(int(answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
+
+
 def imperfect_answer(problem: TinyProblem, rng: random.Random) -> str:
-    if rng.random() < SFT_CORRECT_FRACTION:
-        return problem.answer
-    return str(int(problem.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
+    return problem.answer if rng.random() < SFT_CORRECT_FRACTION else off_by_a_little(problem.answer, rng)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,11 +207,12 @@ def _train_warm_start(folder: Path, steps: int, seed: int, log) -> None:
 
     def batch_at(step: int):
         batch = [problems[(step * batch_size + i) % len(problems)] for i in range(batch_size)]
-        return _sft_batch(tokenizer, batch, rng, prompt_cache)
+        # prompt + imperfect solution + EOS
+        examples = ((p.question, target_ids(tokenizer, solution_text(imperfect_answer(p, rng)))) for p in batch)
+        return pad_batch(*sft_rows(tokenizer, examples, prompt_cache), tokenizer.pad_token_id)
 
     supervised_steps(model, optimizer, batch_at, steps, log, "sft")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    _save(folder, model, tokenizer)
     (folder / "warm_start.json").write_text(json.dumps({"steps": steps, "seed": seed,
                                                          "version": WARM_START_VERSION}))
 
@@ -240,19 +236,20 @@ def prompt_token_ids(tokenizer, question: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _sft_batch(tokenizer, problems: list[TinyProblem], rng: random.Random,
-               prompt_cache: dict[str, list[int]]):
-    """Token ids and labels (-100 on the prompt) for prompt + imperfect solution + EOS."""
+def target_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def sft_rows(tokenizer, examples, prompt_cache: dict[str, list[int]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each (prompt text, target ids) as the chat template's prompt + the target, and
+    labels (-100 on the prompt); each distinct prompt is rendered once (`prompt_cache` keeps them)."""
     rows, label_rows = [], []
-    for problem in problems:
-        if problem.question not in prompt_cache:
-            prompt_cache[problem.question] = prompt_token_ids(tokenizer, problem.question)
-        prompt_ids = prompt_cache[problem.question]
-        answer_ids = tokenizer(solution_text(imperfect_answer(problem, rng)),
-                               add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(prompt_ids + answer_ids)
-        label_rows.append([-100] * len(prompt_ids) + answer_ids)
-    return pad_batch(rows, label_rows, tokenizer.pad_token_id)
+    for prompt, target in examples:
+        if prompt not in prompt_cache:
+            prompt_cache[prompt] = prompt_token_ids(tokenizer, prompt)
+        rows.append(prompt_cache[prompt] + target)
+        label_rows.append([-100] * len(prompt_cache[prompt]) + target)
+    return rows, label_rows
 
 
 def pad_batch(rows: list[list[int]], label_rows: list[list[int]], pad_id: int):

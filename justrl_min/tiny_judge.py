@@ -32,18 +32,14 @@ def default_cache_dir() -> Path:
     return tiny.cache_root() / f"tiny-judge-v{VERSION}"
 
 
-def response_text(answer: str) -> str:
-    return tiny.solution_text(answer)
-
-
 def labelled_items(count: int, seed: int) -> list[tuple[JudgeItem, str]]:
     """Tiny-task items, half with the right boxed answer (label A), half off by a little (label B)."""
     rng = random.Random(seed)
     items = []
     for problem in tiny.make_problems(count, seed=seed):
         right = rng.random() < 0.5
-        answer = problem.answer if right else str(int(problem.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
-        items.append((JudgeItem(problem.question, problem.answer, response_text(answer)), "A" if right else "B"))
+        answer = problem.answer if right else tiny.off_by_a_little(problem.answer, rng)
+        items.append((JudgeItem(problem.question, problem.answer, tiny.solution_text(answer)), "A" if right else "B"))
     return items
 
 
@@ -80,17 +76,7 @@ def _train(folder: Path, steps: int, seed: int, log) -> None:
 
 
 def _encode(tokenizer, items: list[tuple[JudgeItem, str]]) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of prompt + verdict + EOS, and labels (-100 on the prompt); each distinct prompt is
-    rendered through the chat template once (the tiny task has a few hundred)."""
-    prompt_cache: dict[str, list[int]] = {}
-    verdict_ids = {label: tokenizer(label, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                   for label in ("A", "B")}
-    rows, label_rows = [], []
-    for item, label in items:
-        text = build_prompt(item, TEMPLATE)
-        if text not in prompt_cache:
-            prompt_cache[text] = tiny.prompt_token_ids(tokenizer, text)
-        prompt_ids = prompt_cache[text]
-        rows.append(prompt_ids + verdict_ids[label])
-        label_rows.append([-100] * len(prompt_ids) + verdict_ids[label])
-    return rows, label_rows
+    """Token ids of prompt + verdict + EOS, and labels (-100 on the prompt); the tiny task has a few
+    hundred distinct prompts."""
+    verdict_ids = {label: tiny.target_ids(tokenizer, label) for label in ("A", "B")}
+    return tiny.sft_rows(tokenizer, ((build_prompt(item, TEMPLATE), verdict_ids[label]) for item, label in items), {})
