@@ -16,8 +16,9 @@ mask over the row. Padded: length-sorted, right-padded rows under an ordinary pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -102,8 +103,7 @@ class FullFineTuning:
         del scorer
         return frozen_copy()
 
-    def engine_weights(self, scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
-        return weights_for_engine(scorer, info, dtype)
+    engine_weights = staticmethod(weights_for_engine)  # the policy's tensors as they are
 
     def save_policy(self, folder, model_state: dict[str, torch.Tensor]) -> None:
         self.policy.save_pretrained(folder, state_dict={name.removeprefix(POLICY_PREFIX): value
@@ -161,12 +161,8 @@ class MicroBatch:
         return self.input_ids.numel()
 
     def to(self, device) -> MicroBatch:
-        move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
-        return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                          move(self.target_index), move(self.target_ids), self.response_lengths,
-                          move(self.cu_seqlens), self.max_length,
-                          move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt),
-                          self.prompt_width)
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: t.to(device) for k, t in tensors.items() if isinstance(t, torch.Tensor)})
 
 
 def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
@@ -263,7 +259,10 @@ class MicroBatcher:
                  rows: list[int]) -> Iterator[tuple[list[int], MicroBatch]]:
         """(rows of this micro-batch, the micro-batch on the device), for every micro-batch of `rows`."""
         lengths = [len(prompts[i]) + len(responses[i]) for i in rows]
-        for group in dist.plan_microbatches(lengths, self.max_tokens, self.packed, self.info):
+        groups = plan_microbatches(lengths, self.max_tokens, self.packed)
+        if self.info.enabled:  # every rank runs as many as the rank that needs the most (FSDP collectives in each)
+            groups = split_microbatches(groups, int(dist.all_reduce_max(torch.tensor(len(groups)), self.info).item()))
+        for group in groups:
             idx = [rows[g] for g in group]
             yield idx, build_microbatch(prompts, responses, idx, self.packed, self.pad_id).to(self.device)
 
@@ -357,15 +356,10 @@ class TokenScorer(torch.nn.Module):
     def _token_logprobs(self, hidden: torch.Tensor, target_ids: torch.Tensor, temperature: float,
                         chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         head = self.causal_lm.get_output_embeddings()
-        logps, entropies = [], []
-        for h, ids in zip(hidden.split(chunk_tokens), target_ids.split(chunk_tokens)):
-            if torch.is_grad_enabled():
-                logp, entropy = checkpoint(_chunk_logprob_entropy, h, ids, head, temperature,
-                                           use_reentrant=False)
-            else:
-                logp, entropy = _chunk_logprob_entropy(h, ids, head, temperature)
-            logps.append(logp)
-            entropies.append(entropy)
+        chunk = (functools.partial(checkpoint, _chunk_logprob_entropy, use_reentrant=False) if torch.is_grad_enabled()
+                 else _chunk_logprob_entropy)
+        logps, entropies = zip(*(chunk(h, ids, head, temperature)
+                                 for h, ids in zip(hidden.split(chunk_tokens), target_ids.split(chunk_tokens))))
         return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
 
     def shares_prompts(self, batch: MicroBatch) -> bool:
@@ -392,13 +386,12 @@ def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch
     to float rounding, for (P * prompt + b * response) tokens instead of b * (prompt + response).
     Needs the cache, so not with gradient checkpointing (transformers drops the cache there).
     """
-    ids, prompt_lengths, prompt_of_row = batch.input_ids, batch.prompt_lengths, batch.prompt_of_row
+    ids, prompt_lengths, prompt_of_row, first_rows = (batch.input_ids, batch.prompt_lengths, batch.prompt_of_row,
+                                                      batch.first_row_of_prompt)
     device = ids.device
-    first_rows = batch.first_row_of_prompt
-    prompt_width = batch.prompt_width
-    columns = torch.arange(prompt_width, device=device)
+    columns = torch.arange(batch.prompt_width, device=device)
     prompt_mask = (columns[None] < prompt_lengths[first_rows, None]).long()                 # (P, Lp)
-    prompt_pass = backbone(input_ids=ids[first_rows, :prompt_width], attention_mask=prompt_mask,
+    prompt_pass = backbone(input_ids=ids[first_rows, :batch.prompt_width], attention_mask=prompt_mask,
                            position_ids=columns[None].expand(len(first_rows), -1), use_cache=True)
     cache = prompt_pass.past_key_values
     cache.reorder_cache(prompt_of_row)                                                       # P -> b rows

@@ -97,40 +97,34 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts:
         rows = len(prompt_token_ids) * n
-        generator_seed = sampling.seed
         responses: list[list[int]] = []
         logprobs: list[list[float]] = []
-        truncated: list[bool] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, rows, self.batch_size):
-                if generator_seed is not None:
+                if sampling.seed is not None:
                     # One seed per chunk keeps a step's samples reproducible whatever ran before.
-                    torch.manual_seed(generator_seed + start)
+                    torch.manual_seed(sampling.seed + start)
                 # Row r samples prompt r // n; a chunk may begin or end inside a prompt's group.
                 stop = min(start + self.batch_size, rows)
                 first, last = start // n, (stop - 1) // n
-                out_ids, out_logprobs, out_truncated = self._generate_chunk(
+                out_ids, out_logprobs = self._generate_chunk(
                     prompt_token_ids[first:last + 1], [r // n - first for r in range(start, stop)], sampling)
                 responses += out_ids
                 logprobs += out_logprobs
-                truncated += out_truncated
         finally:
             self.model.train(was_training)
+        truncated = [len(r) == sampling.max_tokens and r[-1] not in self.eos_ids for r in responses]
         return Rollouts(prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)], response_ids=responses,
                         rollout_logprobs=logprobs, truncated=truncated)
 
     def _generate_chunk(self, prompts: list[list[int]], prompt_of_row: list[int], sampling: Sampling):
-        """Sample one row per entry of `prompt_of_row`, an index into `prompts`."""
+        """Sample one row per entry of `prompt_of_row`, an index into `prompts`: (token ids, log-probs) per row."""
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)      # (P, W)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (P, W)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention_mask[i, width - len(p):] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # (P, W)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (P, W)
         row_index = torch.tensor(prompt_of_row, device=device)                          # (B,)
         shared = {}
         # Prefilled here even when no prompt repeats (n = 1, evaluation): generate's own prefill would
@@ -150,13 +144,8 @@ class HFEngine:
             step.float().log_softmax(-1).gather(-1, out.sequences[:, width + t, None]).squeeze(-1)
             for t, step in enumerate(out.scores)
         ], dim=1).cpu()                                                      # (B, L)
-        ids, logprobs, truncated = [], [], []
-        for row, row_logprobs in zip(generated.tolist(), sampled_logprobs.tolist()):
-            length = _response_length(row, self.eos_ids)
-            ids.append(row[:length])
-            logprobs.append(row_logprobs[:length])
-            truncated.append(length == sampling.max_tokens and row[length - 1] not in self.eos_ids)
-        return ids, logprobs, truncated
+        ids = [row[:_response_length(row, self.eos_ids)] for row in generated.tolist()]
+        return ids, [row_logprobs[:len(row)] for row, row_logprobs in zip(ids, sampled_logprobs.tolist())]
 
     def _prefill_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, row_index: torch.Tensor):
         """The KV cache of every prompt but its last token, computed once per distinct prompt and
@@ -193,17 +182,14 @@ class HFCopyEngine(HFEngine):
 
     shares_trainer_weights = False
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
-        super().__init__(model, tokenizer, batch_size=batch_size)
-        self._tensors = model.state_dict()  # the parameters themselves, to copy into in place
-
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        tensors = self.model.state_dict()  # the parameters themselves, to copy into in place
         for name, tensor in named_tensors:
-            if name not in self._tensors:
+            if name not in tensors:
                 raise KeyError(f"HF engine copy: the trainer sent {name!r}, which the copy of "
                                f"{self.model.name_or_path} does not have")
-            self._tensors[name].copy_(tensor)
+            tensors[name].copy_(tensor)
 
 
 def _hf_decoding(sampling: Sampling) -> dict:
@@ -223,10 +209,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _response_length(row: list[int], eos_ids: list[int]) -> int:
     """Length up to and including the first EOS (generate pads finished rows after it)."""
-    for i, token in enumerate(row):
-        if token in eos_ids:
-            return i + 1
-    return len(row)
+    return next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
 
 
 # --------------------------------------------------------------------------------------------------
