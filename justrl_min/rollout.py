@@ -15,8 +15,10 @@ Responses are returned with each prompt's n samples contiguous, which is the lay
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ContextManager, Protocol
 
 import torch
@@ -222,7 +224,7 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 # `processed_logprobs`, the distribution each token was drawn from (what TIS divides by); on CPU no
 # sleep mode and a KV cache given in bytes.
 
-_VLLM_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+_VLLM_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def vllm_engine_kwargs(model_path: str, settings: VLLMSettings, on_cpu: bool, se
         "model": model_path,
         "tensor_parallel_size": s.tensor_parallel_size,
         **memory,
-        "dtype": _VLLM_DTYPES[s.dtype],
+        "dtype": s.dtype,
         "max_model_len": s.max_model_len,
         "seed": s.seed + seed_offset,
         "enforce_eager": s.enforce_eager,
@@ -303,8 +305,6 @@ class VLLMEngine:
     shares_trainer_weights = False
 
     def __init__(self, model_path: str, settings: VLLMSettings = VLLMSettings(), log: Callable[[str], None] = print):
-        import os
-
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -345,13 +345,9 @@ class VLLMEngine:
         if sampling.seed is None:
             params = vllm_sampling_params(sampling, n)
         else:
-            import dataclasses
-            import random
-
             # One seed per prompt (vLLM adds the sample index), distinct across prompts and ranks.
             rng = random.Random(f"{sampling.seed}:{self.dp_rank}")
-            params = [vllm_sampling_params(dataclasses.replace(sampling, seed=rng.getrandbits(31)),
-                                           n) for _ in prompts]
+            params = [vllm_sampling_params(replace(sampling, seed=rng.getrandbits(31)), n) for _ in prompts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
 
         expanded, responses, logprobs, truncated = [], [], [], []
@@ -428,8 +424,6 @@ def _sampled_logprobs(completion) -> list[float]:
 
 
 def _dist_rank() -> int:
-    import os
-
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", "0"))
