@@ -237,9 +237,10 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
                        first_row_of_prompt=torch.tensor([prompt_of_row.index(p) for p in range(len(distinct))]),
                        prompt_width=max(len(prompts[i]) for i in indices))
     # The hidden state at position t predicts token t + 1: sequence j's response tokens are
-    # predicted from flat positions start_j + p_j - 1 onwards, one per response token.
+    # predicted from flat positions start_j + p_j - 1 onwards, one per response token (response
+    # token i of the whole micro-batch is token i - (n_0 + ... + n_{j-1}) of its sequence j).
     n = torch.tensor(response_lengths)
-    target_index = (starts + lengths - n - 1).repeat_interleave(n) + _offsets_within(n)
+    target_index = (starts + lengths - n.cumsum(0) - 1).repeat_interleave(n) + torch.arange(int(n.sum()))
     target_ids = torch.tensor([tok for i in indices for tok in responses[i]], dtype=torch.long)
     return MicroBatch(input_ids, position_ids, attention_mask, target_index, target_ids, response_lengths,
                       cu_seqlens if packed else None, width, **sharing)
@@ -288,12 +289,6 @@ def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
     """Clip the gradient's global norm in place; returns the norm before clipping (whole, under FSDP)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
     return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-
-
-def _offsets_within(lengths: torch.Tensor) -> torch.Tensor:
-    """0..l0-1, 0..l1-1, ... for runs of the given lengths, concatenated."""
-    starts = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
-    return torch.arange(int(lengths.sum()), device=lengths.device) - starts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -409,9 +404,7 @@ def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch
                              use_cache=True)
     hidden = torch.cat([last_prompt_hidden[:, None], response_pass.last_hidden_state], 1)   # (b, Lr + 1, H)
     # Row j's response tokens are predicted from its positions 0 .. len_j - 1 of `hidden`.
-    rows = torch.arange(len(response_lengths), device=device) * (response_width + 1)
-    target_index = rows.repeat_interleave(response_lengths) + _offsets_within(response_lengths)
-    return hidden.reshape(-1, hidden.shape[-1])[target_index]                               # (n, H)
+    return hidden[torch.arange(response_width + 1, device=device)[None] < response_lengths[:, None]]  # (n, H)
 
 
 def _chunk_logprob_entropy(hidden: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Module,

@@ -91,7 +91,6 @@ class HFEngine:
                  gathered: Callable[[], ContextManager[None]] = contextlib.nullcontext):
         self.generating = gathered
         self.model = model
-        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
