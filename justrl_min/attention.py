@@ -92,18 +92,14 @@ def _mask_unless_packed(*args, attention_mask: torch.Tensor | None = None, **kwa
     return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
-def register() -> None:
+def prepare_for_packing(causal_lm: torch.nn.Module) -> None:
+    """Switch a model whose attention would densify packed rows to the per-sequence implementation."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
-    AttentionMaskInterface.register(PACKED_ATTENTION, _mask_unless_packed)
-
-
-def prepare_for_packing(causal_lm: torch.nn.Module) -> None:
-    """Switch a model whose attention would densify packed rows to the per-sequence implementation."""
     if causal_lm.config._attn_implementation in SWITCHED_TO_PACKED:
-        register()
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
+        AttentionMaskInterface.register(PACKED_ATTENTION, _mask_unless_packed)
         causal_lm.set_attn_implementation(PACKED_ATTENTION)
 
 

@@ -127,17 +127,6 @@ def all_reduce_max(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
-def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool, info: DistInfo) -> list[list[int]]:
-    """`model.plan_microbatches`, split further where needed so that every rank runs as many
-    micro-batches as the rank that needs the most (FSDP collectives run in each one)."""
-    from justrl_min import model
-
-    groups = model.plan_microbatches(lengths, max_tokens, packed)
-    if not info.enabled:
-        return groups
-    return model.split_microbatches(groups, int(all_reduce_max(torch.tensor(len(groups)), info).item()))
-
-
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj
@@ -161,7 +150,10 @@ def shard(scorer: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype) -> 
     # Reductions in fp32 even when the parameters are bf16: summing many bf16 gradients loses bits.
     reduce_dtype = torch.float64 if param_dtype == torch.float64 else torch.float32
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    for layer in decoder_layers(scorer):
+    decoder = scorer.causal_lm.get_decoder()
+    if getattr(decoder, "layers", None) is None:
+        raise RuntimeError(f"{type(decoder).__name__} has no `.layers`: cannot shard it per layer")
+    for layer in decoder.layers:
         fully_shard(layer, mp_policy=mp)
     # An untied input embedding is its own unit: gathered only around its forward and backward, and
     # its [vocab, hidden] gradient reduced apart from the LM head's (at 151,936 x 1536, 0.5 GiB in bf16
@@ -179,14 +171,6 @@ def shard(scorer: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype) -> 
         scorer(build_microbatch([[0]], [[0]], [0], packed=True).to(device), 1.0, 1)
     scorer.reshard()  # the root keeps its parameters gathered after a forward; the optimizer needs shards
     return scorer
-
-
-def decoder_layers(scorer: torch.nn.Module) -> list[torch.nn.Module]:
-    decoder = scorer.causal_lm.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise RuntimeError(f"{type(decoder).__name__} has no `.layers`: cannot shard it per layer")
-    return list(layers)
 
 
 def full_model_state(module: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:

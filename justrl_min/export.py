@@ -38,9 +38,8 @@ def load_merged(folder: Path, dtype: str | None = None) -> torch.nn.Module:
     """The checkpoint's policy as a plain transformers model; LoRA adapters merged into their weights."""
     from transformers import AutoModelForCausalLM
 
-    load_dtype = DTYPES[dtype] if dtype else "auto"
     if not is_adapter_folder(folder):
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=load_dtype)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype] if dtype else "auto")
     peft = require_peft()
     # Merged in the stored (float32) dtype, cast after: merging in bf16 would round B A away.
     base = AutoModelForCausalLM.from_pretrained(adapter_base_path(folder), dtype="auto")

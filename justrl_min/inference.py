@@ -13,7 +13,6 @@ import dataclasses
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ContextManager
 
 import torch
 
@@ -32,45 +31,26 @@ class EngineSpec:
     """max_model_len is set per open; sleep mode is off (an inference engine never yields memory mid-use)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in _OPENERS:
-            raise ValueError(f"engine kind must be {' | '.join(_OPENERS)}, got {self.kind!r}")
+        if self.kind not in ("hf", "vllm"):
+            raise ValueError(f"engine kind must be hf | vllm, got {self.kind!r}")
 
-    def open(self, path: str, max_model_len: int) -> ContextManager[RolloutEngine]:
+    @contextlib.contextmanager
+    def open(self, path: str, max_model_len: int) -> Iterator[RolloutEngine]:
         """The engine on the model at `path` (folder, hub id or `tiny`), sized for `max_model_len` tokens."""
-        return _OPENERS[self.kind](self, path, max_model_len)
+        from justrl_min.model import load_causal_lm, load_tokenizer, resolve_model_path
 
-
-@contextlib.contextmanager
-def _open_hf(spec: EngineSpec, path: str, _max_model_len: int) -> Iterator[RolloutEngine]:
-    from justrl_min.model import load_causal_lm, load_tokenizer
-
-    model = load_causal_lm(path, dtype=spec.dtype, device=spec.device, trainable=False)
-    model.config.use_cache = True  # loaded for scoring; generation wants its KV cache
-    try:
-        yield HFEngine(model, load_tokenizer(path), batch_size=spec.hf_batch_size)
-    finally:
-        del model
-        _release_memory()
-
-
-@contextlib.contextmanager
-def _open_vllm(spec: EngineSpec, path: str, max_model_len: int) -> Iterator[RolloutEngine]:
-    from justrl_min.model import resolve_model_path
-
-    settings = dataclasses.replace(spec.vllm, max_model_len=max_model_len, enable_sleep_mode=False)
-    engine = VLLMEngine(resolve_model_path(path), settings)
-    try:
-        yield engine
-    finally:
-        engine.close()
-        del engine
-        _release_memory()
-
-
-_OPENERS = {"hf": _open_hf, "vllm": _open_vllm}
-
-
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        if self.kind == "hf":
+            engine = HFEngine(load_causal_lm(path, dtype=self.dtype, device=self.device, trainable=False),
+                              load_tokenizer(path), batch_size=self.hf_batch_size)
+            engine.model.config.use_cache = True  # loaded for scoring; generation wants its KV cache
+        else:
+            settings = dataclasses.replace(self.vllm, max_model_len=max_model_len, enable_sleep_mode=False)
+            engine = VLLMEngine(resolve_model_path(path), settings)
+        try:
+            yield engine
+        finally:
+            engine.close()
+            del engine
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -79,10 +79,14 @@ class LoraFineTuning:
         # peft injected its layers into `base` in place: the trainer keeps working on the HF model.
         return self.peft_model.get_base_model()
 
-    def reference(self, scorer: torch.nn.Module, frozen_copy: Callable[[], torch.nn.Module]) -> AdaptersDisabled:
-        """The base model is the policy with its adapters off: nothing is loaded (`frozen_copy` unused)."""
+    def reference(self, scorer: torch.nn.Module, frozen_copy: Callable[[], torch.nn.Module]) -> Callable:
+        """The base model is the policy's scorer with its adapters off: nothing is loaded (`frozen_copy` unused)."""
         del frozen_copy
-        return AdaptersDisabled(scorer, self.peft_model)
+
+        def adapters_disabled(*args, **kwargs):
+            with self.peft_model.disable_adapter():
+                return scorer(*args, **kwargs)
+        return adapters_disabled
 
     def engine_weights(self, scorer: torch.nn.Module, info: dist.DistInfo,
                        dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -102,18 +106,6 @@ class LoraFineTuning:
         """The adapters as a PEFT folder (peft keeps the `lora_` entries of the state and drops the rest)."""
         self.peft_model.save_pretrained(folder, state_dict={
             "base_model.model." + name.removeprefix(POLICY_PREFIX): value for name, value in model_state.items()})
-
-
-class AdaptersDisabled:
-    """The policy's scorer with the LoRA adapters switched off: the base model, as the KL reference."""
-
-    def __init__(self, scorer: torch.nn.Module, peft_model):
-        self.scorer = scorer
-        self.peft_model = peft_model
-
-    def __call__(self, *args, **kwargs):
-        with self.peft_model.disable_adapter():
-            return self.scorer(*args, **kwargs)
 
 
 def merged_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]],

@@ -16,8 +16,9 @@ mask over the row. Padded: length-sorted, right-padded rows under an ordinary pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -102,8 +103,7 @@ class FullFineTuning:
         del scorer
         return frozen_copy()
 
-    def engine_weights(self, scorer: torch.nn.Module, info: dist.DistInfo, dtype: torch.dtype):
-        return weights_for_engine(scorer, info, dtype)
+    engine_weights = staticmethod(weights_for_engine)  # the policy's tensors as they are
 
     def save_policy(self, folder, model_state: dict[str, torch.Tensor]) -> None:
         self.policy.save_pretrained(folder, state_dict={name.removeprefix(POLICY_PREFIX): value
@@ -161,12 +161,8 @@ class MicroBatch:
         return self.input_ids.numel()
 
     def to(self, device) -> MicroBatch:
-        move = (lambda t: t.to(device) if t is not None else None)  # noqa: E731
-        return MicroBatch(move(self.input_ids), move(self.position_ids), move(self.attention_mask),
-                          move(self.target_index), move(self.target_ids), self.response_lengths,
-                          move(self.cu_seqlens), self.max_length,
-                          move(self.prompt_lengths), move(self.prompt_of_row), move(self.first_row_of_prompt),
-                          self.prompt_width)
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: t.to(device) for k, t in tensors.items() if isinstance(t, torch.Tensor)})
 
 
 def plan_microbatches(lengths: list[int], max_tokens: int, packed: bool) -> list[list[int]]:
@@ -241,9 +237,10 @@ def build_microbatch(prompts: list[list[int]], responses: list[list[int]], indic
                        first_row_of_prompt=torch.tensor([prompt_of_row.index(p) for p in range(len(distinct))]),
                        prompt_width=max(len(prompts[i]) for i in indices))
     # The hidden state at position t predicts token t + 1: sequence j's response tokens are
-    # predicted from flat positions start_j + p_j - 1 onwards, one per response token.
+    # predicted from flat positions start_j + p_j - 1 onwards, one per response token (response
+    # token i of the whole micro-batch is token i - (n_0 + ... + n_{j-1}) of its sequence j).
     n = torch.tensor(response_lengths)
-    target_index = (starts + lengths - n - 1).repeat_interleave(n) + _offsets_within(n)
+    target_index = (starts + lengths - n.cumsum(0) - 1).repeat_interleave(n) + torch.arange(int(n.sum()))
     target_ids = torch.tensor([tok for i in indices for tok in responses[i]], dtype=torch.long)
     return MicroBatch(input_ids, position_ids, attention_mask, target_index, target_ids, response_lengths,
                       cu_seqlens if packed else None, width, **sharing)
@@ -263,7 +260,10 @@ class MicroBatcher:
                  rows: list[int]) -> Iterator[tuple[list[int], MicroBatch]]:
         """(rows of this micro-batch, the micro-batch on the device), for every micro-batch of `rows`."""
         lengths = [len(prompts[i]) + len(responses[i]) for i in rows]
-        for group in dist.plan_microbatches(lengths, self.max_tokens, self.packed, self.info):
+        groups = plan_microbatches(lengths, self.max_tokens, self.packed)
+        if self.info.enabled:  # every rank runs as many as the rank that needs the most (FSDP collectives in each)
+            groups = split_microbatches(groups, int(dist.all_reduce_max(torch.tensor(len(groups)), self.info).item()))
+        for group in groups:
             idx = [rows[g] for g in group]
             yield idx, build_microbatch(prompts, responses, idx, self.packed, self.pad_id).to(self.device)
 
@@ -289,12 +289,6 @@ def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
     """Clip the gradient's global norm in place; returns the norm before clipping (whole, under FSDP)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
     return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-
-
-def _offsets_within(lengths: torch.Tensor) -> torch.Tensor:
-    """0..l0-1, 0..l1-1, ... for runs of the given lengths, concatenated."""
-    starts = (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
-    return torch.arange(int(lengths.sum()), device=lengths.device) - starts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,15 +351,10 @@ class TokenScorer(torch.nn.Module):
     def _token_logprobs(self, hidden: torch.Tensor, target_ids: torch.Tensor, temperature: float,
                         chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         head = self.causal_lm.get_output_embeddings()
-        logps, entropies = [], []
-        for h, ids in zip(hidden.split(chunk_tokens), target_ids.split(chunk_tokens)):
-            if torch.is_grad_enabled():
-                logp, entropy = checkpoint(_chunk_logprob_entropy, h, ids, head, temperature,
-                                           use_reentrant=False)
-            else:
-                logp, entropy = _chunk_logprob_entropy(h, ids, head, temperature)
-            logps.append(logp)
-            entropies.append(entropy)
+        chunk = (functools.partial(checkpoint, _chunk_logprob_entropy, use_reentrant=False) if torch.is_grad_enabled()
+                 else _chunk_logprob_entropy)
+        logps, entropies = zip(*(chunk(h, ids, head, temperature)
+                                 for h, ids in zip(hidden.split(chunk_tokens), target_ids.split(chunk_tokens))))
         return torch.cat(logps), torch.cat(entropies)                        # (n,), (n,)
 
     def shares_prompts(self, batch: MicroBatch) -> bool:
@@ -392,13 +381,12 @@ def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch
     to float rounding, for (P * prompt + b * response) tokens instead of b * (prompt + response).
     Needs the cache, so not with gradient checkpointing (transformers drops the cache there).
     """
-    ids, prompt_lengths, prompt_of_row = batch.input_ids, batch.prompt_lengths, batch.prompt_of_row
+    ids, prompt_lengths, prompt_of_row, first_rows = (batch.input_ids, batch.prompt_lengths, batch.prompt_of_row,
+                                                      batch.first_row_of_prompt)
     device = ids.device
-    first_rows = batch.first_row_of_prompt
-    prompt_width = batch.prompt_width
-    columns = torch.arange(prompt_width, device=device)
+    columns = torch.arange(batch.prompt_width, device=device)
     prompt_mask = (columns[None] < prompt_lengths[first_rows, None]).long()                 # (P, Lp)
-    prompt_pass = backbone(input_ids=ids[first_rows, :prompt_width], attention_mask=prompt_mask,
+    prompt_pass = backbone(input_ids=ids[first_rows, :batch.prompt_width], attention_mask=prompt_mask,
                            position_ids=columns[None].expand(len(first_rows), -1), use_cache=True)
     cache = prompt_pass.past_key_values
     cache.reorder_cache(prompt_of_row)                                                       # P -> b rows
@@ -416,9 +404,7 @@ def _shared_prompt_hidden(backbone: torch.nn.Module, batch: MicroBatch) -> torch
                              use_cache=True)
     hidden = torch.cat([last_prompt_hidden[:, None], response_pass.last_hidden_state], 1)   # (b, Lr + 1, H)
     # Row j's response tokens are predicted from its positions 0 .. len_j - 1 of `hidden`.
-    rows = torch.arange(len(response_lengths), device=device) * (response_width + 1)
-    target_index = rows.repeat_interleave(response_lengths) + _offsets_within(response_lengths)
-    return hidden.reshape(-1, hidden.shape[-1])[target_index]                               # (n, H)
+    return hidden[torch.arange(response_width + 1, device=device)[None] < response_lengths[:, None]]  # (n, H)
 
 
 def _chunk_logprob_entropy(hidden: torch.Tensor, target_ids: torch.Tensor, head: torch.nn.Module,

@@ -15,8 +15,10 @@ Responses are returned with each prompt's n samples contiguous, which is the lay
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ContextManager, Protocol
 
 import torch
@@ -89,7 +91,6 @@ class HFEngine:
                  gathered: Callable[[], ContextManager[None]] = contextlib.nullcontext):
         self.generating = gathered
         self.model = model
-        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -97,40 +98,34 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts:
         rows = len(prompt_token_ids) * n
-        generator_seed = sampling.seed
         responses: list[list[int]] = []
         logprobs: list[list[float]] = []
-        truncated: list[bool] = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, rows, self.batch_size):
-                if generator_seed is not None:
+                if sampling.seed is not None:
                     # One seed per chunk keeps a step's samples reproducible whatever ran before.
-                    torch.manual_seed(generator_seed + start)
+                    torch.manual_seed(sampling.seed + start)
                 # Row r samples prompt r // n; a chunk may begin or end inside a prompt's group.
                 stop = min(start + self.batch_size, rows)
                 first, last = start // n, (stop - 1) // n
-                out_ids, out_logprobs, out_truncated = self._generate_chunk(
+                out_ids, out_logprobs = self._generate_chunk(
                     prompt_token_ids[first:last + 1], [r // n - first for r in range(start, stop)], sampling)
                 responses += out_ids
                 logprobs += out_logprobs
-                truncated += out_truncated
         finally:
             self.model.train(was_training)
+        truncated = [len(r) == sampling.max_tokens and r[-1] not in self.eos_ids for r in responses]
         return Rollouts(prompt_ids=[list(p) for p in prompt_token_ids for _ in range(n)], response_ids=responses,
                         rollout_logprobs=logprobs, truncated=truncated)
 
     def _generate_chunk(self, prompts: list[list[int]], prompt_of_row: list[int], sampling: Sampling):
-        """Sample one row per entry of `prompt_of_row`, an index into `prompts`."""
+        """Sample one row per entry of `prompt_of_row`, an index into `prompts`: (token ids, log-probs) per row."""
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)      # (P, W)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)             # (P, W)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention_mask[i, width - len(p):] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # (P, W)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (P, W)
         row_index = torch.tensor(prompt_of_row, device=device)                          # (B,)
         shared = {}
         # Prefilled here even when no prompt repeats (n = 1, evaluation): generate's own prefill would
@@ -150,13 +145,8 @@ class HFEngine:
             step.float().log_softmax(-1).gather(-1, out.sequences[:, width + t, None]).squeeze(-1)
             for t, step in enumerate(out.scores)
         ], dim=1).cpu()                                                      # (B, L)
-        ids, logprobs, truncated = [], [], []
-        for row, row_logprobs in zip(generated.tolist(), sampled_logprobs.tolist()):
-            length = _response_length(row, self.eos_ids)
-            ids.append(row[:length])
-            logprobs.append(row_logprobs[:length])
-            truncated.append(length == sampling.max_tokens and row[length - 1] not in self.eos_ids)
-        return ids, logprobs, truncated
+        ids = [row[:_response_length(row, self.eos_ids)] for row in generated.tolist()]
+        return ids, [row_logprobs[:len(row)] for row, row_logprobs in zip(ids, sampled_logprobs.tolist())]
 
     def _prefill_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, row_index: torch.Tensor):
         """The KV cache of every prompt but its last token, computed once per distinct prompt and
@@ -193,17 +183,14 @@ class HFCopyEngine(HFEngine):
 
     shares_trainer_weights = False
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64):
-        super().__init__(model, tokenizer, batch_size=batch_size)
-        self._tensors = model.state_dict()  # the parameters themselves, to copy into in place
-
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        tensors = self.model.state_dict()  # the parameters themselves, to copy into in place
         for name, tensor in named_tensors:
-            if name not in self._tensors:
+            if name not in tensors:
                 raise KeyError(f"HF engine copy: the trainer sent {name!r}, which the copy of "
                                f"{self.model.name_or_path} does not have")
-            self._tensors[name].copy_(tensor)
+            tensors[name].copy_(tensor)
 
 
 def _hf_decoding(sampling: Sampling) -> dict:
@@ -223,10 +210,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _response_length(row: list[int], eos_ids: list[int]) -> int:
     """Length up to and including the first EOS (generate pads finished rows after it)."""
-    for i, token in enumerate(row):
-        if token in eos_ids:
-            return i + 1
-    return len(row)
+    return next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +223,7 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 # `processed_logprobs`, the distribution each token was drawn from (what TIS divides by); on CPU no
 # sleep mode and a KV cache given in bytes.
 
-_VLLM_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+_VLLM_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -286,7 +270,7 @@ def vllm_engine_kwargs(model_path: str, settings: VLLMSettings, on_cpu: bool, se
         "model": model_path,
         "tensor_parallel_size": s.tensor_parallel_size,
         **memory,
-        "dtype": _VLLM_DTYPES[s.dtype],
+        "dtype": s.dtype,
         "max_model_len": s.max_model_len,
         "seed": s.seed + seed_offset,
         "enforce_eager": s.enforce_eager,
@@ -320,8 +304,6 @@ class VLLMEngine:
     shares_trainer_weights = False
 
     def __init__(self, model_path: str, settings: VLLMSettings = VLLMSettings(), log: Callable[[str], None] = print):
-        import os
-
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -362,13 +344,9 @@ class VLLMEngine:
         if sampling.seed is None:
             params = vllm_sampling_params(sampling, n)
         else:
-            import dataclasses
-            import random
-
             # One seed per prompt (vLLM adds the sample index), distinct across prompts and ranks.
             rng = random.Random(f"{sampling.seed}:{self.dp_rank}")
-            params = [vllm_sampling_params(dataclasses.replace(sampling, seed=rng.getrandbits(31)),
-                                           n) for _ in prompts]
+            params = [vllm_sampling_params(replace(sampling, seed=rng.getrandbits(31)), n) for _ in prompts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
 
         expanded, responses, logprobs, truncated = [], [], [], []
@@ -445,8 +423,6 @@ def _sampled_logprobs(completion) -> list[float]:
 
 
 def _dist_rank() -> int:
-    import os
-
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return int(os.environ.get("RANK", "0"))
