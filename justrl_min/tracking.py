@@ -64,7 +64,7 @@ class Tracker:
 
     def log_events(self, episodes: list[Episode]) -> None:
         """Health episodes that opened at this step: printed, and kept in metrics.jsonl and TensorBoard."""
-        if not self.enabled:
+        if not self.enabled or not episodes:  # most steps open none: `log` has flushed already
             return
         for episode in episodes:
             name = f"health/{episode.check}"
