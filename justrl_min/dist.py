@@ -9,9 +9,11 @@ when the parameters are bf16. NCCL on GPUs, gloo on CPU (which is how the tests 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -105,6 +107,27 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int]:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a process that torchrun started (WORLD_SIZE > 1) with `code`, after `shutdown`: the exit
+    handlers run and stdout and stderr are flushed, but CPython's interpreter teardown is skipped.
+    In one process it returns.
+
+    Why: gloo has no shutdown for its worker threads, and after `fully_shard` the process group
+    outlives `destroy_process_group` (measured: its threads keep running), so they are still there
+    while the interpreter finalizes. A thread that takes the GIL then is ended with `pthread_exit`
+    (CPython's rule), and unwinding a C++ thread through a `noexcept` frame aborts the whole process:
+    "terminate called without an active exception", SIGABRT, after a run that had finished and
+    saved. That message ended a rank of a CI two-rank test on 2026-12-02; pytorch/pytorch#179291
+    describes the same teardown.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

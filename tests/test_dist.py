@@ -74,6 +74,19 @@ def test_two_rank_lora_run_checkpoints_adapters_and_resumes_as_one_process(warm_
     assert all(m["train/grad_norm"] > 0 for m in metrics)
 
 
+def test_a_torchrun_worker_exits_with_its_code_after_the_exit_handlers_and_a_flush():
+    # stdout is a pipe here, so "finished" sits in Python's buffer until exit_worker flushes it.
+    code = ("import atexit; from justrl_min import dist; atexit.register(print, 'exit handler'); "
+            "print('finished', end=''); dist.exit_worker(3); print('not reached')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    worker = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**env, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)})
+    assert (worker.returncode, worker.stdout) == (3, "finishedexit handler\n"), worker.stderr
+    alone = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env={**env, "WORLD_SIZE": "1", "PYTHONPATH": str(ROOT)})
+    assert (alone.returncode, alone.stdout) == (0, "finishednot reached\nexit handler\n"), alone.stderr
+
+
 def test_streamed_full_tensors_match_the_full_state_dict(tmp_path):
     out = tmp_path / "stream.json"
     torchrun([str(ROOT / "tests/dist/stream_weights.py"), str(out)])

@@ -128,3 +128,4 @@ def main(out_path: str, layout: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "packed")
+    dist.exit_worker(0)

@@ -27,3 +27,4 @@ def main(out_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    dist.exit_worker(0)
