@@ -116,11 +116,14 @@ def exit_worker(code: int) -> None:
 
     Why: gloo has no shutdown for its worker threads, and after `fully_shard` the process group
     outlives `destroy_process_group` (measured: its threads keep running), so they are still there
-    while the interpreter finalizes. A thread that takes the GIL then is ended with `pthread_exit`
-    (CPython's rule), and unwinding a C++ thread through a `noexcept` frame aborts the whole process:
-    "terminate called without an active exception", SIGABRT, after a run that had finished and
-    saved. That message ended a rank of a CI two-rank test on 2026-12-02; pytorch/pytorch#179291
-    describes the same teardown.
+    while the interpreter finalizes. One that is still freeing a finished collective's tensors then
+    needs the GIL to drop their Python objects; CPython ends a thread that asks for the GIL during
+    finalization with `pthread_exit`, and that unwind through the work's destructor (`noexcept`)
+    aborts the whole process: "terminate called without an active exception", SIGABRT, after a run
+    that had finished and saved. The stack of such an abort here: `ProcessGroupGloo::runLoop` ->
+    `~AsyncAllreduceWork` -> `TensorImpl::decref_pyobject` -> `take_gil` -> `pthread_exit` ->
+    `std::terminate`. The same message ended a rank of a CI two-rank test on 2026-12-02;
+    pytorch/pytorch#179291 describes the same teardown.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
