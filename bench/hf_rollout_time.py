@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+                   help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
     args = p.parse_args(argv)
     if args.smoke:
         args = p.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
@@ -67,4 +67,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

@@ -254,7 +254,7 @@ def main(argv=None):
                         help="measure naive at the full T only if predicted to stay under this")
     parser.add_argument("--worker", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+                        help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
@@ -326,4 +326,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

@@ -48,9 +48,10 @@ try:
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from justrl_min import tiny
-from justrl_min import dist, standin
+from justrl_min import dist
+from justrl_min.tools import standin
 from justrl_min.config import LoraConfig
-from justrl_min.lora import LoraFineTuning
+from justrl_min.variants.lora import LoraFineTuning
 from justrl_min.model import FullFineTuning, TokenScorer, build_microbatch, trainable_parameters
 from justrl_min.optim import build_adamw
 
@@ -239,4 +240,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

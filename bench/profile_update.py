@@ -34,7 +34,7 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="extra key=value recipe overrides")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+                        help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
@@ -77,4 +77,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

@@ -43,7 +43,7 @@ from rehearsal import build_standin  # noqa: E402  (bench/, the script's own fol
 
 from justrl_min import dist  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
-from justrl_min.estimate import ModelShape, measure_cpu  # noqa: E402
+from justrl_min.tools.estimate import ModelShape, measure_cpu  # noqa: E402
 from justrl_min.host_memory import huge_pages_status  # noqa: E402
 from justrl_min.model import (  # noqa: E402
     DTYPES,
@@ -254,4 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from justrl_min.checkpoint import Checkpointer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
-from justrl_min.estimate import (  # noqa: E402
+from justrl_min.tools.estimate import (  # noqa: E402
     GiB,
     Hardware,
     ModelShape,
@@ -95,7 +95,7 @@ def build_standin(out: Path, layers: int, narrow: bool) -> tuple[Path, float]:
     if (folder / "config.json").is_file():
         return folder, 0.0
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "justrl_min.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
+    subprocess.run([sys.executable, "-m", "justrl_min.tools.standin", "deepseek-r1-distill-qwen-1.5b", "--out",
                     str(folder), "--layers", str(layers), "--seed", "0", *(["--narrow-test-variant"] * narrow)],
                    check=True, cwd=ROOT)
     return folder, time.perf_counter() - start
@@ -407,4 +407,7 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

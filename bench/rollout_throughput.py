@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+                   help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.smoke:
@@ -134,4 +134,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

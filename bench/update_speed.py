@@ -120,7 +120,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes, seconds: the check CI runs (tests/test_bench_smoke.py)")
+                        help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
     args = parser.parse_args(argv)
     if args.smoke:
         args = parser.parse_args([*SMOKE, *(sys.argv[1:] if argv is None else argv)])
@@ -159,4 +159,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from justrl_min.host_memory import ask_for_huge_pages
+
+    ask_for_huge_pages()  # as the entry points do: before torch's first large allocation
     main()

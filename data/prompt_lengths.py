@@ -6,7 +6,7 @@
 Prompts are built as the trainer builds them: `justrl_min.data.load_problems` (schema adapters, gold
 cleanup, the recipe's `strip_dapo_instruction`), then `build_prompt_ids` with the recipe's suffix
 through the chat template, so a length here is what `data.max_prompt_length` compares. The
-tokenizer is the stand-in's (`justrl_min.standin`, built in memory, no weights); the evaluator's
+tokenizer is the stand-in's (`justrl_min.tools.standin`, built in memory, no weights); the evaluator's
 own suffix (`evaluate.EVAL_SUFFIX`) is reported beside the recipe's. Gold lengths are the cleaned
 gold's tokens without special tokens.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from justrl_min import standin  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import Problem, build_prompt_ids, load_problems  # noqa: E402
-from justrl_min.evaluate import BENCHMARKS, EVAL_SUFFIX  # noqa: E402
+from justrl_min.eval.evaluate import BENCHMARKS, EVAL_SUFFIX  # noqa: E402
 
 RECIPE = ROOT / "recipes/deepseek_1p5b.yaml"
 DAPO_SAMPLE = ROOT / "tests/data/dapo_schema_sample.jsonl"

@@ -1,13 +1,14 @@
 """justrl-min: a small, exact RL-from-verifiable-rewards trainer for math LLMs (the JustRL recipe).
 
-The parts are plain modules to import on their own: `justrl_min.algo` (advantages and the clipped PPO
-loss as tensor functions), `justrl_min.reward` (the boxed-answer verifier), `justrl_min.config`
-(recipes), `justrl_min.trainer` (the loop). The `justrl` command runs them; `justrl --help` lists its
-subcommands. Importing the package imports nothing heavy.
+The modules in this folder are the JustRL loop and only what it needs; read `trainer.py` first. The
+folders beside them hold what a recipe may add and what runs around a run (README, "Map of the code"):
+
+    variants/   options a recipe turns on (critic + GAE, LoRA, reward functions and models, per-source
+                graders, DeepScaleR's grader, vLLM rollouts); each loaded only when the config asks
+    eval/       benchmarks, the paper's two evaluation protocols, the model judge
+    tools/      the `justrl` commands: doctor, curves, estimate, stand-in, export, audit, data preparation
+
+Importing the package imports nothing and changes nothing; the `justrl` command runs the parts.
 """
 
 __version__ = "0.1.0"
-
-from justrl_min.host_memory import ask_for_huge_pages
-
-ask_for_huge_pages()  # before torch's first large allocation, which reads the switch

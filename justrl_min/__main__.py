@@ -1,7 +1,7 @@
-"""`python -m justrl_min SUBCOMMAND ...` is the `justrl` command (justrl_min/cli.py)."""
+"""`python -m justrl_min SUBCOMMAND ...` is the `justrl` command (justrl_min/tools/cli.py)."""
 
 import sys
 
-from justrl_min.cli import main
+from justrl_min.tools.cli import main
 
 sys.exit(main())

@@ -56,7 +56,7 @@ class LoraConfig:
     """LoRA adapters on the policy through `peft` (`pip install 'justrl-min[lora]'`): only the adapters
     train and sit in the optimizer; the KL reference is the base model with the adapters switched off
     (no second copy); checkpoints hold the adapters as a PEFT folder; the rollout engine gets the
-    merged weights W + (alpha / rank) B A every step. `python -m justrl_min.export` writes a merged
+    merged weights W + (alpha / rank) B A every step. `python -m justrl_min.tools.export` writes a merged
     plain Hugging Face folder."""
     rank: int = 0
     """Adapter rank r; 0 is off (full fine-tuning, the JustRL recipe)."""
@@ -219,7 +219,7 @@ class TrainConfig:
     its KV cache, instead of the prompt once per response. auto: in each padded micro-batch where
     that runs at most 75% of its token positions, unless gradient checkpointing is on (it drops the
     cache); true: in every padded micro-batch; false: never. Float rounding aside, the same
-    log-probs and gradients (tests/test_model.py)."""
+    log-probs and gradients (tests/core/test_model.py)."""
     lr: float = 1e-6
     warmup_steps: int = 10
     """Optimizer updates of linear warm-up, then constant."""
@@ -228,7 +228,7 @@ class TrainConfig:
     adamw: str = "auto"
     """auto | fused | default: torch's fused AdamW kernel (one pass over all parameters; ~10x faster
     at real width on CPU, bench/real_width.py) or its default per-device implementation. auto picks
-    fused wherever torch has it; the two agree to float rounding (tests/test_optim.py). Logged at start.
+    fused wherever torch has it; the two agree to float rounding (tests/core/test_optim.py). Logged at start.
     Applies to the policy and the critic."""
     grad_clip: float = 1.0
     max_skipped_steps: int = 5
@@ -242,7 +242,7 @@ class TrainConfig:
 class RewardConfig:
     mode: str = "symbolic"
     """symbolic (math-verify equivalence) | exact (JustRL's strict string match of the last box) |
-    deepscaler (DeepScaleR's rule grader, justrl_min.deepscaler; the paper's "robust verifier" ablation)."""
+    deepscaler (DeepScaleR's rule grader, justrl_min.variants.deepscaler; the paper's "robust verifier" ablation)."""
     correct: float = 1.0
     incorrect: float = 0.0
     timeout_s: float = 10.0
@@ -267,7 +267,7 @@ class RewardConfig:
     the function / model alone (the verifier still runs for train/accuracy)."""
     overlong_buffer: int = 0
     """Tokens before rollout.max_response_length where DAPO's soft overlong penalty ramps in
-    (justrl_min.shaping.overlong_penalty; the paper's ablation: 4096). 0: off."""
+    (justrl_min.variants.shaping.overlong_penalty; the paper's ablation: 4096). 0: off."""
     overlong_penalty: float = 1.0
     """The overlong penalty's factor: a response of max_response_length tokens (EOS counted) gets
     -overlong_penalty added to its reward, right or wrong."""
@@ -302,14 +302,14 @@ class EvalConfig:
     """Rule grader of evaluation: math-verify (reward.py's symbolic mode) | math-verify-unboxed (no box
     needed: verl's validation, the paper's Fig. 1 curve) | deepscaler (DeepScaleR's rules, the paper's
     Table 3 pipeline) | exact (strict string match of the last box). Independent of reward.mode, so
-    runs trained with different rewards are evaluated alike (justrl_min.protocols)."""
+    runs trained with different rewards are evaluated alike (justrl_min.eval.protocols)."""
     judge: str = ""
-    """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.judge) asked about every
+    """Folder or hub id of a model verifier (CompassVerifier-style, justrl_min.eval.judge) asked about every
     response the grader rejects; its exact answer `A` counts as correct. It runs on an engine of
     rollout.engine's kind, opened for each evaluation and closed after it. Empty: no judge."""
     judge_prompt: str = ""
     """File with the judge's prompt template (str.format fields {question}, {gold_answer},
-    {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.judge.DEFAULT_TEMPLATE."""
+    {llm_response}; e.g. CompassVerifier's official prompt). Empty: justrl_min.eval.judge.DEFAULT_TEMPLATE."""
 
 
 @dataclass
@@ -332,7 +332,7 @@ class LogConfig:
 @dataclass
 class HealthConfig:
     """Thresholds of the health checks (justrl_min/health.py), read live by the trainer and after the
-    fact by `python -m justrl_min.doctor`. The defaults fit a real reasoning-model run; the tiny
+    fact by `python -m justrl_min.tools.doctor`. The defaults fit a real reasoning-model run; the tiny
     recipe sets its own. Trend checks read an exponential moving average over `smooth_steps`."""
     smooth_steps: int = 10
     """EMA span (steps) of the smoothed metrics the trend checks read."""

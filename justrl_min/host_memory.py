@@ -7,8 +7,9 @@ at real width allocates and frees the same large buffers every micro-batch (the 
 gradient: 933 MB each at 151,936 x 1536 in fp32). The kernel then takes one page fault per 4 KiB
 page. torch's own switch THP_MEM_ALLOC_ENABLE=1 aligns allocations of 2 MiB and more to 2 MiB and
 asks for huge pages (madvise), 512 times fewer faults: the stand-in's update measured ~25% faster
-with it (bench/real_width.py). torch reads the switch at its first large allocation, so the package
-sets it on import unless the environment already says (THP_MEM_ALLOC_ENABLE=0 turns it off).
+with it (bench/real_width.py). torch reads the switch at its first large allocation, so the entry points
+(`justrl`, `python train.py`, `python eval.py`) set it before any, unless the environment already says
+(THP_MEM_ALLOC_ENABLE=0 turns it off). Importing the package changes no environment variable.
 """
 
 from __future__ import annotations

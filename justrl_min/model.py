@@ -114,7 +114,7 @@ def fine_tuning(lora, seed: int):
     """Full fine-tuning, or LoRA adapters when `model.lora.rank` > 0; chosen once at start-up."""
     if lora.rank == 0:
         return FullFineTuning()
-    from justrl_min.lora import LoraFineTuning
+    from justrl_min.variants.lora import LoraFineTuning
 
     return LoraFineTuning(lora, seed)
 

@@ -4,7 +4,7 @@ torch's fused AdamW kernel (CPU and CUDA) updates every parameter in one pass; w
 steps tensor by tensor on CPU and with `foreach` kernels on CUDA, making several full-size
 temporaries per step. At the stand-in's 560M fp32 parameters the unfused step measured 5.8-6.3 s on
 this project's CPU against 0.60 s fused (issue 24; bench/real_width.py measures it again). Both
-compute the same update up to float rounding (tests/test_optim.py states the tolerance).
+compute the same update up to float rounding (tests/core/test_optim.py states the tolerance).
 """
 
 from __future__ import annotations

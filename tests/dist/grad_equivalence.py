@@ -60,7 +60,7 @@ def build_policy(layout: str) -> torch.nn.Module:
                              tie_embeddings=layout != "packed").double()
     if layout != "lora":
         return model
-    from justrl_min.lora import LoraFineTuning
+    from justrl_min.variants.lora import LoraFineTuning
 
     policy = LoraFineTuning(LoraConfig(rank=4, alpha=8.0), seed=0).load_policy(lambda _: model, "", None).double()
     generator = torch.Generator().manual_seed(1)
