@@ -1,4 +1,5 @@
-"""`python train.py RECIPE [section.key=value ...]`: the checkout's form of `justrl train` (justrl_min/tools/train_cli.py)."""
+"""`python train.py RECIPE [section.key=value ...]`: the checkout's form of `justrl train`
+(justrl_min/tools/train_cli.py)."""
 
 import sys
 

@@ -49,11 +49,11 @@ except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from justrl_min import tiny
 from justrl_min import dist
-from justrl_min.tools import standin
 from justrl_min.config import LoraConfig
-from justrl_min.variants.lora import LoraFineTuning
 from justrl_min.model import FullFineTuning, TokenScorer, build_microbatch, trainable_parameters
 from justrl_min.optim import build_adamw
+from justrl_min.tools import standin
+from justrl_min.variants.lora import LoraFineTuning
 
 STANDIN = "deepseek-r1-distill-qwen-1.5b"
 
@@ -108,7 +108,7 @@ def measure(build, tuning, batch, repeats: int) -> dict[str, float]:
 
 
 def adapter_serving_engine_class():
-    from justrl_min.rollout import VLLMEngine, vllm_engine_kwargs
+    from justrl_min.variants.vllm_engine import VLLMEngine, vllm_engine_kwargs
 
     class AdapterServingEngine(VLLMEngine):
         """`VLLMEngine.generate` over an LLM built with vLLM's LoRA layers, every request through `request`
@@ -139,7 +139,8 @@ def vllm_sync_comparison(rank: int, repeats: int) -> None:
     from justrl_min.config import load_recipe
     from justrl_min.data import load_problems, tokenize_problems
     from justrl_min.model import MicroBatcher, load_causal_lm, load_tokenizer
-    from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings
+    from justrl_min.rollout import Sampling
+    from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings
 
     AdapterServingEngine = adapter_serving_engine_class()  # noqa: N806 (a class, defined where vLLM is imported)
 

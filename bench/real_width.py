@@ -43,7 +43,6 @@ from rehearsal import build_standin  # noqa: E402  (bench/, the script's own fol
 
 from justrl_min import dist  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
-from justrl_min.tools.estimate import ModelShape, measure_cpu  # noqa: E402
 from justrl_min.host_memory import huge_pages_status  # noqa: E402
 from justrl_min.model import (  # noqa: E402
     DTYPES,
@@ -55,7 +54,9 @@ from justrl_min.model import (  # noqa: E402
     load_tokenizer,
 )
 from justrl_min.optim import build_adamw  # noqa: E402
-from justrl_min.rollout import Rollouts, Sampling, build_engine  # noqa: E402
+from justrl_min.options import rollout_engine  # noqa: E402
+from justrl_min.rollout import Rollouts, Sampling  # noqa: E402
+from justrl_min.tools.estimate import ModelShape, measure_cpu  # noqa: E402
 from justrl_min.trainer import PolicyUpdate, fast_compute_dtype, prepare_batch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
@@ -167,7 +168,7 @@ def bench_rollout(standin: Path, overrides: list[str], rollouts: Rollouts, engin
                              device=torch.device("cpu"))
     policy = load(str(standin))
     start = time.perf_counter()
-    engine = build_engine(cfg, policy, tokenizer, contextlib.nullcontext, False, log=lambda _: None)
+    engine = rollout_engine(cfg, policy, tokenizer, contextlib.nullcontext, False, log=lambda _: None)
     start_s = time.perf_counter() - start
     n = sum(1 for p in rollouts.prompt_ids if p is rollouts.prompt_ids[0])
     prompts = rollouts.prompt_ids[::n]

@@ -35,7 +35,8 @@ except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from justrl_min import tiny
 from justrl_min.model import load_causal_lm, load_tokenizer
-from justrl_min.rollout import HFEngine, Sampling, VLLMEngine, VLLMSettings
+from justrl_min.rollout import HFEngine, Sampling
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings
 
 QWEN2_0P5B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
               "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 4096}

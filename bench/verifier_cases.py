@@ -151,8 +151,8 @@ CASES = [
 
 def current_verdicts(case: Case) -> tuple[bool, bool]:
     """(DeepScaleR-style, math-verify) verdicts computed now."""
-    from justrl_min.variants.deepscaler import grade
     from justrl_min.reward import compute_score
+    from justrl_min.variants.deepscaler import grade
 
     return grade(case.response, case.gold), compute_score(case.response, case.gold, mode="symbolic") == 1.0
 

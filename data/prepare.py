@@ -1,4 +1,5 @@
-"""`python data/prepare.py --out DIR ...`: the checkout's form of `justrl prepare-data` (justrl_min/tools/prepare_data.py)."""
+"""`python data/prepare.py --out DIR ...`: the checkout's form of `justrl prepare-data`
+(justrl_min/tools/prepare_data.py)."""
 
 import sys
 from pathlib import Path

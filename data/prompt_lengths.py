@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from justrl_min import standin  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import Problem, build_prompt_ids, load_problems  # noqa: E402
 from justrl_min.eval.evaluate import BENCHMARKS, EVAL_SUFFIX  # noqa: E402
+from justrl_min.tools import standin  # noqa: E402
 
 RECIPE = ROOT / "recipes/deepseek_1p5b.yaml"
 DAPO_SAMPLE = ROOT / "tests/data/dapo_schema_sample.jsonl"

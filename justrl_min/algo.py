@@ -294,3 +294,10 @@ def adaptive_kl_coef(kl_coef: float, observed_kl: float, target: float, horizon:
     horizon, so it grows while the KL overshoots the target and shrinks while it undershoots."""
     error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + error * batch_size / horizon)
+
+
+def without_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """The loss mask (N, T) with every token of a truncated response (``truncated`` (N,) True) off:
+    overlong filtering (DAPO section 3.4; TRL's ``mask_truncated_completions``). Those responses keep
+    their reward and still count in their group's baseline."""
+    return mask * (~truncated.bool()).to(mask.dtype)[:, None]

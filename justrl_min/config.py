@@ -20,17 +20,10 @@ from typing import Any
 
 import yaml
 
-from justrl_min.reward import GRADERS
-
-TRAINING_MODES = ("symbolic", "exact", "deepscaler")
-"""The verifier modes a training reward may use (reward.mode, reward.by_source); `unboxed` reproduces
-an evaluation protocol and is no training reward."""
+from justrl_min.errors import ConfigError
+from justrl_min.reward import GRADERS, TRAINING_MODES, check_grader_name
 
 BOXED_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be turned into a valid Config."""
 
 
 @dataclass
@@ -434,9 +427,7 @@ class Config:
         _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",
                  f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off)")
         for source, grader in rw.by_source.items():
-            _require(grader in TRAINING_MODES or ":" in grader, f"reward.by_source.{source}",
-                     f"unknown grader {grader!r}: a verifier mode ({' | '.join(TRAINING_MODES)}) or "
-                     "package.module:callable")
+            check_grader_name(grader, f"reward.by_source.{source}")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
         _require(0 <= lora.dropout < 1, "model.lora.dropout", "must be in [0, 1)")

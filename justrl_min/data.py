@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from justrl_min.reward import extract_boxed
+from justrl_min.reward import extract_boxed, unbox_gold
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
 MANIFEST = "manifest.json"
@@ -176,10 +176,7 @@ def clean_gold(gold: Any) -> str:
         gold = gold[0] if len(gold) == 1 else ", ".join(map(clean_gold, gold))
     if isinstance(gold, float) and gold.is_integer():
         gold = int(gold)
-    text = str(gold).strip()
-    if "\\boxed" in text or "\\fbox" in text:
-        text = extract_boxed(text) or text
-    text = text.strip()
+    text = unbox_gold(str(gold).strip()).strip()
     if len(text) > 2 and text[0] == text[-1] == "$" and "$" not in text[1:-1]:  # OlympiadBench writes "$3$"
         text = text[1:-1].strip()
     return text

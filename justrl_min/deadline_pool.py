@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from justrl_min.errors import load_callable
+
 logger = logging.getLogger(__name__)
 
 HARD_DEADLINE_GRACE_S = 0.5  # the worker's own alarm fires at timeout_s; the parent kills after this
@@ -101,25 +103,6 @@ def call_with_deadline(fn: Callable[..., Any], args: tuple, timeout_s: float | N
         return None, "timeout", str(exc)
     except Exception as exc:  # noqa: BLE001 - not swallowed: the caller counts and logs it
         return None, "error", f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def load_callable(spec: str, key: str = "reward.function") -> Callable:
-    """`package.module:callable` -> the callable, with errors that name the config key and the spec."""
-    import importlib
-
-    from justrl_min.config import ConfigError
-
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{key}={spec!r}: expected the form package.module:callable")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"{key}={spec!r}: cannot import {module_name}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"{key}={spec!r}: {module_name} has no callable {attr!r}")
-    return fn
 
 
 # --------------------------------------------------------------------------- workers

@@ -166,39 +166,6 @@ def barrier(info: DistInfo) -> None:
         torch_dist.barrier()
 
 
-def shard(scorer: torch.nn.Module, info: DistInfo, param_dtype: torch.dtype) -> torch.nn.Module:
-    """FSDP2: shard each decoder layer, the input embedding (unless the LM head shares it), then the
-    root (the rest: final norm, LM head)."""
-    if not info.enabled:
-        return scorer
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    # Reductions in fp32 even when the parameters are bf16: summing many bf16 gradients loses bits.
-    reduce_dtype = torch.float64 if param_dtype == torch.float64 else torch.float32
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    decoder = scorer.causal_lm.get_decoder()
-    if getattr(decoder, "layers", None) is None:
-        raise RuntimeError(f"{type(decoder).__name__} has no `.layers`: cannot shard it per layer")
-    for layer in decoder.layers:
-        fully_shard(layer, mp_policy=mp)
-    # An untied input embedding is its own unit: gathered only around its forward and backward, and
-    # its [vocab, hidden] gradient reduced apart from the LM head's (at 151,936 x 1536, 0.5 GiB in bf16
-    # and 0.9 GiB in fp32 each), instead of the root holding both for the whole step.
-    embedding, head = scorer.causal_lm.get_input_embeddings(), scorer.causal_lm.get_output_embeddings()
-    if getattr(head, "weight", None) is not embedding.weight:
-        fully_shard(embedding, mp_policy=mp)
-    fully_shard(scorer, mp_policy=mp)
-    # FSDP2 initialises lazily on the root's first forward; HF `generate` would otherwise reach the
-    # layers first (it bypasses the root), which FSDP rejects. One token through the root settles it.
-    from justrl_min.model import build_microbatch
-
-    device = next(scorer.parameters()).device
-    with torch.no_grad():
-        scorer(build_microbatch([[0]], [[0]], [0], packed=True).to(device), 1.0, 1)
-    scorer.reshard()  # the root keeps its parameters gathered after a forward; the optimizer needs shards
-    return scorer
-
-
 def full_model_state(module: torch.nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict on CPU, on every rank (collective under FSDP)."""
     if not info.enabled:

@@ -79,11 +79,11 @@ from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
-from justrl_min.deadline_pool import DeadlinePool, Outcome, call_with_deadline, load_callable
+from justrl_min.deadline_pool import DeadlinePool, Outcome, call_with_deadline
+from justrl_min.errors import ConfigError, load_callable
 
 logger = logging.getLogger(__name__)
 
-MODES = ("symbolic", "exact", "deepscaler", "unboxed")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_ANSWER_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 MAX_BRACKET_DEPTH = 8  # bare ( [ { nesting; parse time is ~0.5 s at 8 and ~40 s at 16
@@ -170,8 +170,9 @@ _PYTHON_POWER = re.compile(r"\*\*")
 _BARE_PI = re.compile(r"(?<![\\A-Za-z])pi\b")
 
 
-def _unbox_gold(ground_truth: str) -> str:
-    """A gold stored as ``\\boxed{204}`` is ``204``."""
+def unbox_gold(ground_truth: str) -> str:
+    """A gold stored as ``\\boxed{204}`` (or ``\\fbox``) is ``204``; an unbalanced box is left as it is.
+    The one rule for every reader of golds: the data loader, the verifier, DeepScaleR's grader."""
     boxed = extract_boxed(ground_truth) if "\\boxed" in ground_truth or "\\fbox" in ground_truth else None
     return boxed if boxed is not None else ground_truth
 
@@ -541,10 +542,13 @@ def _exact_match(answer: str, gold: str) -> bool:
     return bool(gold) and answer == gold
 
 
-def _deepscaler_match(answer: str, gold: str) -> bool:
-    from justrl_min import deepscaler  # it imports this module back
+DEEPSCALER_GRADER = "justrl_min.variants.deepscaler:grade_answer"
+"""A variant's rules (justrl_min/variants/deepscaler.py), named here and loaded only by a process
+that grades with them."""
 
-    return deepscaler.grade_answer(answer, gold)
+
+def _deepscaler_match(answer: str, gold: str) -> bool:
+    return load_callable(DEEPSCALER_GRADER, "reward.mode=deepscaler")(answer, gold)
 
 
 def _whole_response(response: str) -> str | None:
@@ -559,7 +563,11 @@ ANSWER_MATCHERS = {"symbolic": _symbolic_match, "exact": _exact_match, "deepscal
                    "unboxed": _unboxed_match}
 """One rule per `reward.mode`, on an extracted answer and an unboxed gold: the part that may raise or
 run long, which the pool's workers call under the per-item deadline."""
-assert tuple(ANSWER_MATCHERS) == tuple(ANSWER_EXTRACTORS) == MODES
+MODES = tuple(ANSWER_MATCHERS)
+assert tuple(ANSWER_EXTRACTORS) == MODES
+TRAINING_MODES = tuple(mode for mode in MODES if mode != "unboxed")
+"""The modes a training reward may use (reward.mode, reward.by_source); `unboxed` reproduces an
+evaluation protocol and is no training reward."""
 _WARMED_UP_MODES = frozenset(("symbolic", "unboxed"))  # the modes that parse with math-verify
 
 GRADERS = {"math-verify": "symbolic", "math-verify-unboxed": "unboxed", "deepscaler": "deepscaler", "exact": "exact"}
@@ -570,7 +578,7 @@ def _judge(response: str, ground_truth: str, mode: str) -> float:
     """1.0 if the answer in ``response`` (its last box, or the whole text for ``unboxed``) is equivalent
     to ``ground_truth``, else 0.0. May raise or run long."""
     answer = ANSWER_EXTRACTORS[mode](response)
-    return 1.0 if answer is not None and ANSWER_MATCHERS[mode](answer, _unbox_gold(ground_truth)) else 0.0
+    return 1.0 if answer is not None and ANSWER_MATCHERS[mode](answer, unbox_gold(ground_truth)) else 0.0
 
 
 # Common answer shapes. ANTLR builds its parse-prediction cache lazily, per process: a fresh
@@ -694,16 +702,18 @@ gold; a `package.module:callable` spec, or a picklable top-level callable, calle
 fn(response, ground_truth) -> float (1.0 correct, 0.0 incorrect) on the whole item."""
 
 
-def check_grader(grader: str, key: str) -> None:
-    """A mode name, or a `package.module:callable` that imports; errors name `key`."""
-    from justrl_min.config import ConfigError
+def check_grader_name(grader: str, key: str) -> None:
+    """A training mode's name, or something of the form `package.module:callable`; errors name `key`."""
+    if grader not in TRAINING_MODES and ":" not in grader:
+        raise ConfigError(f"{key}: unknown grader {grader!r}: a verifier mode ({' | '.join(TRAINING_MODES)}) "
+                          "or package.module:callable")
 
-    if grader in MODES:
-        return
-    if ":" not in grader:
-        raise ConfigError(f"{key}={grader!r}: unknown grader; expected a verifier mode "
-                          f"({' | '.join(MODES)}) or package.module:callable")
-    load_callable(grader, key)
+
+def check_grader(grader: str, key: str) -> None:
+    """`check_grader_name`, and a `package.module:callable` that imports; errors name `key`."""
+    check_grader_name(grader, key)
+    if grader not in TRAINING_MODES:
+        load_callable(grader, key)
 
 
 def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int],
@@ -724,7 +734,7 @@ def _plan_jobs(responses: list[str], ground_truths: list[str], graders: list[int
             continue
         answer = extract(response)
         if answer is not None:
-            key = (grader, answer, _unbox_gold(gold))
+            key = (grader, answer, unbox_gold(gold))
             jobs.setdefault(key, _Job(answer, key[2], [], grader)).indices.append(index)
     return list(jobs.values())
 

@@ -25,10 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from justrl_min import algo, dist
-
-from justrl_min.variants import shaping
-from justrl_min.variants.by_source import build_source_grading
+from justrl_min import algo, dist, options
 from justrl_min.checkpoint import (
     Checkpointer,
     TrainingState,
@@ -40,7 +37,6 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, DataConfig, config_to_dict, save_config
-from justrl_min.variants.critic import build_advantage_estimator, policy_scorer_class
 from justrl_min.data import EpochSampler, PromptSet, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import HealthMonitor
@@ -52,18 +48,18 @@ from justrl_min.model import (
     choose_packing,
     choose_prompt_sharing,
     clip_grad_norm,
-    fine_tuning,
     load_causal_lm,
     load_tokenizer,
     minibatch_rows,
+    shard,
     trainable_parameters,
     unflatten,
 )
 from justrl_min.optim import build_adamw
 from justrl_min.phases import PhaseMeter
 from justrl_min.reward import VerifierPool
-from justrl_min.variants.reward_sources import PENALTY_SOURCES, Samples, build_step_reward
-from justrl_min.rollout import RolloutEngine, Rollouts, Sampling, build_engine
+from justrl_min.rollout import RolloutEngine, Rollouts, Sampling
+from justrl_min.step_reward import PENALTY_SOURCES, Samples, StepReward
 from justrl_min.summary import RunSummary
 from justrl_min.tracking import Tracker, read_metrics
 
@@ -154,7 +150,105 @@ def fast_compute_dtype(cfg: Config, device: torch.device, info: dist.DistInfo) -
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=master, compute_dtype=chosen))
 
 
+@dataclass
+class Run:
+    """A run's parts, built once by `setup` before the loop; the loop only calls them."""
+    cfg: Config
+    info: dist.DistInfo
+    tokenizer: object
+    prompt_set: PromptSet
+    sampler: EpochSampler
+    tuning: object                            # options.fine_tuning: all weights, or LoRA adapters
+    scorer: torch.nn.Module                   # the policy's log-probs (and values, with a shared head)
+    reference: torch.nn.Module | None         # only with algorithm.kl_coef > 0
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    microbatches: MicroBatcher
+    estimator: object                         # options.advantage_estimator
+    update_policy: PolicyUpdate
+    step_reward: StepReward
+    grading: object                           # options.source_grading
+    engine: RolloutEngine
+    compute_dtype: torch.dtype
+    checkpointer: Checkpointer
+    training: TrainingState
+    tracker: Tracker
+    health: HealthMonitor
+    summary: RunSummary
+    start_step: int
+
+
 def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
+    run, t = setup(cfg, device, info), cfg.train
+    skips = SkipCounter(t.max_skipped_steps, cfg.run_dir, run.checkpointer, info)
+    with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
+                                               mode=cfg.reward.mode, graders=run.grading.extra_graders) as pool:
+        for step in range(run.start_step + 1, t.steps + 1):
+            step_started, phase = time.monotonic(), PhaseMeter(device)
+            indices = run.sampler.next_batch(t.prompts_per_step)
+            share = t.prompts_per_step // info.world_size
+            indices = indices[info.rank * share:(info.rank + 1) * share]  # whole groups per rank
+
+            # ---- sample
+            sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_response_length,
+                                seed=_generation_seed(cfg.run.seed, step, info.rank))
+            with phase("rollout"), run.engine.generating():
+                rollouts = run.engine.generate([run.prompt_set.prompt_ids[i] for i in indices], cfg.rollout.n,
+                                               sampling)
+
+            # ---- score
+            with phase("reward"):
+                scores = score_rollouts(run, pool, rollouts, indices, step)
+
+            # ---- old log-probs, then advantages (group baseline, or the critic's GAE)
+            trains = run.estimator.policy_trains(step)
+            with phase("old_logp"):
+                batch = prepare_batch(rollouts, run.microbatches, run.scorer, run.reference,
+                                      run.update_policy.fresh_rows(len(rollouts)) if trains else 0,
+                                      cfg.rollout.tis_cap, t.mask_truncated)
+                batch = run.estimator.with_advantages(scores.rewards, batch)
+
+            # ---- update
+            lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update
+            with phase("update"):
+                update, batch = run.update_policy(batch) if trains else (UpdateStats(), batch)
+                critic_metrics = run.estimator.update(batch)
+            run.training.skipped_total += update.skipped
+            skips.count(step, update, scores.rewards)
+
+            # ---- sync
+            with phase("sync"):
+                run.engine.load_weights(run.tuning.engine_weights(run.scorer, info, run.compute_dtype))
+
+            # ---- log (and evaluate)
+            metrics = {**step_metrics(rollouts, scores, batch, cfg.rollout.n, info), **update.metrics(),
+                       **critic_metrics, **run.grading.metrics(indices, cfg.rollout.n, scores.rewards,
+                                                               scores.correct, info),
+                       "train/lr": lr, "train/skipped_steps": run.training.skipped_total,
+                       "train/reward_timeouts": dist.sum_scalar(scores.timeouts, info),
+                       "train/reward_errors": dist.sum_scalar(scores.errors, info),
+                       "time/step_s": time.monotonic() - step_started}
+            metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
+            if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
+                with phase("eval"):  # not in time/step_s
+                    metrics.update(run_eval(cfg, run.engine, run.tokenizer, pool))  # one row per step
+            metrics.update(phase.metrics(info))
+            log_step(run, step, metrics, rollouts, scores)
+
+            # ---- checkpoint, stop
+            stopping = bool(dist.sum_scalar(int(stop.requested), info))
+            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
+                save_checkpoint(run, step)
+            if stopping:
+                run.tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
+                                    f"python train.py {cfg.run_dir / 'config.yaml'} run.resume=true")
+                break
+    finish(run, stopped=stop.requested)
+    return cfg.run_dir
+
+
+def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
+    """Data, models, optimizer, advantage estimator, reward, engine, and the run's record, in the
+    order the loop needs them; a resume restores weights, optimizer, sampler and RNG state here."""
     t, a = cfg.train, cfg.algorithm
     if t.prompts_per_step % info.world_size or t.mini_batch_prompts % info.world_size:
         raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} and train.mini_batch_prompts="
@@ -168,7 +262,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     prompt_set = load_prompt_set(cfg.data, cfg.run.seed, tokenizer)
     load = functools.partial(load_causal_lm, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                              trust_remote_code=cfg.model.trust_remote_code, device=device)
-    tuning = fine_tuning(cfg.model.lora, cfg.run.seed)  # all weights, or LoRA adapters
+    tuning = options.fine_tuning(cfg.model.lora, cfg.run.seed)
     load_started = time.monotonic()
     policy = tuning.load_policy(functools.partial(load, gradient_checkpointing=cfg.model.gradient_checkpointing),
                                 cfg.model.path, resume_from)
@@ -183,29 +277,31 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
     microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
 
     def token_scorer(causal_lm: torch.nn.Module, scorer_class=TokenScorer) -> torch.nn.Module:
-        return dist.shard(scorer_class(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
-                                       cfg.model.logprob_chunk_tokens), info, compute_dtype)
+        return shard(scorer_class(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
+                                  cfg.model.logprob_chunk_tokens), info, compute_dtype)
 
-    scorer = token_scorer(policy, policy_scorer_class(cfg, resume_from))  # with the value head if shared
+    scorer = token_scorer(policy, options.policy_scorer_class(cfg, resume_from))  # with the value head if shared
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
         reference = tuning.reference(scorer, lambda: token_scorer(load(cfg.model.path, trainable=False)))
     optimizer, adamw = build_adamw(trainable_parameters(scorer), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
-    estimator = build_advantage_estimator(cfg, resume_from, microbatches, load, compute_dtype, autocast)
+    estimator = options.advantage_estimator(cfg, resume_from, microbatches, load, compute_dtype, autocast)
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
-    step_reward = build_step_reward(cfg, tokenizer, device)
-    grading = build_source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
-                                   [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
-    engine = build_engine(cfg, policy, tokenizer, lambda: dist.gathered_for_generation(scorer, info), info.enabled,
-                          log=print if info.is_main else lambda _: None)
+    step_reward = options.step_reward(cfg, tokenizer, device)
+    grading = options.source_grading(cfg.reward.by_source, [p.source for p in prompt_set.problems],
+                                     [source.name for source in step_reward.sources], f"data.train={cfg.data.train}")
+    engine = options.rollout_engine(cfg, policy, tokenizer, lambda: dist.gathered_for_generation(scorer, info),
+                                    info.enabled, log=print if info.is_main else lambda _: None)
     # The engine starts from the trainer's weights: a resumed LoRA run's are in no folder it could load.
     engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
     seed_everything(cfg.run.seed + info.rank)  # after the engine, which seeds the global RNGs itself
     sampler = EpochSampler(len(prompt_set.prompt_ids), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
     training = TrainingState(scorer, optimizer, scheduler, sampler, tuning, tokenizer)
+
+    # ---- resume, and the run's record
     start_step = 0
     if resume_from:  # the weights came with the policy itself, loaded from the checkpoint folder
         restore_started = time.monotonic()
@@ -230,100 +326,85 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
     tracker.message(f"micro-batch layout: {layout}; {prompt_layout}; AdamW: {adamw}")
-    consecutive_skips = 0
+    return Run(cfg, info, tokenizer, prompt_set, sampler, tuning, scorer, reference, scheduler, microbatches,
+               estimator, update_policy, step_reward, grading, engine, compute_dtype, checkpointer, training,
+               tracker, health, summary, start_step)
 
-    with StopRequested() as stop, VerifierPool(workers=cfg.reward.workers or None, timeout_s=cfg.reward.timeout_s,
-                                               mode=cfg.reward.mode, graders=grading.extra_graders) as pool:
-        for step in range(start_step + 1, t.steps + 1):
-            step_started = time.monotonic()
-            indices = sampler.next_batch(t.prompts_per_step)
-            share = t.prompts_per_step // info.world_size
-            indices = indices[info.rank * share:(info.rank + 1) * share]  # whole groups per rank
 
-            # ---- sample
-            phase = PhaseMeter(device)
-            sampling = Sampling(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_response_length,
-                                seed=_generation_seed(cfg.run.seed, step, info.rank))
-            with phase("rollout"), engine.generating():
-                rollouts = engine.generate([prompt_set.prompt_ids[i] for i in indices], cfg.rollout.n, sampling)
+@dataclass(frozen=True)
+class StepScores:
+    """The step's verdicts and rewards, one per response (R,), with what the reward sources logged."""
+    texts: list[str]
+    golds: list[str]
+    correct: torch.Tensor                     # the verifier's verdict, 1.0 correct, float64
+    rewards: torch.Tensor                     # the sum of the reward sources, float64
+    by_source: dict[str, torch.Tensor]
+    failures: dict[str, int]                  # responses a reward source could not score, by metric name
+    timeouts: int
+    errors: int
 
-            # ---- score
-            with phase("reward"):
-                texts = tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-                step_problems = [prompt_set.problems[i] for i in indices for _ in range(cfg.rollout.n)]
-                golds = [p.answer for p in step_problems]
-                scored = pool.score(texts, golds, grading.graders_of(indices, cfg.rollout.n))
-                correct = torch.tensor(scored.scores, dtype=torch.float64)
-                rewards, reward_by_source = step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
-                                                                rollouts.response_ids, rollouts.truncated, correct))
-                if scored.examples:
-                    tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
-                                    f"e.g. {scored.examples[0]}")
 
-            # ---- old log-probs, then advantages (group baseline, or the critic's GAE)
-            trains = estimator.policy_trains(step)
-            with phase("old_logp"):
-                batch = prepare_batch(rollouts, microbatches, scorer, reference,
-                                      update_policy.fresh_rows(len(rollouts)) if trains else 0, cfg.rollout.tis_cap,
-                                      cfg.train.mask_truncated)
-                batch = estimator.with_advantages(rewards, batch)
+def score_rollouts(run: Run, pool: VerifierPool, rollouts: Rollouts, indices: list[int], step: int) -> StepScores:
+    """The verifier's verdict on each response, and the recipe's reward built on it."""
+    n = run.cfg.rollout.n
+    texts = run.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+    step_problems = [run.prompt_set.problems[i] for i in indices for _ in range(n)]
+    golds = [p.answer for p in step_problems]
+    scored = pool.score(texts, golds, run.grading.graders_of(indices, n))
+    correct = torch.tensor(scored.scores, dtype=torch.float64)
+    rewards, by_source = run.step_reward(Samples(texts, golds, step_problems, rollouts.prompt_ids,
+                                                 rollouts.response_ids, rollouts.truncated, correct))
+    if scored.examples:
+        run.tracker.message(f"step {step} verifier: {scored.timeouts} timeouts, {scored.errors} errors; "
+                            f"e.g. {scored.examples[0]}")
+    return StepScores(texts, golds, correct, rewards, by_source, run.step_reward.failed_responses(),
+                      scored.timeouts, scored.errors)
 
-            # ---- update
-            lr = scheduler.get_last_lr()[0]  # the rate of this step's first update
-            with phase("update"):
-                update, batch = update_policy(batch) if trains else (UpdateStats(), batch)
-                critic_metrics = estimator.update(batch)
-            training.skipped_total += update.skipped
-            consecutive_skips = consecutive_skips + update.skipped if not update.updates else update.trailing_skips
-            if update.skipped:
-                _record_skip(run_dir, step, update, rewards, info)
-            if consecutive_skips >= t.max_skipped_steps:
-                raise TrainingAborted(
-                    f"{consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient norm "
-                    f"(last at step {step}; batch summaries in {run_dir / 'skipped'}). Lower train.lr or check "
-                    f"the data; the last checkpoint is {checkpointer.latest() or 'none yet'}.")
-            with phase("sync"):
-                engine.load_weights(tuning.engine_weights(scorer, info, compute_dtype))
 
-            # ---- log (and evaluate)
-            metrics = {**step_metrics(rollouts, rewards, reward_by_source, step_reward.failed_responses(), correct,
-                                      batch, cfg.rollout.n, info), **update.metrics(), **critic_metrics,
-                       **grading.metrics(indices, cfg.rollout.n, rewards, correct, info), "train/lr": lr,
-                       "train/skipped_steps": training.skipped_total,
-                       "train/reward_timeouts": dist.sum_scalar(scored.timeouts, info),
-                       "train/reward_errors": dist.sum_scalar(scored.errors, info),
-                       "time/step_s": time.monotonic() - step_started}
-            metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
-            if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
-                with phase("eval"):  # not in time/step_s
-                    metrics.update(run_eval(cfg, engine, tokenizer, pool))  # one row per step
-            metrics.update(phase.metrics(info))
-            tracker.log(step, metrics)
-            tracker.log_events(health.observe(step, metrics))
-            if info.is_main and cfg.log.samples_per_step:
-                tracker.write_samples(step, sample_records(tokenizer, rollouts, texts, golds, rewards,
-                                                           cfg.log.samples_per_step))
+class SkipCounter:
+    """Optimizer steps skipped for a non-finite loss or gradient norm: each step's written to
+    skipped/step_N.json, and the run stopped after train.max_skipped_steps in a row."""
 
-            # ---- checkpoint, stop
-            stopping = bool(dist.sum_scalar(int(stop.requested), info))
-            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
-                t0 = time.monotonic()
-                save_training_state(checkpointer, step, cfg, training, info, write_extra=estimator.state_writer())
-                tracker.message(f"checkpoint of step {step} saved in {time.monotonic() - t0:.1f} s")
-                summary.write("running", checkpointer.latest())
-            if stopping:
-                tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
-                                f"python train.py {run_dir / 'config.yaml'} run.resume=true")
-                break
-    tracker.close()
-    summary.write("stopped" if stop.requested else "finished", checkpointer.latest())
-    step_reward.close()
-    engine.close()
-    if info.is_main and cfg.log.curves_at_end and not stop.requested:
-        from justrl_min.tools.curves import plot_runs
+    def __init__(self, limit: int, run_dir: Path, checkpointer: Checkpointer, info: dist.DistInfo):
+        self.limit, self.run_dir, self.checkpointer, self.info = limit, run_dir, checkpointer, info
+        self.consecutive = 0
 
-        plot_runs([run_dir], run_dir / "curves.png")
-    return run_dir
+    def count(self, step: int, update: UpdateStats, rewards: torch.Tensor) -> None:
+        self.consecutive = self.consecutive + update.skipped if not update.updates else update.trailing_skips
+        if update.skipped:
+            _record_skip(self.run_dir, step, update, rewards, self.info)
+        if self.consecutive >= self.limit:
+            raise TrainingAborted(
+                f"{self.consecutive} consecutive optimizer steps had a non-finite loss or gradient norm "
+                f"(last at step {step}; batch summaries in {self.run_dir / 'skipped'}). Lower train.lr or check "
+                f"the data; the last checkpoint is {self.checkpointer.latest() or 'none yet'}.")
+
+
+def log_step(run: Run, step: int, metrics: dict[str, float], rollouts: Rollouts, scores: StepScores) -> None:
+    """metrics.jsonl, TensorBoard and the console; the health checks' warnings; a few samples."""
+    run.tracker.log(step, metrics)
+    run.tracker.log_events(run.health.observe(step, metrics))
+    if run.info.is_main and run.cfg.log.samples_per_step:
+        run.tracker.write_samples(step, sample_records(run.tokenizer, rollouts, scores.texts, scores.golds,
+                                                       scores.rewards, run.cfg.log.samples_per_step))
+
+
+def save_checkpoint(run: Run, step: int) -> None:
+    t0 = time.monotonic()
+    save_training_state(run.checkpointer, step, run.cfg, run.training, run.info,
+                        write_extra=run.estimator.state_writer())
+    run.tracker.message(f"checkpoint of step {step} saved in {time.monotonic() - t0:.1f} s")
+    run.summary.write("running", run.checkpointer.latest())
+
+
+def finish(run: Run, stopped: bool) -> None:
+    """Close what the run opened; the summary says how it ended; the curves, unless it was stopped."""
+    run.tracker.close()
+    run.summary.write("stopped" if stopped else "finished", run.checkpointer.latest())
+    run.step_reward.close()
+    run.engine.close()
+    if run.info.is_main and run.cfg.log.curves_at_end and not stopped:
+        options.draw_curves(run.cfg.run_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,7 +436,7 @@ def prepare_batch(rollouts: Rollouts, microbatches: MicroBatcher, scorer, refere
     lengths = [len(r) for r in responses]
     mask = unflatten(torch.ones(sum(lengths)), lengths, max(lengths, default=1))
     if mask_truncated:
-        mask = shaping.without_truncated(mask, torch.tensor(rollouts.truncated))
+        mask = algo.without_truncated(mask, torch.tensor(rollouts.truncated))
     old_logp, entropy, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
     # `values` is written only by a scorer with a value head (critic.shared_backbone)
     microbatches.score(scorer, prompts, responses, list(range(fresh_rows, len(lengths))), old_logp, entropy, values)
@@ -527,10 +608,10 @@ def _micro_rows(t: torch.Tensor | None, idx: list[int], width: int, device: torc
     return t[idx, :width].to(device) if t is not None else None
 
 
-def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: dict[str, torch.Tensor],
-                 reward_failures: dict[str, int], correct: torch.Tensor, batch: Batch, group_size: int,
+def step_metrics(rollouts: Rollouts, scores: StepScores, batch: Batch, group_size: int,
                  info: dist.DistInfo) -> dict[str, float]:
     """Flat, namespaced step metrics, reduced over ranks (sums of sums, never means of means)."""
+    rewards, reward_by_source, correct = scores.rewards, scores.by_source, scores.correct
     lengths = torch.tensor([len(r) for r in rollouts.response_ids], dtype=torch.float64)
     group_correct = correct.reshape(-1, group_size).mean(1)
     s = _sum_over_ranks(info, reward=rewards.sum(), correct=correct.sum(), responses=len(lengths),
@@ -540,7 +621,7 @@ def step_metrics(rollouts: Rollouts, rewards: torch.Tensor, reward_by_source: di
                         tokens=batch.mask.sum(), computed=sum(len(p) for p in rollouts.prompt_ids) + lengths.sum(),
                         **{f"reward/{name}_mean": values.sum() for name, values in reward_by_source.items()},
                         **{f"train/{name}_frac": (reward_by_source[name] < 0).sum()
-                           for name in PENALTY_SOURCES if name in reward_by_source}, **reward_failures)
+                           for name in PENALTY_SOURCES if name in reward_by_source}, **scores.failures)
     metrics = {
         "train/reward_mean": s["reward"] / s["responses"], "train/accuracy": s["correct"] / s["responses"],
         "train/response_length_mean": s["length"] / s["responses"],
@@ -565,8 +646,7 @@ def _sum_over_ranks(info: dist.DistInfo, **values) -> dict[str, float]:
 
 
 def run_eval(cfg: Config, engine: RolloutEngine, tokenizer, pool) -> dict[str, float]:
-    from justrl_min.eval import evaluate
-    from justrl_min.eval import protocols
+    from justrl_min.eval import evaluate, protocols
 
     sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
     judge = protocols.Judge.for_training(cfg, resolve_device(cfg)) if cfg.eval.judge else None

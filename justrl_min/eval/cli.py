@@ -79,13 +79,14 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     ask_for_huge_pages()
     import torch
 
-    from justrl_min.eval import evaluate
     from justrl_min.data import DataError
+    from justrl_min.eval import evaluate
     from justrl_min.eval.inference import EngineSpec
     from justrl_min.eval.judge import load_template
     from justrl_min.model import load_tokenizer, resolve_model_path
     from justrl_min.reward import VerifierPool
-    from justrl_min.rollout import Sampling, VLLMSettings
+    from justrl_min.rollout import Sampling
+    from justrl_min.variants.vllm_engine import VLLMSettings
 
     # Everything that can be wrong with the request fails here, before a model is loaded.
     cuda = torch.cuda.is_available()

@@ -31,14 +31,14 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
 from justrl_min.data import DataError, Problem, build_prompt_ids, clean_gold, load_problems, read_hub_rows
 from justrl_min.eval.judge import LABELS
-from justrl_min.reward import extract_boxed
+from justrl_min.reward import GRADERS, VerifierPool, extract_boxed
 from justrl_min.rollout import Sampling
 
 EVAL_SUFFIX = " Please reason step by step, and put your final answer within \\boxed{}."
@@ -117,7 +117,7 @@ def _load_renamed_hub(bench: Benchmark) -> list[Problem]:
         if bench.problem_field not in row or bench.answer_field not in row:
             raise DataError(f"{bench.hub_id} row {i}: expected columns {bench.problem_field!r} and "
                             f"{bench.answer_field!r}, found {sorted(row)}")
-        gold = clean_gold(row[bench.answer_field]).strip("$").strip()  # OlympiadBench writes "$3$"
+        gold = clean_gold(row[bench.answer_field])  # also unwraps OlympiadBench's "$3$"
         if not gold:
             raise DataError(f"{bench.hub_id} row {i}: no gold answer")
         problems.append(Problem(str(row.get("id", i)), row[bench.problem_field], gold))
@@ -291,6 +291,17 @@ def finish(runs: list[BenchmarkRun], *, config: dict[str, Any], judge=None,
     return results
 
 
+@contextlib.contextmanager
+def grader_pool(grader: str | None, pool: VerifierPool) -> Iterator[VerifierPool]:
+    """`pool` when it already scores with `grader`'s mode (or no grader is named), else a pool of that
+    mode with `pool`'s workers and deadline, closed afterwards."""
+    if grader is None or GRADERS[grader] == pool.mode:
+        yield pool
+        return
+    with VerifierPool(workers=pool.num_workers, timeout_s=pool.timeout_s, mode=GRADERS[grader]) as own:
+        yield own
+
+
 def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
                         sampling: Sampling, data_dir: str | Path | None = None, pool,
                         out_dir: str | Path | None = None, max_problems: int | None = None,
@@ -308,8 +319,6 @@ def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int
     only, so the judge runs after it: the trainer's `engine.generating` (the policy's engine sleeps),
     or eval.py's opening of the engine, which it yields in place of `engine` (None) and closes.
     """
-    from justrl_min.eval.protocols import grader_pool
-
     names = resolve_benchmarks(names)
     problem_sets = {name: ((problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems))
                     [:max_problems or None] for name in names}

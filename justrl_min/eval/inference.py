@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from justrl_min.rollout import HFEngine, RolloutEngine, VLLMEngine, VLLMSettings
+from justrl_min.rollout import HFEngine, RolloutEngine
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings
 
 
 @dataclass(frozen=True)

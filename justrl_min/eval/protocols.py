@@ -20,9 +20,7 @@ value wins (smoke runs need short responses), recorded in results.json like ever
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from justrl_min.config import BOXED_SUFFIX
@@ -30,7 +28,7 @@ from justrl_min.eval.evaluate import EVAL_SUFFIX, BenchmarkRun
 from justrl_min.eval.inference import EngineSpec
 from justrl_min.eval.judge import JUDGE_MAX_NEW_TOKENS, JudgeItem, Verdict, engine_generate, judge, load_template
 from justrl_min.eval.judge import longest_prompt as longest_judge_prompt
-from justrl_min.reward import GRADERS, VerifierPool
+from justrl_min.reward import GRADERS
 
 DEFAULT_GRADER = "math-verify"
 DEFAULT_MAX_TOKENS = 31744
@@ -89,17 +87,6 @@ def resolve(protocol: str | None = None, *, grader: str | None = None, judge: st
                    max_tokens or chosen.max_tokens)
 
 
-@contextlib.contextmanager
-def grader_pool(grader: str | None, pool: VerifierPool) -> Iterator[VerifierPool]:
-    """`pool` when it already scores with `grader`'s mode (or no grader is named), else a pool of that
-    mode with `pool`'s workers and deadline, closed afterwards."""
-    if grader is None or GRADERS[grader] == pool.mode:
-        yield pool
-        return
-    with VerifierPool(workers=pool.num_workers, timeout_s=pool.timeout_s, mode=GRADERS[grader]) as own:
-        yield own
-
-
 @dataclass(frozen=True)
 class Judged:
     verdicts: dict[str, list[Verdict | None]]
@@ -123,7 +110,7 @@ class Judge:
         the trainer has the memory."""
         import torch
 
-        from justrl_min.rollout import VLLMSettings
+        from justrl_min.variants.vllm_engine import VLLMSettings
 
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         spec = EngineSpec(cfg.rollout.engine, cfg.model.compute_dtype or cfg.model.dtype, str(device),

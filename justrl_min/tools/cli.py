@@ -37,11 +37,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "eval": Subcommand("justrl_min.eval.cli", "evaluate a model on math benchmarks (the paper's protocol)"),
     "curves": Subcommand("justrl_min.tools.curves", "draw the training curves of one or more runs to a PNG"),
     "audit": Subcommand("justrl_min.tools.audit", "put every gold of a problem file through the verifier"),
-    "prepare-data": Subcommand("justrl_min.tools.prepare_data", "write the training set and benchmarks as local parquet"),
+    "prepare-data": Subcommand("justrl_min.tools.prepare_data",
+                               "write the training set and benchmarks as local parquet"),
     "doctor": Subcommand("justrl_min.tools.doctor", "health report of a run"),
     "standin": Subcommand("justrl_min.tools.standin", "offline stand-ins of the paper's models", extra="dev"),
     "estimate": Subcommand("justrl_min.tools.estimate", "memory per rank and step time of a recipe on given GPUs"),
-    "export": Subcommand("justrl_min.tools.export", "write a checkpoint as a merged Hugging Face folder (LoRA runs too)"),
+    "export": Subcommand("justrl_min.tools.export",
+                          "write a checkpoint as a merged Hugging Face folder (LoRA runs too)"),
 }
 
 

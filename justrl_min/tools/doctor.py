@@ -22,8 +22,8 @@ from pathlib import Path
 
 from justrl_min.checkpoint import Checkpointer
 from justrl_min.config import ConfigError, HealthConfig, load_recipe
-from justrl_min.tools.curves import CurvesError, plot_runs, read_run
 from justrl_min.health import CheckSummary, HealthMonitor
+from justrl_min.tools.curves import CurvesError, plot_runs, read_run
 
 STILL_RUNNING_STEPS = 5
 """A run that logged within this many of its median steps (and two minutes) counts as running."""

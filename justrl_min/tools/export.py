@@ -20,8 +20,8 @@ import torch
 
 from justrl_min.checkpoint import COMPLETE_MARKER, LATEST
 from justrl_min.config import ConfigError
-from justrl_min.variants.lora import adapter_base_path, is_adapter_folder, require_peft
 from justrl_min.model import DTYPES, load_tokenizer
+from justrl_min.variants.lora import adapter_base_path, is_adapter_folder, require_peft
 
 
 def checkpoint_folder(run_or_checkpoint: str | Path) -> Path:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 from justrl_min.config import ConfigError, load_recipe
-from justrl_min.tools.cpu_preload import restart_with_preload
 from justrl_min.data import DataError
 from justrl_min.host_memory import ask_for_huge_pages
+from justrl_min.tools.cpu_preload import restart_with_preload
 from justrl_min.tools.recipe_files import find_recipe
 
 EXAMPLE = "Example: justrl train tiny_cpu train.steps=20 rollout.n=4  (or: python train.py recipes/tiny_cpu.yaml ...)"

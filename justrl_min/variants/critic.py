@@ -1,7 +1,6 @@
-"""Advantage estimators the loop calls, chosen once from `algorithm.advantage`.
+"""The critic's advantage estimators, chosen once from `algorithm.advantage` (justrl_min.options,
+whose `GroupBaseline` is the JustRL recipe's: group-relative advantages, no critic).
 
-- `GroupBaseline` (grpo, the JustRL recipe): A = r - mean(r) per group of n samples, optionally
-  divided by the group std. No critic, nothing loaded, nothing checkpointed.
 - `CriticGAE` (gae, classic RLHF PPO): a value model (the policy's causal-LM backbone, or
   `critic.path`'s, with a scalar head) predicts V(s_t) before every response token. The sequence
   reward sits on the last valid token, optionally minus beta * KL(pi || ref) on every token
@@ -43,6 +42,7 @@ from justrl_min.model import (
     TokenScorer,
     clip_grad_norm,
     minibatch_rows,
+    shard,
     unflatten,
 )
 from justrl_min.optim import build_adamw
@@ -68,12 +68,12 @@ class ValueModel(torch.nn.Module):
     def __init__(self, causal_lm: torch.nn.Module, autocast_dtype: torch.dtype | None = None):
         super().__init__()
         causal_lm.set_output_embeddings(torch.nn.Identity())  # the LM head is unused: do not train or save it
-        self.causal_lm = causal_lm  # the attribute name dist.shard looks for to shard per decoder layer
+        self.causal_lm = causal_lm  # the attribute name model.shard looks for to shard per decoder layer
         self.value_head = zero_value_head(causal_lm)
         self.autocast_dtype = autocast_dtype
 
     def forward(self, batch: MicroBatch, *_ignored) -> torch.Tensor:
-        """Values (n,) in float32; extra arguments are accepted so dist.shard's warm-up call fits."""
+        """Values (n,) in float32; extra arguments are accepted so model.shard's warm-up call fits."""
         with torch.autocast(batch.input_ids.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             hidden = self.causal_lm.get_decoder()(input_ids=batch.input_ids, position_ids=batch.position_ids,
@@ -81,29 +81,6 @@ class ValueModel(torch.nn.Module):
                                                   use_cache=False).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1])[batch.target_index]        # (n, H)
             return self.value_head(hidden).squeeze(-1).float()
-
-
-class GroupBaseline:
-    """algorithm.advantage=grpo: the JustRL recipe's group-relative advantages, no critic."""
-
-    def __init__(self, cfg: Config):
-        self.group_size = cfg.rollout.n
-        self.scale_by_std, self.eps = cfg.algorithm.scale_by_std, cfg.algorithm.adv_eps
-        self.reads_old_logp = False
-
-    def with_advantages(self, rewards: torch.Tensor, batch):
-        """The batch with group advantages (R,)."""
-        return dataclasses.replace(batch, advantages=algo.group_advantages(
-            rewards, self.group_size, self.scale_by_std, self.eps).float())
-
-    def policy_trains(self, _step: int) -> bool:
-        return True
-
-    def update(self, _batch) -> dict[str, float]:
-        return {}
-
-    def state_writer(self) -> Callable[[Path], None] | None:
-        return None
 
 
 class CriticGAE:
@@ -262,21 +239,11 @@ class ValueTokenScorer(TokenScorer):
         return logp, entropy, values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
-def policy_scorer_class(cfg: Config, resume_from: Path | None) -> Callable[..., TokenScorer]:
-    """What wraps the policy: a TokenScorer, or with critic.shared_backbone one carrying the value
-    head (restored from `resume_from`)."""
-    if not cfg.critic.shared_backbone:
-        return TokenScorer
-    return functools.partial(ValueTokenScorer, saved=resume_from)
-
-
-def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatches: MicroBatcher,
-                              load: Callable[..., torch.nn.Module], compute_dtype: torch.dtype,
-                              autocast: torch.dtype | None):
-    """The estimator the recipe names; for gae, the critic (restored exactly from `resume_from`), its
-    backbone loaded by `load(path, gradient_checkpointing=)` as the policy's is."""
-    if cfg.algorithm.advantage == "grpo":
-        return GroupBaseline(cfg)
+def build_critic_estimator(cfg: Config, resume_from: Path | None, microbatches: MicroBatcher,
+                           load: Callable[..., torch.nn.Module], compute_dtype: torch.dtype,
+                           autocast: torch.dtype | None) -> CriticGAE:
+    """algorithm.advantage=gae: the critic (restored exactly from `resume_from`), its backbone loaded
+    by `load(path, gradient_checkpointing=)` as the policy's is."""
     saved = resume_from / CRITIC_DIR if resume_from else None
     if saved is not None and not saved.is_dir():
         raise ConfigError(f"{resume_from} has no {CRITIC_DIR}/ folder (saved by a run without a critic): "
@@ -294,7 +261,7 @@ def build_advantage_estimator(cfg: Config, resume_from: Path | None, microbatche
             raise ConfigError(f"{saved} has no model.safetensors (saved by a critic.shared_backbone run): "
                               f"resume it with critic.shared_backbone=true, or start a fresh run")
         model.load_state_dict(load_file(saved / "model.safetensors"))
-    model = dist.shard(model, info, compute_dtype)
+    model = shard(model, info, compute_dtype)
     optimizer, _ = build_adamw(model.parameters(), lr=c.lr, betas=cfg.train.betas, weight_decay=c.weight_decay,
                                implementation=cfg.train.adamw)
     if saved is not None and (saved / "optimizer.pt").is_file():

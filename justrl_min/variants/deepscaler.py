@@ -59,19 +59,16 @@ from __future__ import annotations
 
 import re
 
-from justrl_min import reward  # module, not name: reward.py may import this module back (mode table)
+from justrl_min import reward
 
 MAX_SYMPY_CHARS = 1_000  # a 4x4 matrix of fractions is ~300 characters
 
 
 def grade(response: str, gold: str) -> bool:
     """DeepScaleR's verdict on the last boxed answer of ``response`` against ``gold``."""
-    if not gold:
-        return False
-    if "\\boxed" in gold:
-        gold = reward.extract_boxed(gold)
+    gold = reward.unbox_gold(gold)
     answer = reward.extract_boxed(response)
-    return gold is not None and answer is not None and grade_answer(answer, gold)
+    return bool(gold) and answer is not None and grade_answer(answer, gold)
 
 
 def grade_answer(answer: str, gold: str) -> bool:

@@ -1,9 +1,5 @@
-"""The step's reward, built in one place: named sources summed, each one also logged.
-
-`StepReward` holds the sources the recipe asks for, chosen once; called with a step's `Samples` it
-returns the total reward and each source's values (logged as `reward/<source>_mean`). A source is
-a callable with a `name` taking `Samples` and returning one float64 per response. The verifier's
-correct / incorrect reward (`verifier`) is the JustRL recipe's only reward. A recipe may add
+"""Reward sources a recipe may add to the verifier's (justrl_min/step_reward.py), each loaded only
+when asked (justrl_min.options.step_reward):
 
 - a plain batched function, `package.module:callable`, called as fn(responses, golds, problems) on
   each prompt's group of responses, with their texts, gold answers and `justrl_min.data.Problem`
@@ -13,58 +9,31 @@ correct / incorrect reward (`verifier`) is the JustRL recipe's only reward. A re
 - an `AutoModelForSequenceClassification` with one label, scoring the prompt exactly as the policy
   saw it (chat template included) followed by the response, in batches.
 
-Their rewards are summed, plus the verifier's unless `reward.with_verifier` is false. With neither
-configured nothing is loaded and the verifier's rewards are the total. Length shaping adds penalty
-terms for right and wrong answers alike (off by default): DAPO's overlong penalty as verl computes it
-(`reward.overlong_buffer`, `reward.overlong_penalty`; justrl_min.variants.shaping) and a linear penalty past a
-target length (`reward.length_target`, `reward.length_coef`); the share of responses each one
-penalised is logged as `train/<name>_frac`.
+Their rewards are summed, plus the verifier's unless `reward.with_verifier` is false. Length shaping
+adds penalty terms for right and wrong answers alike (off by default): DAPO's overlong penalty as
+verl computes it (`reward.overlong_buffer`, `reward.overlong_penalty`; justrl_min.variants.shaping)
+and a linear penalty past a target length (`reward.length_target`, `reward.length_coef`); the share
+of responses each one penalised is logged as `train/<name>_frac`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 
+from justrl_min.config import Config
+from justrl_min.deadline_pool import DeadlinePool
+from justrl_min.errors import ConfigError, load_callable
+from justrl_min.step_reward import Samples
 from justrl_min.variants import shaping
-from justrl_min.config import Config, ConfigError
-from justrl_min.deadline_pool import DeadlinePool, load_callable
 
 logger = logging.getLogger(__name__)
 
 
 class RewardSourceError(ValueError):
     """A reward function or model that returned something unusable; the message names it."""
-
-
-class Samples(NamedTuple):
-    """One step's responses as every reward source may read them, one entry per response (groups
-    contiguous): decoded texts, golds, `data.Problem` records, token ids, whether generation hit
-    rollout.max_response_length, and the verifier's score (R,) float64 (1.0 correct)."""
-    responses: list[str]
-    golds: list[str]
-    problems: list
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    truncated: list[bool]
-    verified: torch.Tensor
-
-
-RewardSource = Callable[[Samples], torch.Tensor]
-"""A term of the step reward, with a `name` attribute: source(samples) -> (R,) float64."""
-
-
-class VerifierReward:
-    name = "verifier"
-
-    def __init__(self, correct: float, incorrect: float):
-        self.correct, self.incorrect = correct, incorrect
-
-    def __call__(self, samples: Samples) -> torch.Tensor:
-        return torch.where(samples.verified > 0, self.correct, self.incorrect)
 
 
 class LengthPenalty:
@@ -76,46 +45,6 @@ class LengthPenalty:
     def __call__(self, samples: Samples) -> torch.Tensor:
         lengths = torch.tensor([len(r) for r in samples.response_ids])   # EOS included, as verl counts it
         return self.penalty(lengths, *self.args).double()
-
-
-PENALTY_SOURCES = ("overlong", "length")
-
-
-class StepReward:
-    """The sum of the recipe's reward sources, with each source's values kept for the log."""
-
-    def __init__(self, sources: list[RewardSource]):
-        self.sources = sources
-
-    def __call__(self, samples: Samples) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total (R,), {source name: its values (R,)}), float64."""
-        by_source = {source.name: source(samples) for source in self.sources}
-        return sum(by_source.values(), torch.zeros(len(samples.responses), dtype=torch.float64)), by_source
-
-    def failed_responses(self) -> dict[str, int]:
-        """{`train/<source>_<timeout|error>_frac`: responses of the last call a source could not score}."""
-        return {key: count for source in self.sources for key, count in getattr(source, "failed", {}).items()}
-
-    def close(self) -> None:
-        for source in self.sources:
-            getattr(source, "close", lambda: None)()
-
-
-def build_step_reward(cfg: Config, tokenizer, device: torch.device) -> StepReward:
-    """The step's reward as the recipe asks for it, chosen once (the verifier's alone by default)."""
-    r = cfg.reward
-    sources: list[RewardSource] = [VerifierReward(r.correct, r.incorrect)] if r.with_verifier or not (
-        r.function or r.model) else []
-    if r.function:
-        sources.append(FunctionReward(r.function, cfg.rollout.n, r.workers, r.function_timeout_s))
-    if r.model:
-        sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
-    if r.overlong_buffer:
-        sources.append(LengthPenalty("overlong", shaping.overlong_penalty, cfg.rollout.max_response_length,
-                                     r.overlong_buffer, r.overlong_penalty))
-    if r.length_coef:
-        sources.append(LengthPenalty("length", shaping.linear_length_penalty, r.length_target, r.length_coef))
-    return StepReward(sources)
 
 
 def checked_rewards(values, count: int, name: str) -> torch.Tensor:
@@ -196,3 +125,18 @@ class ModelReward:
         prompts = self.policy_tokenizer.batch_decode(samples.prompt_ids)
         scores = self.score_texts([p + r for p, r in zip(prompts, samples.responses)])
         return checked_rewards(scores, len(samples.responses), f"reward.model {self.path}")
+
+
+def added_sources(cfg: Config, tokenizer, device: torch.device) -> list:
+    """The reward sources the recipe adds to the verifier's (justrl_min.options.step_reward)."""
+    r, sources = cfg.reward, []
+    if r.function:
+        sources.append(FunctionReward(r.function, cfg.rollout.n, r.workers, r.function_timeout_s))
+    if r.model:
+        sources.append(ModelReward(r.model, tokenizer, device, r.model_batch_size, cfg.model.trust_remote_code))
+    if r.overlong_buffer:
+        sources.append(LengthPenalty("overlong", shaping.overlong_penalty, cfg.rollout.max_response_length,
+                                     r.overlong_buffer, r.overlong_penalty))
+    if r.length_coef:
+        sources.append(LengthPenalty("length", shaping.linear_length_penalty, r.length_target, r.length_coef))
+    return sources

@@ -14,12 +14,10 @@ Off in the JustRL recipe; the paper's ablations (Fig. 3) turn the first one on.
   L_max: the same value as verl on every length verl can produce, DAPO's -1 beyond it (factor 1),
   and a bounded penalty if a caller passes a limit below the rollout's.
 - **Linear length penalty**: ``-coef * max(0, |y| - target)``, the form users try first.
-- **Overlong filtering** (DAPO section 3.4; TRL's ``mask_truncated_completions``): truncated
-  responses keep their reward (they still count in the group baseline) but contribute no token to
-  the loss.
+- **Overlong filtering** (DAPO section 3.4; TRL's ``mask_truncated_completions``) is a loss mask,
+  not a reward: ``algo.without_truncated`` (``train.mask_truncated``).
 
-Shapes: N responses; ``lengths`` is (N,) integer token counts, ``truncated`` (N,) bool,
-``mask`` (N, T) the response-token loss mask.
+Shapes: N responses; ``lengths`` is (N,) integer token counts.
 """
 
 from __future__ import annotations
@@ -42,8 +40,3 @@ def linear_length_penalty(lengths: torch.Tensor, target: int, coef: float) -> to
     """(N,) float32 penalties ``-coef * max(0, length - target)``; ``coef == 0`` turns it off."""
     excess = (lengths.to(torch.float64) - target).clamp(min=0.0)
     return (-coef * excess).to(torch.float32)
-
-
-def without_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
-    """The loss mask (N, T) with every token of a truncated response (``truncated`` (N,) True) off."""
-    return mask * (~truncated.bool()).to(mask.dtype)[:, None]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from justrl_min.tools import standin
 from justrl_min.reward import compute_score
+from justrl_min.tools import standin
 from tests.standin_models import GAP, NAME, TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -124,7 +124,8 @@ def test_the_copy_engine_samples_from_the_trainers_weights_in_its_own_dtype(warm
     from justrl_min import dist
     from justrl_min.config import load_recipe
     from justrl_min.model import TokenScorer, weights_for_engine
-    from justrl_min.rollout import HFCopyEngine, build_engine
+    from justrl_min.options import rollout_engine as build_engine
+    from justrl_min.rollout import HFCopyEngine
 
     tokenizer = load_tokenizer(str(warm_model))
     policy = load_causal_lm(str(warm_model), dtype="float32")

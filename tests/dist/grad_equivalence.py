@@ -16,7 +16,7 @@ import torch.distributed as torch_dist
 
 from justrl_min import dist, tiny
 from justrl_min.config import LoraConfig, load_recipe
-from justrl_min.model import MicroBatcher, TokenScorer, unflatten
+from justrl_min.model import MicroBatcher, TokenScorer, shard, unflatten
 from justrl_min.optim import build_adamw
 from justrl_min.trainer import Batch, PolicyUpdate
 
@@ -97,7 +97,7 @@ def main(out_path: str, layout: str) -> None:
     # Two ranks, FSDP2, each with its own whole prompt groups.
     scorer = TokenScorer(build_policy(layout), share_prompts=share, temperature=0.9, chunk_tokens=7)
     scorer.load_state_dict(reference_copy)
-    scorer = dist.shard(scorer, info, torch.float64)
+    scorer = shard(scorer, info, torch.float64)
     rows = list(range(info.rank * 8, (info.rank + 1) * 8))
     local = shard_rows(batch, rows)
     split = backward(cfg, local, scorer, packed, info)

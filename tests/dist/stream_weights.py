@@ -7,14 +7,14 @@ import sys
 import torch
 
 from justrl_min import dist, tiny
-from justrl_min.model import TokenScorer
+from justrl_min.model import TokenScorer, shard
 
 
 def main(out_path: str) -> None:
     info = dist.init("cpu")
     model = tiny.build_model(tiny.build_tokenizer(), seed=0, hidden=32, layers=2)
     expected = {k: v.clone() for k, v in TokenScorer(model).state_dict().items()}
-    scorer = dist.shard(TokenScorer(model), info, torch.float32)
+    scorer = shard(TokenScorer(model), info, torch.float32)
     streamed = dict(dist.iter_full_tensors(scorer, info, torch.bfloat16))
     if info.is_main:
         diffs = [(streamed[k].float() - expected[k].to(torch.bfloat16).float()).abs().max().item() for k in expected]

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from justrl_min import tiny
-
-from justrl_min.eval import evaluate
 from justrl_min.data import DataError, Problem, build_prompt_ids
+from justrl_min.eval import evaluate
 from justrl_min.eval.evaluate import BENCHMARKS, EVAL_SUFFIX, majority_vote, pass_at_k
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import Rollouts, Sampling

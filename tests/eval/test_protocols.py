@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 
 from justrl_min import tiny
-
-from justrl_min.eval import evaluate
-
-from justrl_min.eval import protocols
 from justrl_min.config import BOXED_SUFFIX, load_recipe
 from justrl_min.data import Problem
+from justrl_min.eval import evaluate, protocols
 from justrl_min.eval.evaluate import EVAL_SUFFIX
 from justrl_min.eval.judge import JUDGE_MAX_NEW_TOKENS
 from justrl_min.reward import VerifierPool

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from justrl_min.tools import doctor
 from justrl_min.config import config_to_dict, load_recipe
+from justrl_min.tools import doctor
 
 
 def make_run(folder: Path, rows: list[dict], total_steps: int, *overrides: str, tail: str = "") -> Path:

@@ -16,9 +16,8 @@ import pytest
 from packaging.requirements import Requirement
 
 import justrl_min
-from justrl_min.tools import cli
-from justrl_min.tools import recipe_files
 from justrl_min.config import ConfigError
+from justrl_min.tools import cli, recipe_files
 from tests.core.test_trainer import overrides
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the package itself needs 3.10
@@ -165,7 +164,7 @@ def test_the_checkout_scripts_run_the_same_code_from_another_directory(tmp_path)
 
 def test_the_command_and_its_help_import_no_torch():
     # `justrl --help` stays instant: the subcommands' modules (torch, transformers) load only when run.
-    code = ("import sys; from justrl_min import cli; cli.usage(); "
+    code = ("import sys; from justrl_min.tools import cli; cli.usage(); "
             "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "[]\n", done.stderr

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from justrl_min.eval import evaluate
-from justrl_min import prepare_data as prepare
 from justrl_min.data import Problem, load_problems
+from justrl_min.eval import evaluate
+from justrl_min.tools import prepare_data as prepare
 from tests.core.test_data import SHARED, write_dapo_parquet
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from justrl_min import trainer
-
-from justrl_min.eval import evaluate
 from justrl_min.config import BOXED_SUFFIX, load_recipe
 from justrl_min.data import build_prompt_ids, load_problems, tokenize_problems
+from justrl_min.eval import evaluate
 from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import HFEngine, Sampling

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from justrl_min import tiny, trainer
-from justrl_min.variants.by_source import build_source_grading
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.data import load_problems
 from justrl_min.reward import VerifierPool, extract_boxed
 from justrl_min.tracking import read_metrics
+from justrl_min.variants.by_source import build_source_grading
 
 ROOT = Path(__file__).resolve().parents[2]
 WITHIN_ONE = "justrl_min.tiny:within_one"

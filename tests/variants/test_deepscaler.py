@@ -82,7 +82,10 @@ def test_grade_reads_the_last_box_and_unboxes_the_gold():
     assert not grade("4", "4")                      # no box
     assert not grade("\\boxed{4", "4")              # unbalanced last box
     assert not grade("\\boxed{4}", "")              # empty gold
-    assert not grade("\\boxed{4}", "\\boxed{4")     # unbalanced gold box
+    assert grade("\\boxed{4}", "\\fbox{4}")          # golds are unboxed by reward.unbox_gold, as everywhere
+    # An unbalanced gold box stays the gold's text (reward.unbox_gold, the data loader's rule too);
+    # Hendrycks normalisation then reads it as 4.
+    assert grade("\\boxed{4}", "\\boxed{4")
 
 
 @pytest.mark.parametrize("answer", [

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("peft", reason="model.lora needs peft: pip install 'justrl-min[lora]' (in the dev extra)")
 
-from justrl_min import dist, export, lora, trainer  # noqa: E402
+from justrl_min import dist, trainer  # noqa: E402
 from justrl_min.checkpoint import estimate_checkpoint_bytes  # noqa: E402
 from justrl_min.config import ConfigError, LoraConfig, load_recipe  # noqa: E402
 from justrl_min.model import (  # noqa: E402
@@ -23,7 +23,9 @@ from justrl_min.model import (  # noqa: E402
     trainable_parameters,
     weights_for_engine,
 )
+from justrl_min.tools import export  # noqa: E402
 from justrl_min.tracking import read_metrics  # noqa: E402
+from justrl_min.variants import lora  # noqa: E402
 from tests.core.test_trainer import overrides, run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

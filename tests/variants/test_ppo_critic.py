@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from justrl_min import tiny, trainer
-
-from justrl_min.variants import reward_sources
+from justrl_min import options, tiny, trainer
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.data import Problem
-from justrl_min.variants.reward_sources import RewardSourceError
+from justrl_min.step_reward import Samples
 from justrl_min.tracking import read_metrics
+from justrl_min.variants.reward_sources import RewardSourceError
 
 ROOT = Path(__file__).resolve().parents[2]
 CRITIC_METRICS = ["train/value_loss", "train/explained_variance", "train/value_clip_frac", "train/value_mean",
@@ -89,27 +88,27 @@ def test_reward_function_adds_to_or_replaces_the_verifier(warm_model, tmp_path):
     assert m_alone["train/grad_norm"] == 0.0
 
 
-def _samples(responses: list[str], verified: list[float]) -> reward_sources.Samples:
+def _samples(responses: list[str], verified: list[float]) -> Samples:
     n = len(responses)
-    return reward_sources.Samples(responses, ["1"] * n, [Problem("u", "q", "1")] * n, [[1]] * n, [[2]] * n,
+    return Samples(responses, ["1"] * n, [Problem("u", "q", "1")] * n, [[1]] * n, [[2]] * n,
                                   [False] * n, torch.tensor(verified, dtype=torch.float64))
 
 
 def test_step_reward_sums_its_sources_and_keeps_each():
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:half_if_golds_match", "reward.incorrect=-1"])
-    total, by_source = reward_sources.build_step_reward(cfg, None, torch.device("cpu"))(_samples(["a", "b"], [1, 0]))
+    total, by_source = options.step_reward(cfg, None, torch.device("cpu"))(_samples(["a", "b"], [1, 0]))
     # verifier: +1 correct, -1 incorrect; the function gives 0.5 where the gold matches (both here)
     assert by_source["verifier"].tolist() == [1.0, -1.0] and by_source["function"].tolist() == [0.5, 0.5]
     assert total.tolist() == [1.5, -0.5]
     cfg = load_recipe(None, ["reward.with_verifier=false"])  # nothing else configured: the verifier stays
-    assert list(reward_sources.build_step_reward(cfg, None, torch.device("cpu"))(_samples(["a"], [1]))[1]) == \
+    assert list(options.step_reward(cfg, None, torch.device("cpu"))(_samples(["a"], [1]))[1]) == \
         ["verifier"]
 
 
 def test_reward_function_runs_per_group_under_a_deadline():
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:stalls_on_hang", "reward.with_verifier=false",
                              "rollout.n=2", "reward.function_timeout_s=1", "reward.workers=2"])
-    reward = reward_sources.build_step_reward(cfg, None, torch.device("cpu"))
+    reward = options.step_reward(cfg, None, torch.device("cpu"))
     try:
         started = time.monotonic()
         total, _ = reward(_samples(["a", "b", "hang", "c", "raise", "d"], [0] * 6))
@@ -125,7 +124,7 @@ def test_reward_function_runs_per_group_under_a_deadline():
 
 def test_reward_function_errors_name_the_function():
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:one_value"])
-    reward = reward_sources.build_step_reward(cfg, None, torch.device("cpu"))
+    reward = options.step_reward(cfg, None, torch.device("cpu"))
     with pytest.raises(RewardSourceError, match="reward.function tests.reward_fns:one_value returned 1 rewards "
                                                 "for 3 responses"):
         reward(_samples(["a", "b", "c"], [0, 0, 0]))
@@ -133,11 +132,11 @@ def test_reward_function_errors_name_the_function():
     cfg = load_recipe(None, ["reward.function=tests.reward_fns:a_nan"])
     with pytest.raises(RewardSourceError, match=r"reward.function tests.reward_fns:a_nan returned non-finite "
                                                 r"rewards at responses \[0\]"):
-        reward_sources.build_step_reward(cfg, None, torch.device("cpu"))(_samples(["a"] * 3, [0, 0, 0]))
+        options.step_reward(cfg, None, torch.device("cpu"))(_samples(["a"] * 3, [0, 0, 0]))
     for spec, message in (("nomodule_xyz:f", "cannot import"), ("tests.reward_fns:missing", "has no callable"),
                           ("tests.reward_fns", "package.module:callable")):
         with pytest.raises(ConfigError, match=f"reward.function='{spec}': .*{message}"):
-            reward_sources.build_step_reward(load_recipe(None, [f"reward.function={spec}"]), None,
+            options.step_reward(load_recipe(None, [f"reward.function={spec}"]), None,
                                              torch.device("cpu"))
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from justrl_min.variants.shaping import linear_length_penalty, overlong_penalty, without_truncated
+from justrl_min.algo import without_truncated
+from justrl_min.variants.shaping import linear_length_penalty, overlong_penalty
 
 # JustRL's response limit and the ablation's buffer: the ramp starts at 15,360 - 4,096 = 11,264.
 L_MAX, BUFFER = 15_360, 4_096
@@ -62,7 +63,7 @@ def test_without_truncated_drops_every_token_of_a_truncated_response():
 
 
 def _samples(lengths: list[int], verified: list[float]):
-    from justrl_min.variants.reward_sources import Samples
+    from justrl_min.step_reward import Samples
 
     return Samples([""] * len(lengths), [""] * len(lengths), [None] * len(lengths), [[1]] * len(lengths),
                    [[7] * n for n in lengths], [n >= 16 for n in lengths], torch.tensor(verified, dtype=torch.float64))
@@ -70,7 +71,7 @@ def _samples(lengths: list[int], verified: list[float]):
 
 def test_the_step_reward_adds_the_length_penalties_to_right_and_wrong_answers_alike():
     from justrl_min.config import load_recipe
-    from justrl_min.variants.reward_sources import build_step_reward
+    from justrl_min.options import step_reward as build_step_reward
 
     cfg = load_recipe("recipes/tiny_cpu.yaml", ["reward.incorrect=-1", "reward.overlong_buffer=8",
                                                 "reward.length_target=12", "reward.length_coef=0.1"])

@@ -9,10 +9,10 @@ import torch
 from justrl_min import algo, tiny, trainer
 from justrl_min.checkpoint import TRAINED_HEADS_FILE
 from justrl_min.config import ConfigError, load_recipe
-from justrl_min.variants.critic import ValueTokenScorer
 from justrl_min.dist import DistInfo
 from justrl_min.model import MicroBatcher, load_causal_lm, unflatten, weights_for_engine
 from justrl_min.tracking import read_metrics
+from justrl_min.variants.critic import ValueTokenScorer
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes/ppo_shared_tiny.yaml"

@@ -1,4 +1,4 @@
-"""The vLLM adapter (justrl_min.rollout.VLLMEngine) against the installed vLLM, without a GPU.
+"""The vLLM adapter (justrl_min.variants.vllm_engine.VLLMEngine) against the installed vLLM, without a GPU.
 
 Every vLLM name the adapter uses is checked here against the package itself: the LLM keyword
 arguments against `EngineArgs`, each `LLM` method call against that method's signature, the worker
@@ -21,15 +21,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from justrl_min import rollout
+from justrl_min import options
 from justrl_min.config import load_recipe
-from justrl_min.rollout import (
-    Sampling,
-    VLLMEngine,
-    VLLMSettings,
-    vllm_engine_kwargs,
-    vllm_sampling_params,
-)
+from justrl_min.rollout import Sampling
+from justrl_min.variants import vllm_engine
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings, vllm_engine_kwargs, vllm_sampling_params
 
 vllm = pytest.importorskip("vllm")
 current_platform = importlib.import_module("vllm.platforms").current_platform
@@ -128,9 +124,9 @@ def test_trainer_builds_the_engine_from_each_gpu_recipe_with_valid_arguments(rec
             bound.apply_defaults()
             seen.update(bound.arguments)
 
-    monkeypatch.setattr(rollout, "VLLMEngine", Recorder)
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", Recorder)
     # The engine loads from the folder the policy came from (a checkpoint folder when resuming).
-    rollout.build_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, None, distributed=True)
+    options.rollout_engine(cfg, SimpleNamespace(name_or_path=cfg.model.path), None, None, distributed=True)
     seen.pop("log")
     for on_cpu in (False, True):  # the GPU form, the CPU form
         engine_kwargs = vllm_engine_kwargs(seen["model_path"], seen["settings"], on_cpu)
@@ -170,8 +166,9 @@ def test_gpu_build_without_cuda_names_the_cpu_fix(monkeypatch):
         VLLMEngine("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
 
 
-def test_importing_rollout_does_not_import_vllm():
-    code = "import sys, justrl_min.rollout; assert 'vllm' not in sys.modules, 'vllm imported'"
+def test_importing_the_engines_does_not_import_vllm():
+    code = ("import sys, justrl_min.rollout, justrl_min.variants.vllm_engine; "
+            "assert 'vllm' not in sys.modules, 'vllm imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -221,7 +218,7 @@ def _completion(token_ids, logprobs, *, index=0, finish_reason="stop", flat=True
 @pytest.mark.parametrize("flat", [True, False])
 def test_sampled_logprobs_are_read_from_either_logprob_layout(flat):
     c = _completion([5, 6, 7], [-1.5, -0.25, -3.0], flat=flat)
-    assert rollout._sampled_logprobs(c) == [-1.5, -0.25, -3.0]
+    assert vllm_engine._sampled_logprobs(c) == [-1.5, -0.25, -3.0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from justrl_min import dist, model, trainer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
 from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm, load_tokenizer  # noqa: E402
-from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings  # noqa: E402
+from justrl_min.rollout import Sampling  # noqa: E402
 from justrl_min.tracking import read_metrics  # noqa: E402
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings  # noqa: E402
 
 if not (current_platform.is_cpu() or torch.cuda.is_available()):
     pytest.skip("the installed vLLM is a GPU build and no GPU is visible", allow_module_level=True)

@@ -15,8 +15,8 @@ from justrl_min import dist  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
 from justrl_min.model import TokenScorer, load_tokenizer  # noqa: E402
-from justrl_min.rollout import VLLMEngine, VLLMSettings  # noqa: E402
 from justrl_min.tracking import read_metrics  # noqa: E402
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings  # noqa: E402
 from tests.variants.test_lora import lora_policy  # noqa: E402
 from tests.variants.test_vllm_engine import AGREE, APART, logprob_gap, train_cli  # noqa: E402
 

@@ -22,7 +22,8 @@ from justrl_min.config import BOXED_SUFFIX, load_recipe  # noqa: E402
 from justrl_min.data import load_problems, tokenize_problems  # noqa: E402
 from justrl_min.model import MicroBatcher, TokenScorer, load_causal_lm  # noqa: E402
 from justrl_min.reward import VerifierPool  # noqa: E402
-from justrl_min.rollout import Sampling, VLLMEngine, VLLMSettings  # noqa: E402
+from justrl_min.rollout import Sampling  # noqa: E402
+from justrl_min.variants.vllm_engine import VLLMEngine, VLLMSettings  # noqa: E402
 from tests.standin_models import EOS, GAP, P_EOS, P_GAP, TOKENS  # noqa: E402
 
 if not (current_platform.is_cpu() or torch.cuda.is_available()):
