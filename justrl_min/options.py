@@ -12,6 +12,7 @@ variants only through the imports inside these functions (tests/test_layout.py c
     reward sources         step_reward.VerifierReward           variants/reward_sources.py, variants/shaping.py
     grader per source      OneGrader (below: reward.mode)       variants/by_source.py (reward.by_source, mixed data)
     rollout engine         rollout.build_hf_engine              variants/vllm_engine.py (rollout.engine=vllm)
+    in-training eval       (none)                               eval/ (eval.every_steps, eval.benchmarks)
     curves at the end      (none)                               tools/curves.py (log.curves_at_end)
 
 The policy loss is a name in `algo.POLICY_LOSSES`, chosen by `algo.policy_objective`.
@@ -30,7 +31,7 @@ import torch
 from justrl_min import algo
 from justrl_min.config import Config, LoraConfig
 from justrl_min.model import FullFineTuning, MicroBatcher, TokenScorer
-from justrl_min.rollout import RolloutEngine, build_hf_engine
+from justrl_min.rollout import RolloutEngine, Sampling, build_hf_engine
 from justrl_min.step_reward import RewardSource, StepReward, VerifierReward
 
 
@@ -139,3 +140,15 @@ def draw_curves(run_dir: Path) -> None:
     from justrl_min.tools.curves import plot_runs
 
     plot_runs([run_dir], run_dir / "curves.png")
+
+
+def evaluate(cfg: Config, engine: RolloutEngine, tokenizer, pool, device: torch.device) -> dict[str, float]:
+    """eval.every_steps: the `eval` section's benchmarks on the rollout engine, as flat metrics."""
+    from justrl_min.eval import evaluate, protocols
+
+    sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
+    judge = protocols.Judge.for_training(cfg, device) if cfg.eval.judge else None
+    results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n or None,
+                                           sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool,
+                                           grader=cfg.eval.grader, judge=judge, generating=engine.generating)
+    return evaluate.flat_metrics(results)

@@ -230,7 +230,7 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
             metrics["throughput/tokens_per_s"] = metrics.pop("_tokens") / metrics["time/step_s"]
             if cfg.eval.every_steps and cfg.eval.benchmarks and step % cfg.eval.every_steps == 0:
                 with phase("eval"):  # not in time/step_s
-                    metrics.update(run_eval(cfg, run.engine, run.tokenizer, pool))  # one row per step
+                    metrics.update(options.evaluate(cfg, run.engine, run.tokenizer, pool, device))  # one row per step
             metrics.update(phase.metrics(info))
             log_step(run, step, metrics, rollouts, scores)
 
@@ -643,17 +643,6 @@ def _sum_over_ranks(info: dist.DistInfo, **values) -> dict[str, float]:
     """Each named scalar summed over ranks, in one all-reduce, as float64."""
     sums = dist.all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64), info).tolist()
     return dict(zip(values, sums))
-
-
-def run_eval(cfg: Config, engine: RolloutEngine, tokenizer, pool) -> dict[str, float]:
-    from justrl_min.eval import evaluate, protocols
-
-    sampling = Sampling(cfg.eval.temperature, cfg.eval.top_p, cfg.eval.max_tokens, seed=cfg.run.seed)
-    judge = protocols.Judge.for_training(cfg, resolve_device(cfg)) if cfg.eval.judge else None
-    results = evaluate.evaluate_benchmarks(engine, tokenizer, cfg.eval.benchmarks, n=cfg.eval.n or None,
-                                           sampling=sampling, data_dir=cfg.eval.data_dir or None, pool=pool,
-                                           grader=cfg.eval.grader, judge=judge, generating=engine.generating)
-    return evaluate.flat_metrics(results)
 
 
 # --------------------------------------------------------------------------------------------------
