@@ -188,8 +188,9 @@ def tiny_judge():
 
 def test_in_training_evaluation_uses_eval_grader_and_eval_judge(tokenizer, tiny_judge, tmp_path):
     import pandas as pd
+    import torch
 
-    from justrl_min import trainer
+    from justrl_min import options
     from tests.tiny_judge import PROMPT_FILE
 
     class Engine(ScriptedPolicy):
@@ -204,7 +205,8 @@ def test_in_training_evaluation_uses_eval_grader_and_eval_judge(tokenizer, tiny_
                              f"eval.judge_prompt={tiny_judge / PROMPT_FILE}", "rollout.engine=hf", "run.device=cpu",
                              "model.dtype=float32"])
     with VerifierPool(workers=1, timeout_s=10.0) as training_pool:  # symbolic: the eval grader gets its own
-        flat = trainer.run_eval(cfg, Engine(tokenizer, ["\\boxed{42}", "\\boxed{1}"]), tokenizer, training_pool)
+        flat = options.evaluate(cfg, Engine(tokenizer, ["\\boxed{42}", "\\boxed{1}"]), tokenizer, training_pool,
+                                torch.device("cpu"))
     # The deepscaler grader accepts sample 0; the tiny judge says what it says about sample 1 (its
     # verdict is exercised here, not trusted).
     assert flat["eval/aime24/grader_avg@2"] == 0.5
