@@ -2,8 +2,8 @@
 
 Every hyperparameter has exactly one home here. Unknown or misspelled keys are errors that name the
 key and suggest the closest valid one; values are type-checked against the dataclass annotations.
-Derived quantities (optimizer updates per step, responses per mini-batch) are computed once in
-`Config.validate` and asserted, so the trainer never re-derives them.
+Derived sizes (responses per step, per mini-batch on a rank) are `Config` methods, the one place each
+is computed; `Config.validate` checks every field under its own name.
 """
 
 from __future__ import annotations
@@ -383,10 +383,9 @@ class Config:
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
 
-    @property
-    def updates_per_step(self) -> int:
-        """Optimizer updates per training step: one per mini-batch, per PPO epoch."""
-        return self.algorithm.ppo_epochs * self.train.prompts_per_step // self.train.mini_batch_prompts
+    def minibatch_responses_per_rank(self, world_size: int) -> int:
+        """Responses in one mini-batch on one rank: whole prompt groups, the policy's and the critic's."""
+        return self.train.mini_batch_prompts // world_size * self.rollout.n
 
     @property
     def responses_per_step(self) -> int:

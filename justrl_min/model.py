@@ -17,6 +17,7 @@ mask over the row. Padded: length-sorted, right-padded rows under an ordinary pa
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -280,6 +281,21 @@ def clip_grad_norm(module: torch.nn.Module, max_norm: float) -> float:
     """Clip the gradient's global norm in place; returns the norm before clipping (whole, under FSDP)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
     return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+
+def optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float, loss_finite: bool,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, bool]:
+    """The end of a mini-batch, for the policy and the critic alike: clip the accumulated gradient,
+    step unless the loss or the norm is not finite (skipped rather than poison the weights and Adam's
+    moments), clear the gradient. Returns (norm before clipping, whether it stepped)."""
+    grad_norm = clip_grad_norm(module, max_norm)
+    finite = loss_finite and math.isfinite(grad_norm)
+    if finite:
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, finite
 
 
 # --------------------------------------------------------------------------------------------------

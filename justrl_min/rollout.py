@@ -51,9 +51,6 @@ class Rollouts:
 
 
 class RolloutEngine(Protocol):
-    shares_trainer_weights: bool
-    """True when the engine samples from the trainer's own module (nothing to push after a step)."""
-
     def generating(self) -> ContextManager[None]: ...       # around generate: current weights, memory held
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: Sampling) -> Rollouts: ...
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
@@ -80,8 +77,6 @@ class HFEngine:
     The n samples of a prompt are identical rows until they sample, so each chunk runs the model over
     every distinct prompt's prefix once and hands `generate` the copied KV cache (`_prefill_prompts`).
     """
-
-    shares_trainer_weights = True
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 64,
                  gathered: Callable[[], ContextManager[None]] = contextlib.nullcontext):
@@ -176,8 +171,6 @@ class HFCopyEngine(HFEngine):
     trainer's full weights after each update as vLLM does. With fp32 master weights and bf16 compute,
     decoding from the trainer's module reads twice the bytes per token, in fp32 matmuls; the copy reads
     bf16 (measured 2.2-2.7x faster at the stand-in's width on this project's CPU)."""
-
-    shares_trainer_weights = False
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -85,22 +85,6 @@ def _save(folder: str | Path, model, tokenizer) -> Path:
     return Path(folder)
 
 
-def save_random_model(folder: str | Path, seed: int = 0, **model_kwargs) -> Path:
-    """A randomly initialised tiny model + tokenizer as a Hugging Face folder (for fast tests)."""
-    tokenizer = build_tokenizer()
-    return _save(folder, build_model(tokenizer, seed, **model_kwargs), tokenizer)
-
-
-def save_reward_model(folder: str | Path, seed: int = 0, *, hidden: int = 32, layers: int = 1) -> Path:
-    """A randomly initialised tiny one-label `Qwen2ForSequenceClassification` + the tiny tokenizer, as
-    a Hugging Face folder: the `reward.model` of tests (its scores are arbitrary but deterministic)."""
-    from transformers import Qwen2ForSequenceClassification
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    return _save(folder, Qwen2ForSequenceClassification(_config(tokenizer, hidden, layers, num_labels=1)), tokenizer)
-
-
 # --------------------------------------------------------------------------------------------------
 # The synthetic task
 

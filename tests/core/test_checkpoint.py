@@ -9,11 +9,12 @@ import pytest
 from justrl_min import checkpoint, tiny
 from justrl_min.checkpoint import Checkpointer, check_disk, estimate_checkpoint_bytes
 from justrl_min.config import ConfigError
+from tests import tiny_models
 
 
 def write_model_checkpoint(step: int, fail_after_weights: bool = False):
     def write(folder):
-        tiny.save_random_model(folder, seed=step, hidden=16, layers=1)
+        tiny_models.save_random_model(folder, seed=step, hidden=16, layers=1)
         if fail_after_weights:
             raise OSError("disk full (injected)")
         (folder / "trainer_state.json").write_text(json.dumps({"step": step}))

@@ -18,7 +18,7 @@ def test_recipe_list_covers_subfolders():
 def test_every_shipped_recipe_loads(recipe):
     cfg = load_recipe(recipe)
     assert cfg.train.prompts_per_step % cfg.train.mini_batch_prompts == 0
-    assert cfg.updates_per_step >= 1
+    assert cfg.minibatch_responses_per_rank(1) >= cfg.rollout.n
 
 
 def test_overrides_are_typed():
@@ -47,7 +47,7 @@ def test_length_shaping_and_protocol_keys_default_off():
 
 def test_derived_values():
     cfg = load_recipe(None, ["train.prompts_per_step=256", "train.mini_batch_prompts=64", "rollout.n=8"])
-    assert cfg.updates_per_step == 4 and cfg.responses_per_step == 2048
+    assert cfg.minibatch_responses_per_rank(2) == 256 and cfg.responses_per_step == 2048
 
 
 @pytest.mark.parametrize("override, message", [

@@ -25,7 +25,9 @@ HELLO = [9707, 11, 1879, 0]  # "Hello" "," " world" "!"
 def test_derived_vocab_and_merges_are_qwens_official_files():
     vocab, merges = standin.vocab_and_merges()
     assert len(vocab) == 151_643 and len(merges) == 151_387  # every multi-byte token has one merge
-    vocab_json, merges_txt = standin.vocab_json_bytes(), standin.merges_txt_bytes()
+    # The two files as Qwen publishes them: compact JSON in rank order, UTF-8; the merges after a header.
+    vocab_json = json.dumps(vocab, ensure_ascii=False, separators=(",", ":")).encode()
+    merges_txt = "\n".join(["#version: 0.2", *(f"{a} {b}" for a, b in merges)]).encode() + b"\n"
     assert len(vocab_json) == 2_776_833
     assert hashlib.sha256(vocab_json).hexdigest() == "ca10d7e9fb3ed18575dd1e277a2579c16d108e32f27439684afa0e10b1440910"
     assert len(merges_txt) == 1_671_853

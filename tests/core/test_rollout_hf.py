@@ -132,7 +132,7 @@ def test_the_copy_engine_samples_from_the_trainers_weights_in_its_own_dtype(warm
     said = []
     cfg = load_recipe(None, [f"model.path={warm_model}", "model.compute_dtype=float64"])
     engine = build_engine(cfg, policy, tokenizer, lambda: None, log=said.append)
-    assert isinstance(engine, HFCopyEngine) and not engine.shares_trainer_weights
+    assert isinstance(engine, HFCopyEngine) and engine.model is not policy
     assert said == ["HF engine: samples from its own float64 copy of the policy (rollout.hf_copy)"]
     with torch.no_grad():  # the trainer's update, standing in
         for p in policy.parameters():

@@ -8,12 +8,13 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from justrl_min import tiny
+from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
-    tiny.save_random_model(tmp_path / "m", hidden=16, layers=1)
+    tiny_models.save_random_model(tmp_path / "m", hidden=16, layers=1)
     built, loaded = tiny.build_tokenizer(), AutoTokenizer.from_pretrained(tmp_path / "m")
     text = built.apply_chat_template([{"role": "user", "content": "What is 7+8? é \\boxed{15}\n ok"}],
                                      add_generation_prompt=True, tokenize=False)

@@ -17,6 +17,7 @@ from justrl_min.eval import evaluate
 from justrl_min.eval.evaluate import BENCHMARKS, EVAL_SUFFIX, majority_vote, pass_at_k
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import Rollouts, Sampling
+from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_DIR = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
@@ -182,7 +183,7 @@ def pool():
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
-    return tiny.save_random_model(tmp_path_factory.mktemp("random") / "model")
+    return tiny_models.save_random_model(tmp_path_factory.mktemp("random") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from justrl_min import tiny
 from justrl_min.config import BOXED_SUFFIX, load_recipe
 from justrl_min.data import Problem
 from justrl_min.eval import evaluate, protocols
@@ -15,6 +14,7 @@ from justrl_min.eval.evaluate import EVAL_SUFFIX
 from justrl_min.eval.judge import JUDGE_MAX_NEW_TOKENS
 from justrl_min.reward import VerifierPool
 from justrl_min.rollout import Rollouts, Sampling
+from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_DIR = ROOT.parent / "shared" / "benchmarks"
@@ -71,7 +71,7 @@ def test_conflicting_choices_are_errors_naming_the_flags(protocol, kwargs, messa
 
 @pytest.fixture(scope="module")
 def tokenizer_folder(tmp_path_factory):
-    return tiny.save_random_model(tmp_path_factory.mktemp("random") / "model")
+    return tiny_models.save_random_model(tmp_path_factory.mktemp("random") / "model")
 
 
 @pytest.fixture(scope="module")

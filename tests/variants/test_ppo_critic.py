@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from justrl_min import options, tiny, trainer
+from justrl_min import options, trainer
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.data import Problem
 from justrl_min.step_reward import Samples
 from justrl_min.tracking import read_metrics
 from justrl_min.variants.reward_sources import RewardSourceError
+from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 CRITIC_METRICS = ["train/value_loss", "train/explained_variance", "train/value_clip_frac", "train/value_mean",
@@ -143,7 +144,7 @@ def test_reward_function_errors_name_the_function():
 def test_reward_model_scores_prompt_and_response_in_batches(warm_model, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    rm_path = tiny.save_reward_model(tmp_path / "rm")
+    rm_path = tiny_models.save_reward_model(tmp_path / "rm")
     run_dir = tmp_path / "rm_run"
     # Batches of 3 over 32 responses: the last batch is partial, and rows are right-padded.
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", small(

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from justrl_min import algo, tiny, trainer
+from justrl_min import algo, trainer
 from justrl_min.checkpoint import TRAINED_HEADS_FILE
 from justrl_min.config import ConfigError, load_recipe
 from justrl_min.dist import DistInfo
 from justrl_min.model import MicroBatcher, load_causal_lm, unflatten, weights_for_engine
 from justrl_min.tracking import read_metrics
 from justrl_min.variants.critic import ValueTokenScorer
+from tests import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes/ppo_shared_tiny.yaml"
@@ -35,7 +36,7 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_one_backward_gives_the_sum_of_the_two_losses_gradients(tmp_path):
     torch.manual_seed(0)
-    folder = tiny.save_random_model(tmp_path / "m", hidden=32, layers=1)
+    folder = tiny_models.save_random_model(tmp_path / "m", hidden=32, layers=1)
     # float64, though Qwen2's RMSNorm computes in float32 whatever the dtype: gradients through the
     # decoder layers agree to float32 rounding (~1e-7 of their size), the final norm and head to 1e-15.
     scorer = ValueTokenScorer(load_causal_lm(str(folder), dtype="float64"), None, "never", 1.0, 4)
@@ -109,7 +110,7 @@ def test_shared_head_checkpoints_and_resumes_exactly(warm_model, tmp_path):
 
 
 def test_the_engine_gets_the_policy_without_the_head(tmp_path):
-    folder = tiny.save_random_model(tmp_path / "m", hidden=32, layers=1)
+    folder = tiny_models.save_random_model(tmp_path / "m", hidden=32, layers=1)
     scorer = ValueTokenScorer(load_causal_lm(str(folder)))
     names = [name for name, _ in weights_for_engine(scorer, DistInfo(), torch.float32)]
     assert "lm_head.weight" in names or "model.embed_tokens.weight" in names
