@@ -5,6 +5,13 @@ A checkpoint is written into `checkpoints/.tmp-step_N`, every file fsynced, then
 only then are old checkpoints pruned. A crash at any point leaves `latest` pointing at a complete
 checkpoint. `checkpoints/latest` is itself a Hugging Face model folder (`from_pretrained` works).
 
+A checkpoint proves itself: its last file, `manifest.json` (written atomically, before the folder
+is published), records every other file's size and the SHA-256 of each 64 MiB block. A checkpoint
+without one is incomplete. `verify_checkpoint` checks a folder against it (sizes first, then the
+blocks' digests on every core); a resume takes the newest checkpoint that passes and says why it
+skipped any newer ones; `justrl verify-checkpoint`, `justrl export` and `justrl eval --model`
+run the same check.
+
 Optimizer and RNG states are read back with `torch.load(weights_only=True)` (`load_state_file`):
 tensors, numbers, strings and containers, plus the numpy array of numpy's RNG state, and nothing
 else. A run directory made by someone else cannot run code on resume.
@@ -13,12 +20,14 @@ else. A run directory made by someone else cannot run code on resume.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
 import random
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,7 @@ import torch
 from justrl_min import dist
 from justrl_min.config import Config, ConfigError, save_config
 from justrl_min.model import POLICY_PREFIX
+from justrl_min.run_lock import LOCK_FILE
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -37,6 +47,10 @@ except ImportError:  # numpy < 2
 
 LATEST = "latest"
 COMPLETE_MARKER = "trainer_state.json"
+"""What every checkpoint writer must produce (the training state a resume reads)."""
+MANIFEST = "manifest.json"
+MANIFEST_BLOCK_BYTES = 64 * 2**20
+"""Files are hashed in blocks of this size, so that one large file is checked on every core."""
 TRAINED_HEADS_FILE = "value_head.safetensors"
 """The trained module's weights beside the policy (critic.shared_backbone's value head), kept out
 of the Hugging Face folder so that `latest` stays a plain model folder."""
@@ -87,6 +101,7 @@ class Checkpointer:
             write(tmp)
             if not (tmp / COMPLETE_MARKER).is_file():
                 raise RuntimeError(f"checkpoint writer did not produce {COMPLETE_MARKER}")
+            write_manifest(tmp)
             _fsync_tree(tmp)
             if final.exists():  # re-saving the same step (e.g. a stop right after a periodic save)
                 shutil.rmtree(final)
@@ -110,14 +125,28 @@ class Checkpointer:
         return final
 
     def latest(self) -> Path | None:
+        """The newest checkpoint with a manifest (not checked against it: `newest_verified` does that)."""
         link = self.folder / LATEST
         if link.is_symlink() or link.exists():
             target = link.resolve()
-            if (target / COMPLETE_MARKER).is_file():
+            if (target / MANIFEST).is_file():
                 return target
         # `latest` missing or dangling: fall back to the newest complete step folder.
-        complete = [p for p in self.all_steps() if (p / COMPLETE_MARKER).is_file()]
+        complete = [p for p in self.all_steps() if (p / MANIFEST).is_file()]
         return complete[-1] if complete else None
+
+    def newest_verified(self) -> tuple[Path | None, list[str]]:
+        """The newest checkpoint that passes `verify_checkpoint`, and why each newer one was skipped."""
+        skipped = []
+        link = self.folder / LATEST
+        if link.is_symlink() and not link.resolve().is_dir():
+            skipped.append(f"{link} points at {os.readlink(link)}, which does not exist")
+        for folder in reversed(self.all_steps()):
+            problems = verify_checkpoint(folder)
+            if not problems:
+                return folder, skipped
+            skipped.append(f"{folder} fails its check: {'; '.join(problems)}")
+        return None, skipped
 
     def all_steps(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -128,6 +157,96 @@ class Checkpointer:
     def _prune(self) -> None:
         for old in self.all_steps()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _block_digests(folder: Path, sizes: dict[str, int]) -> dict[str, list[str]]:
+    """Each file's SHA-256 per MANIFEST_BLOCK_BYTES block, hashed on every core (hashlib releases the GIL)."""
+    blocks = [(name, offset) for name, size in sizes.items() for offset in range(0, max(size, 1), MANIFEST_BLOCK_BYTES)]
+
+    def digest(block: tuple[str, int]) -> str:
+        with open(folder / block[0], "rb") as f:
+            f.seek(block[1])
+            return hashlib.sha256(f.read(MANIFEST_BLOCK_BYTES)).hexdigest()
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        digests = list(pool.map(digest, blocks))
+    out: dict[str, list[str]] = {name: [] for name in sizes}
+    for (name, _), value in zip(blocks, digests):
+        out[name].append(value)
+    return out
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file's size and block digests in `folder/manifest.json`, written last and atomically."""
+    sizes = {name: (folder / name).stat().st_size for name in _files(folder)}
+    digests = _block_digests(folder, sizes)
+    manifest = {"format": 1, "block_bytes": MANIFEST_BLOCK_BYTES,
+                "files": {name: {"bytes": sizes[name], "sha256": digests[name]} for name in sizes}}
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_checkpoint(folder: Path) -> list[str]:
+    """What is wrong with the checkpoint `folder` against its manifest, one line per file ([] if nothing):
+    missing, truncated or grown, or changed since it was saved; or no readable manifest at all."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        recorded, block_bytes = manifest["files"], manifest["block_bytes"]
+    except FileNotFoundError:
+        return [f"no {MANIFEST}: an incomplete checkpoint (its save was interrupted, or it predates manifests)"]
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"]
+    if block_bytes != MANIFEST_BLOCK_BYTES:
+        return [f"{MANIFEST} hashes blocks of {block_bytes} bytes; this version reads {MANIFEST_BLOCK_BYTES}"]
+    problems = []
+    for name, entry in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != entry["bytes"]:
+            size = path.stat().st_size
+            problems.append(f"{name} has {size:,} bytes where {entry['bytes']:,} were saved "
+                            f"({'truncated' if size < entry['bytes'] else 'grown'})")
+    if problems:
+        return problems  # the digests of a file of the wrong size say nothing more
+    digests = _block_digests(folder, {name: entry["bytes"] for name, entry in recorded.items()})
+    for name, entry in recorded.items():
+        changed = [k for k, (a, b) in enumerate(zip(digests[name], entry["sha256"])) if a != b]
+        if changed:
+            problems.append(f"{name} changed since it was saved (its bytes from {changed[0] * block_bytes:,} "
+                            "differ from the recorded checksum)")
+    return problems
+
+
+def checked_model_folder(path: str | Path, log: Callable[[str], None] = print) -> str:
+    """`path` as a model to load (`justrl export`, `justrl eval --model`): a trainer checkpoint is
+    checked against its manifest first (a ConfigError names the file and why), a run directory stands
+    for its newest checkpoint that passes; anything else (a plain model folder, a hub id, `tiny`) is
+    returned as it is."""
+    folder = Path(path)
+    if (folder / "checkpoints").is_dir():  # a run directory
+        found, skipped = Checkpointer(folder, keep=1).newest_verified()
+        reasons = "".join(f"\n  - {reason}" for reason in skipped)
+        if found is None:
+            raise ConfigError(f"{folder}: no checkpoint passes its check{reasons or ' (there is none)'}")
+        if skipped:
+            log(f"{folder}: using {found.name}, the newest checkpoint that passes its check; skipped:{reasons}")
+        return str(found)
+    if (folder / MANIFEST).is_file() or (folder / COMPLETE_MARKER).is_file():
+        problems = verify_checkpoint(folder)
+        if problems:
+            raise ConfigError(f"{path}: this checkpoint fails its check: {'; '.join(problems)}. "
+                              f"`justrl verify-checkpoint {folder.parent.parent}` lists the run's good ones")
+        return str(folder.resolve())
+    return str(path)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -191,20 +310,36 @@ def check_disk(run_dir: Path, checkpoint_bytes: int, keep: int) -> None:
 # Training state
 
 
-def resume_point(cfg: Config, checkpointer: Checkpointer) -> Path | None:
-    """The checkpoint to resume from, per `run.resume`; clears or refuses a used run directory."""
-    latest = checkpointer.latest()
-    if cfg.run.resume == "true" and latest is None:
-        raise ConfigError(f"run.resume=true but {checkpointer.folder} has no complete checkpoint")
+def resume_point(cfg: Config, checkpointer: Checkpointer, log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to resume from, per `run.resume`: the newest that passes its check, saying why
+    any newer one was skipped; clears or refuses a used run directory."""
+    if cfg.run.resume != "false":
+        folder, skipped = checkpointer.newest_verified()
+        if folder is None and skipped:
+            reasons = "".join(f"\n  - {reason}" for reason in skipped)
+            raise ConfigError(f"run.resume={cfg.run.resume}: no checkpoint in {checkpointer.folder} passes its "
+                              f"check{reasons}\nStart afresh with run.resume=false run.overwrite=true, or set "
+                              "run.name to start a separate run")
+        if folder is None and cfg.run.resume == "true":
+            raise ConfigError(f"run.resume=true but {checkpointer.folder} has no complete checkpoint")
+        for reason in skipped:
+            log(f"resume: skipped {reason}")
+        if skipped:
+            log(f"resume: from {folder}, the newest checkpoint that passes its check")
+        return folder
     if cfg.run.resume == "false":
         run_dir = cfg.run_dir
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+        # The run's own lock file stays: this process holds it (run_lock).
+        contents = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.exists() else []
+        if contents and not cfg.run.overwrite:
             raise ConfigError(f"run directory {run_dir} is not empty and run.resume=false: pick another "
                               f"run.name, or add run.overwrite=true to replace it")
-        if run_dir.exists() and cfg.run.overwrite:
-            shutil.rmtree(run_dir)
+        for path in contents:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         return None
-    return latest
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -398,24 +399,19 @@ class Config:
             value, options = self._get(key), " | ".join(c or '""' for c in choices)
             _require(value in choices, key, f"unknown {_NOUNS[key]} {value!r} ({options})" if key in _NOUNS
                      else f"must be {options}, not {value!r}")
-        for rule, keys in _LOWER_BOUNDS.items():
-            op, bound = rule.split()
+        for rule, keys in _RANGES.items():  # every number, under its own name, before any rule joining two
             for key in keys:
                 value = self._get(key)
-                _require(value > int(bound) if op == ">" else value >= int(bound), key, f"must be {rule}")
+                _require(all(map(_RULES[rule], value if isinstance(value, tuple) else (value,))), key,
+                         f"must be {rule}, got {value!r}")
         t, r, a, c, rw, lora = self.train, self.rollout, self.algorithm, self.critic, self.reward, self.model.lora
         _require(t.prompts_per_step % t.mini_batch_prompts == 0, "train.mini_batch_prompts",
                  f"train.prompts_per_step={t.prompts_per_step} must be divisible by "
                  f"train.mini_batch_prompts={t.mini_batch_prompts}")
-        _require(r.temperature > 0, "rollout.temperature", "must be > 0 (log-probs are taken at it)")
-        _require(0 < r.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
-        _require(a.dual_clip is None or a.dual_clip > 1, "algorithm.dual_clip", "must be > 1 or null")
-        _require(0 <= a.gamma <= 1 and 0 <= a.lam <= 1, "algorithm.gamma", "gamma and lam must be in [0, 1]")
         _require(not a.kl_in_reward or (a.advantage == "gae" and a.kl_coef > 0), "algorithm.kl_in_reward",
                  "needs algorithm.advantage=gae (per-token rewards) and algorithm.kl_coef > 0")
-        _require(a.adaptive_kl_target >= 0 and (not a.adaptive_kl_target or a.kl_in_reward),
-                 "algorithm.adaptive_kl_target", "must be >= 0, and > 0 only with algorithm.kl_in_reward")
-        _require(c.value_clip is None or c.value_clip > 0, "critic.value_clip", "must be > 0 or null")
+        _require(not a.adaptive_kl_target or a.kl_in_reward, "algorithm.adaptive_kl_target",
+                 "must be 0 without algorithm.kl_in_reward")
         _require(not c.shared_backbone or a.advantage == "gae", "critic.shared_backbone",
                  "needs algorithm.advantage=gae (the value head's values feed GAE)")
         _require(not c.shared_backbone or (not c.path and not c.warmup_steps), "critic.shared_backbone",
@@ -423,13 +419,13 @@ class Config:
                  "(with one loss there is no update of the critic alone)")
         _require(lora.rank == 0 or not c.shared_backbone, "critic.shared_backbone",
                  "not with model.lora (a value head on a LoRA policy is not built or tested yet)")
-        _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",
-                 f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off)")
+        _require(0 <= rw.overlong_buffer <= r.max_response_length, "reward.overlong_buffer",  # after its bound
+                 f"must be in [0, rollout.max_response_length={r.max_response_length}] (0: off), "
+                 f"got {rw.overlong_buffer}")
         for source, grader in rw.by_source.items():
             check_grader_name(grader, f"reward.by_source.{source}")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
-        _require(0 <= lora.dropout < 1, "model.lora.dropout", "must be in [0, 1)")
         _require(bool(lora.target_modules), "model.lora.target_modules", "name at least one module, or all-linear")
         _require(lora.rank == 0 or "all-linear" not in lora.target_modules or len(lora.target_modules) == 1,
                  "model.lora.target_modules", "all-linear already names every linear layer; give it alone")
@@ -450,16 +446,39 @@ _CHOICES = {  # key: the values it may take
 }
 _NOUNS = {"rollout.engine": "engine", "algorithm.advantage": "estimator", "eval.grader": "grader"}
 """Keys whose error says `unknown <noun> 'x' (a | b)` rather than `must be a | b, not 'x'`."""
-_LOWER_BOUNDS = {  # rule: the keys whose values must satisfy it
-    "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch",
-            "rollout.cpu_kv_cache_gib", "algorithm.adaptive_kl_horizon", "critic.lr", "critic.value_coef",
+_RULES = {
+    "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0, ">= 1": lambda v: v >= 1,
+    "in (0, 1]": lambda v: 0 < v <= 1, "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 1)": lambda v: 0 <= v < 1,
+    "> 1 or null": lambda v: v is None or v > 1, "> 0 or null": lambda v: v is None or v > 0,
+    "finite": math.isfinite,
+}
+"""Each rule's test; a NaN fails every one of them."""
+_RANGES = {  # rule: the numeric keys whose values must satisfy it (every numeric key is in one;
+    # reward.overlong_buffer's range names another key, rollout.max_response_length, and is checked after)
+    "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch", "train.lr",
+            "train.grad_clip", "rollout.temperature", "rollout.max_response_length", "rollout.cpu_kv_cache_gib",
+            "rollout.hf_batch_size", "data.max_prompt_length", "data.tiny_problems", "algorithm.adv_eps",
+            "algorithm.adaptive_kl_horizon", "critic.lr", "critic.grad_clip", "critic.value_coef",
             "reward.timeout_s", "reward.function_timeout_s", "reward.model_batch_size", "model.lora.alpha",
-            "model.logprob_chunk_tokens", "run.dist_timeout_s"),
-    ">= 0": ("algorithm.clip_low", "algorithm.clip_high", "algorithm.target_kl", "critic.warmup_steps",
-             "reward.overlong_penalty", "reward.length_target", "reward.length_coef", "model.lora.rank"),
-    ">= 1": ("rollout.n", "algorithm.ppo_epochs", "checkpoint.keep", "health.smooth_steps",
-             "health.entropy_start_steps", "health.entropy_collapse_window", "health.reward_flat_window",
-             "health.length_window", "health.spike_window"),
+            "model.logprob_chunk_tokens", "run.dist_timeout_s", "eval.max_tokens", "checkpoint.every_steps",
+            "health.entropy_collapse_ratio", "health.spike_factor"),
+    ">= 0": ("run.seed", "train.steps", "train.warmup_steps", "train.weight_decay", "rollout.tis_cap",
+             "algorithm.clip_low", "algorithm.clip_high", "algorithm.kl_coef", "algorithm.entropy_coef",
+             "algorithm.adaptive_kl_target", "algorithm.target_kl", "critic.weight_decay", "critic.warmup_steps",
+             "reward.workers", "reward.overlong_penalty", "reward.length_target", "reward.length_coef",
+             "model.lora.rank", "eval.every_steps", "eval.n", "eval.temperature", "log.samples_per_step",
+             "health.entropy_start_min", "health.entropy_start_max", "health.reward_flat_min_rise",
+             "health.reward_drop_max", "health.length_drift_max", "health.truncation_max", "health.truncation_rise",
+             "health.kl_max", "health.no_signal_max", "health.clip_frac_spike_min", "health.verifier_timeouts_max"),
+    ">= 1": ("rollout.n", "rollout.tensor_parallel_size", "algorithm.ppo_epochs", "train.max_skipped_steps",
+             "checkpoint.keep", "health.smooth_steps", "health.entropy_start_steps", "health.entropy_collapse_window",
+             "health.reward_flat_window", "health.length_window", "health.spike_window"),
+    "in (0, 1]": ("rollout.top_p", "eval.top_p", "rollout.gpu_memory_utilization"),
+    "in [0, 1]": ("algorithm.gamma", "algorithm.lam"),
+    "in [0, 1)": ("model.lora.dropout", "train.betas"),
+    "> 1 or null": ("algorithm.dual_clip",),
+    "> 0 or null": ("critic.value_clip",),
+    "finite": ("reward.correct", "reward.incorrect"),
 }
 
 

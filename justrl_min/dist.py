@@ -15,10 +15,16 @@ import datetime
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
+
+from justrl_min.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,21 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decided_on_main(decide: Callable[[], T], info: DistInfo) -> T:
+    """`decide()` on rank 0 only (it may touch the file system), and its result on every rank; a
+    ConfigError it raises is raised on every rank, so that all of them stop with the same message."""
+    outcome = None
+    if info.is_main:
+        try:
+            outcome = (decide(), None)
+        except ConfigError as error:
+            outcome = (None, error)
+    value, error = broadcast_object(outcome, info)
+    if error is not None:
+        raise error
+    return value
 
 
 def barrier(info: DistInfo) -> None:

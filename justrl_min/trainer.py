@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from justrl_min import algo, dist, options
+from justrl_min import algo, dist, options, run_lock
 from justrl_min.checkpoint import (
     Checkpointer,
     TrainingState,
@@ -118,7 +118,7 @@ def train(cfg: Config) -> Path:
     if device.type == "cpu" and info.is_main:
         print(huge_pages_status(), flush=True)
     try:
-        with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s):
+        with dist.naming_lost_ranks(info, cfg.run.dist_timeout_s), run_lock.held(cfg.run_dir, info):
             return _train(fast_compute_dtype(cfg, device, info), device, info)
     finally:
         dist.shutdown(info)
@@ -255,7 +255,7 @@ def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
                           f"{t.mini_batch_prompts} must be divisible by the world size {info.world_size}")
     run_dir = cfg.run_dir
     checkpointer = Checkpointer(run_dir, cfg.checkpoint.keep)
-    resume_from = dist.broadcast_object(resume_point(cfg, checkpointer) if info.is_main else None, info)
+    resume_from = dist.decided_on_main(lambda: resume_point(cfg, checkpointer), info)
 
     # ---- data, models, optimizer, engine, reward
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     ask_for_huge_pages()
     import torch
 
+    from justrl_min.checkpoint import checked_model_folder
     from justrl_min.data import DataError
+    from justrl_min.errors import ConfigError
     from justrl_min.eval import evaluate
     from justrl_min.eval.inference import EngineSpec
     from justrl_min.eval.judge import load_template
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
     except (ValueError, DataError) as e:
         sys.exit(f"{prog}: error: {e}")
 
-    model_path = resolve_model_path(args.model)
+    try:
+        model_path = resolve_model_path(checked_model_folder(args.model, log=lambda text: print(text, file=sys.stderr)))
+    except ConfigError as e:
+        sys.exit(f"{prog}: error: {e}")
     tokenizer = load_tokenizer(model_path)
     out = Path(args.out) if args.out else Path("runs/eval") / _model_tag(args.model)
     sampling = Sampling(args.temperature, args.top_p, grading.max_tokens, seed=args.seed)

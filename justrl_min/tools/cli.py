@@ -42,6 +42,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "doctor": Subcommand("justrl_min.tools.doctor", "health report of a run"),
     "standin": Subcommand("justrl_min.tools.standin", "offline stand-ins of the paper's models", extra="dev"),
     "estimate": Subcommand("justrl_min.tools.estimate", "memory per rank and step time of a recipe on given GPUs"),
+    "verify-checkpoint": Subcommand("justrl_min.tools.verify_checkpoint",
+                                    "check checkpoints against their manifests (sizes and checksums)"),
     "export": Subcommand("justrl_min.tools.export",
                           "write a checkpoint as a merged Hugging Face folder (LoRA runs too)"),
 }

@@ -3,7 +3,8 @@
     python -m justrl_min.tools.export RUN_OR_CHECKPOINT --out DIR [--dtype bfloat16]
     justrl export runs/x --out DIR
 
-RUN_OR_CHECKPOINT is a run directory (its `checkpoints/latest` is exported) or one checkpoint folder.
+RUN_OR_CHECKPOINT is a run directory (its newest checkpoint that passes its check is exported) or one
+checkpoint folder (checked against its manifest first).
 A LoRA checkpoint (a PEFT folder) is loaded onto the base model it names and merged (W + scaling B A,
 peft's `merge_and_unload`); a full-weight checkpoint is copied without the trainer's state. Either
 way DIR holds config.json, generation_config.json, model.safetensors and the tokenizer, and nothing
@@ -18,20 +19,19 @@ from pathlib import Path
 
 import torch
 
-from justrl_min.checkpoint import COMPLETE_MARKER, LATEST
+from justrl_min.checkpoint import checked_model_folder
 from justrl_min.config import ConfigError
 from justrl_min.model import DTYPES, load_tokenizer
 from justrl_min.variants.lora import adapter_base_path, is_adapter_folder, require_peft
 
 
 def checkpoint_folder(run_or_checkpoint: str | Path) -> Path:
-    """A checkpoint folder itself, or a run directory's latest checkpoint."""
-    path = Path(run_or_checkpoint)
-    for folder in (path, path / "checkpoints" / LATEST):
-        if (folder / COMPLETE_MARKER).is_file() or (folder / "config.json").is_file() or is_adapter_folder(folder):
-            return folder.resolve()
-    raise ConfigError(f"{path}: neither a checkpoint folder (config.json or {COMPLETE_MARKER}) nor a run "
-                      f"directory with checkpoints/{LATEST}")
+    """A checkpoint folder itself, or a run directory's newest checkpoint that passes its check."""
+    folder = Path(checked_model_folder(run_or_checkpoint, log=lambda text: print(text, file=sys.stderr)))
+    if (folder / "config.json").is_file() or is_adapter_folder(folder):
+        return folder.resolve()
+    raise ConfigError(f"{run_or_checkpoint}: neither a checkpoint folder (config.json) nor a run directory "
+                      "with checkpoints/")
 
 
 def load_merged(folder: Path, dtype: str | None = None) -> torch.nn.Module:

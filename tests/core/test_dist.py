@@ -118,3 +118,37 @@ def test_a_dead_rank_stops_the_other_fast_naming_it_and_the_run_resumes_exactly(
     assert sorted(after) == [1, 2, 3, 4]
     for key in ("train/reward_mean", "train/loss", "train/entropy", "train/grad_norm", "train/lr"):
         assert after[3][key] == pytest.approx(before[3][key], abs=1e-6), key  # step 3, replayed after resume
+
+
+def test_two_ranks_hold_one_lock_and_resume_from_the_same_checked_checkpoint(warm_model, tmp_path):
+    from tests.core.test_run_safety import HOLD, truncate
+
+    common = ["recipes/tiny_cpu.yaml", f"run.output_dir={tmp_path}", "run.name=two", f"model.path={warm_model}",
+              "train.prompts_per_step=8", "train.mini_batch_prompts=4", "rollout.n=4", "reward.workers=1",
+              "log.curves_at_end=false", "log.tensorboard=false", "checkpoint.every_steps=2",
+              "data.tiny_problems=64", "run.dist_timeout_s=30"]
+    run_dir = tmp_path / "two"
+    torchrun(["train.py", *common, "train.steps=4"])
+    truncate(run_dir / "checkpoints/step_4/model.safetensors")
+    out = torchrun(["train.py", *common, "train.steps=5"])
+    # Rank 0 checked the checkpoints and said so once; both ranks took its decision.
+    assert out.count("resume: skipped") == 1 and "model.safetensors has" in out and "(truncated)" in out, out[-4000:]
+    assert f"resumed from {run_dir / 'checkpoints/step_2'} at step 2" in out
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5]
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.time()
+        second = subprocess.run(TORCHRUN + ["train.py", *common, "train.steps=6"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        holder.kill()
+        holder.wait()
+    output = second.stdout + second.stderr
+    assert second.returncode != 0 and f"is in use by pid {holder.pid}" in output, output[-4000:]
+    # Each rank stops with rank 0's decision (torchrun may end the second before it prints).
+    assert output.count("error: run directory") >= 1 and "Traceback" not in output.split("error: run directory")[0]
+    assert time.time() - started < 120
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3, 4, 5]

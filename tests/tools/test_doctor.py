@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from justrl_min.checkpoint import write_manifest
 from justrl_min.config import config_to_dict, load_recipe
 from justrl_min.tools import doctor
 
@@ -59,6 +60,7 @@ def test_a_crashed_run_is_reported_as_stopped_with_where_to_resume(tmp_path, cap
     run = make_run(tmp_path / "crashed", rows(12), 100, tail='{"step": 13, "train/rew')
     (run / "checkpoints" / "step_10").mkdir(parents=True)
     (run / "checkpoints" / "step_10" / "trainer_state.json").write_text("{}")
+    write_manifest(run / "checkpoints" / "step_10")  # what makes a checkpoint complete
     hour_ago = time.time() - 3600
     os.utime(run / "metrics.jsonl", (hour_ago, hour_ago))
     assert doctor.main([str(run)]) == 0  # what it logged is healthy
