@@ -227,6 +227,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_skipped_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
+    stop_on_plateau: bool = False
+    """Stop (checkpoint, summary status `plateaued` with the reason, exit 0) once learning has stopped:
+    when the health check reward_plateau fails (the smoothed accuracy has not risen by
+    health.plateau_min_rise within health.plateau_window steps) or eval_plateau does (the in-training
+    evaluation's overall average has not beaten its best for health.eval_patience evaluations).
+    Needs log.health. Off in the JustRL recipe, which runs its fixed number of steps."""
     mask_truncated: bool = False
     """Overlong filtering (DAPO section 3.4, TRL's `mask_truncated_completions`): responses cut at
     rollout.max_response_length keep their reward but contribute no token to the loss."""
@@ -363,6 +369,12 @@ class HealthConfig:
     """... and, for the clip fraction, also exceeds this (a median of 0 would make every clip a spike)."""
     verifier_timeouts_max: int = 0
     """Warn on a step with more verifier timeouts plus errors than this."""
+    plateau_window: int = 100
+    """reward_plateau: steps within which the smoothed accuracy must rise by `plateau_min_rise` above its
+    value at the window's start (the JustRL write-up's monitor: 100 steps, a range under 0.01)."""
+    plateau_min_rise: float = 0.01
+    eval_patience: int = 3
+    """eval_plateau: in-training evaluations in a row whose eval/overall/avg does not beat the best before them."""
 
 
 @dataclass
@@ -424,6 +436,8 @@ class Config:
                  f"got {rw.overlong_buffer}")
         for source, grader in rw.by_source.items():
             check_grader_name(grader, f"reward.by_source.{source}")
+        _require(not t.stop_on_plateau or self.log.health, "train.stop_on_plateau",
+                 "needs log.health=true (it stops on the health checks reward_plateau and eval_plateau)")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
         _require(bool(lora.target_modules), "model.lora.target_modules", "name at least one module, or all-linear")
@@ -469,10 +483,12 @@ _RANGES = {  # rule: the numeric keys whose values must satisfy it (every numeri
              "model.lora.rank", "eval.every_steps", "eval.n", "eval.temperature", "log.samples_per_step",
              "health.entropy_start_min", "health.entropy_start_max", "health.reward_flat_min_rise",
              "health.reward_drop_max", "health.length_drift_max", "health.truncation_max", "health.truncation_rise",
-             "health.kl_max", "health.no_signal_max", "health.clip_frac_spike_min", "health.verifier_timeouts_max"),
+             "health.kl_max", "health.no_signal_max", "health.clip_frac_spike_min", "health.verifier_timeouts_max",
+             "health.plateau_min_rise"),
     ">= 1": ("rollout.n", "rollout.tensor_parallel_size", "algorithm.ppo_epochs", "train.max_skipped_steps",
              "checkpoint.keep", "health.smooth_steps", "health.entropy_start_steps", "health.entropy_collapse_window",
-             "health.reward_flat_window", "health.length_window", "health.spike_window"),
+             "health.reward_flat_window", "health.length_window", "health.spike_window", "health.plateau_window",
+             "health.eval_patience"),
     "in (0, 1]": ("rollout.top_p", "eval.top_p", "rollout.gpu_memory_utilization"),
     "in [0, 1]": ("algorithm.gamma", "algorithm.lam"),
     "in [0, 1)": ("model.lora.dropout", "train.betas"),

@@ -7,6 +7,9 @@ here, fed one step-metrics dict at a time (the trainer's, live, or a finished ru
 - entropy_collapse: the smoothed entropy falls below a share of its recent peak (premature collapse);
 - reward_flat: accuracy does not rise (a learning-rate, batch or reward bug);
 - reward_drop: the smoothed accuracy falls well below its best so far;
+- reward_plateau / eval_plateau: learning has stopped: the smoothed accuracy has not risen within a
+  window, or the in-training evaluation has not beaten its best for some evaluations (with
+  train.stop_on_plateau the run stops on either);
 - length_drift / truncation: mean response length moves by more than a fraction over a phase, or more
   responses hit the length limit (the policy found that longer guesses pay);
 - kl: KL to the reference above a bound (only when a reference is loaded);
@@ -34,6 +37,9 @@ ENTROPY, ACCURACY, LENGTH = "train/entropy", "train/accuracy", "train/response_l
 TRUNCATED, KL, GRAD_NORM, CLIP = "train/truncated_frac", "train/kl", "train/grad_norm", "train/clip_frac"
 SOLVE_NONE, SOLVE_ALL, SKIPPED = "train/solve_none_frac", "train/solve_all_frac", "train/skipped_steps"
 TIMEOUTS, ERRORS, REWARD = "train/reward_timeouts", "train/reward_errors", "train/reward_mean"
+EVAL_AVERAGE = "eval/overall/avg"
+PLATEAU_CHECKS = ("reward_plateau", "eval_plateau")
+"""The checks train.stop_on_plateau stops a run on."""
 
 
 class Series:
@@ -162,6 +168,27 @@ def reward_drop(c: HealthConfig, h: History) -> Finding | None:
                    f"(limit {c.reward_drop_max:g})")
 
 
+def reward_plateau(c: HealthConfig, h: History) -> Finding | None:
+    s, window = h.get(ACCURACY), c.plateau_window
+    if s is None or len(s.smooth) <= window:
+        return None
+    start = s.smooth[-window - 1]
+    rise = max(s.smooth[-window:]) - start
+    return Finding(rise >= c.plateau_min_rise, -rise,
+                   f"smoothed accuracy rose {rise:+.4f} in the last {window} steps, from {start:.3f} "
+                   f"(needs {c.plateau_min_rise:+g})")
+
+
+def eval_plateau(c: HealthConfig, h: History) -> Finding | None:
+    s, patience = h.get(EVAL_AVERAGE), c.eval_patience
+    if s is None or len(s.raw) <= patience:
+        return None
+    best_before, recent = max(s.raw[:-patience]), max(s.raw[-patience:])
+    return Finding(recent > best_before, best_before - recent,
+                   f"{EVAL_AVERAGE} {recent:.4f} at best over the last {patience} evaluations, not above "
+                   f"{best_before:.4f} before them")
+
+
 def length_drift(c: HealthConfig, h: History) -> Finding | None:
     s, window = h.get(LENGTH), c.length_window
     if s is None or len(s.smooth) <= window or s.smooth[-window - 1] <= 0:
@@ -240,6 +267,8 @@ CHECKS = [  # name, title, panel, fn(cfg, history)
     ("entropy_collapse", "entropy collapse", ENTROPY, entropy_collapse),
     ("reward_flat", "reward rises", REWARD, reward_flat),
     ("reward_drop", "reward holds", REWARD, reward_drop),
+    ("reward_plateau", "reward still rising", REWARD, reward_plateau),
+    ("eval_plateau", "evaluation still improving", REWARD, eval_plateau),
     ("length_drift", "response length steady", LENGTH, length_drift),
     ("truncation", "truncation low and not growing", TRUNCATED, truncation),
     ("kl", "KL to the reference", KL, kl_bound),

@@ -4,13 +4,13 @@ Both are rewritten from metrics.jsonl, the run's one record, at every checkpoint
 atomically (a temporary file renamed over the old one). A resumed run has dropped the rows past its
 checkpoint from metrics.jsonl before it redoes those steps, so both files always hold each step once.
 
-summary.json: status (`finished`, `stopped` by a signal, or `running`: written at a checkpoint of a
-run still going, or one that crashed after it), steps done and planned, the last row's metrics
-(`final`), the highest value and its step of every reward, accuracy and evaluation metric (`best`),
-step time summed over the logged steps and wall time summed over the sessions (start-up, evaluation
-and checkpoints included; a crashed session's time after its last checkpoint is not known), tokens
-generated and processed, the sha256 of the resolved config (how the run was started, `run.resume`
-and `run.overwrite`, left out) and the last checkpoint.
+summary.json: status (`finished`, `stopped` by a signal, `plateaued` by train.stop_on_plateau with its
+`stop_reason`, or `running`: written at a checkpoint of a run still going, or one that crashed after
+it), steps done and planned, the last row's metrics (`final`), the highest value and its step of
+every reward, accuracy and evaluation metric (`best`), step time summed over the logged steps and wall
+time summed over the sessions (start-up, evaluation and checkpoints included; a crashed session's time
+after its last checkpoint is not known), tokens generated and processed, the sha256 of the resolved
+config (how the run was started, `run.resume` and `run.overwrite`, left out) and the last checkpoint.
 
 metrics.csv: one row per step, the columns the union of every row's keys in order of first
 appearance (`step` first); a key a step did not log, or a non-finite value, is an empty cell.
@@ -110,13 +110,16 @@ class RunSummary:
         self.earlier_s = (json.loads(previous.read_text()).get("wall_time_s", 0.0)
                           if enabled and resumed and previous.is_file() else 0.0)
 
-    def write(self, status: str, last_checkpoint: Path | None) -> None:
+    def write(self, status: str, last_checkpoint: Path | None, reason: str | None = None) -> None:
+        """`reason`: why the run stopped before train.steps (train.stop_on_plateau), as `stop_reason`."""
         if not self.enabled:
             return
         rows = read_metrics(self.run_dir)
         write_csv(rows, self.run_dir / CSV_FILE)
         summary = summarize(rows, self.cfg, status=status, last_checkpoint=last_checkpoint,
                             wall_time_s=self.earlier_s + time.monotonic() - self.started)
+        if reason is not None:
+            summary["stop_reason"] = reason
         with _atomic(self.run_dir / SUMMARY_FILE) as f:
             json.dump(summary, f, indent=1)
 

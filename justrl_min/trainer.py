@@ -39,7 +39,7 @@ from justrl_min.checkpoint import (
 from justrl_min.config import Config, ConfigError, DataConfig, config_to_dict, save_config
 from justrl_min.data import EpochSampler, PromptSet, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
-from justrl_min.health import HealthMonitor
+from justrl_min.health import PLATEAU_CHECKS, HealthMonitor
 from justrl_min.host_memory import huge_pages_status
 from justrl_min.model import (
     DTYPES,
@@ -232,17 +232,18 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 with phase("eval"):  # not in time/step_s
                     metrics.update(options.evaluate(cfg, run.engine, run.tokenizer, pool, device))  # one row per step
             metrics.update(phase.metrics(info))
-            log_step(run, step, metrics, rollouts, scores)
+            plateau = log_step(run, step, metrics, rollouts, scores)
 
             # ---- checkpoint, stop
-            stopping = bool(dist.sum_scalar(int(stop.requested), info))
+            stopping = bool(dist.sum_scalar(int(stop.requested or plateau is not None), info))
             if step % cfg.checkpoint.every_steps == 0 or step == t.steps or stopping:
                 save_checkpoint(run, step)
             if stopping:
-                run.tracker.message(f"stopped at step {step}; checkpoint saved. Resume with: "
+                run.tracker.message(f"stopped at step {step} of {t.steps}: {plateau}; checkpoint saved" if plateau
+                                    else f"stopped at step {step}; checkpoint saved. Resume with: "
                                     f"python train.py {cfg.run_dir / 'config.yaml'} run.resume=true")
                 break
-    finish(run, stopped=stop.requested)
+    finish(run, stopped=stop.requested, plateau=plateau)
     return cfg.run_dir
 
 
@@ -380,13 +381,17 @@ class SkipCounter:
                 f"the data; the last checkpoint is {self.checkpointer.latest() or 'none yet'}.")
 
 
-def log_step(run: Run, step: int, metrics: dict[str, float], rollouts: Rollouts, scores: StepScores) -> None:
-    """metrics.jsonl, TensorBoard and the console; the health checks' warnings; a few samples."""
+def log_step(run: Run, step: int, metrics: dict[str, float], rollouts: Rollouts, scores: StepScores) -> str | None:
+    """metrics.jsonl, TensorBoard and the console; the health checks' warnings; a few samples. Returns
+    why the run stops here under train.stop_on_plateau (a plateau check's warning), else None."""
     run.tracker.log(step, metrics)
-    run.tracker.log_events(run.health.observe(step, metrics))
+    opened = run.health.observe(step, metrics)
+    run.tracker.log_events(opened)
     if run.info.is_main and run.cfg.log.samples_per_step:
         run.tracker.write_samples(step, sample_records(run.tokenizer, rollouts, scores.texts, scores.golds,
                                                        scores.rewards, run.cfg.log.samples_per_step))
+    plateaus = [e.message for e in opened if e.check in PLATEAU_CHECKS] if run.cfg.train.stop_on_plateau else []
+    return plateaus[0] if plateaus else None
 
 
 def save_checkpoint(run: Run, step: int) -> None:
@@ -397,10 +402,11 @@ def save_checkpoint(run: Run, step: int) -> None:
     run.summary.write("running", run.checkpointer.latest())
 
 
-def finish(run: Run, stopped: bool) -> None:
+def finish(run: Run, stopped: bool, plateau: str | None = None) -> None:
     """Close what the run opened; the summary says how it ended; the curves, unless it was stopped."""
     run.tracker.close()
-    run.summary.write("stopped" if stopped else "finished", run.checkpointer.latest())
+    status = "stopped" if stopped else "plateaued" if plateau else "finished"
+    run.summary.write(status, run.checkpointer.latest(), reason=plateau)
     run.step_reward.close()
     run.engine.close()
     if run.info.is_main and run.cfg.log.curves_at_end and not stopped:

@@ -60,6 +60,23 @@ def test_flat_accuracy_warns_and_rising_accuracy_does_not():
     assert "reward_flat" not in feed(cfg, column(health.ACCURACY, [0.3, 0.4, 0.5, 0.6]))
 
 
+def test_accuracy_that_stops_rising_within_the_window_is_a_plateau():
+    cfg = dataclasses.replace(RAW, plateau_window=3, plateau_min_rise=0.05)
+    # Step 4 looks at steps 2-4 against step 1's 0.30: best 0.41, +0.11. Step 5: 0.42 against 0.35 (+0.07).
+    # Step 6: steps 4-6 against step 3's 0.40: best 0.42, +0.02 < 0.05, a plateau from there.
+    rows = column(health.ACCURACY, [0.30, 0.35, 0.40, 0.41, 0.42, 0.42, 0.42])
+    assert feed(cfg, rows)["reward_plateau"] == [(6, 7)]
+    assert "reward_plateau" not in feed(cfg, column(health.ACCURACY, [0.1 * i for i in range(10)]))
+
+
+def test_an_evaluation_that_does_not_beat_its_best_for_the_patience_is_a_plateau():
+    cfg = dataclasses.replace(RAW, eval_patience=2)
+    # Evaluations (every other step) 0.2, 0.3, 0.3, 0.25: at the fourth, the last two (0.3, 0.25) do not beat
+    # 0.3; at the third, the last two (0.3, 0.3) beat 0.2. Steps without an evaluation are not judged.
+    rows = [{health.EVAL_AVERAGE: v} if v is not None else {} for v in (0.2, None, 0.3, None, 0.3, None, 0.25)]
+    assert feed(cfg, rows)["eval_plateau"] == [(7, 7)]
+
+
 def test_accuracy_falling_below_its_best_is_a_drop():
     cfg = dataclasses.replace(RAW, reward_drop_max=0.15)
     # Step 3: 0.8 - 0.6 = 0.2 > 0.15; step 4: 0.8 - 0.7 = 0.1, recovered.

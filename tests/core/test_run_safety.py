@@ -246,3 +246,50 @@ def test_the_manifest_lists_every_file_of_the_checkpoint(two_checkpoints):
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert set(manifest["files"]) == on_disk and {"model.safetensors", "optimizer.pt", "trainer_state.json"} <= on_disk
     assert all(entry["bytes"] == os.path.getsize(folder / name) for name, entry in manifest["files"].items())
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping when learning has stopped (train.stop_on_plateau)
+
+
+def test_a_run_that_does_not_learn_stops_by_itself_saying_why(warm_model, tmp_path):
+    run_dir = tmp_path / "flat"
+    run = run_cli(overrides(warm_model, run_dir, "train.steps=30", "train.lr=0", "train.stop_on_plateau=true",
+                            "health.plateau_window=4", "health.plateau_min_rise=0.1", "checkpoint.every_steps=100"))
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out
+    steps = [m["step"] for m in read_metrics(run_dir)]
+    assert steps == [1, 2, 3, 4, 5]  # the first step with a full window, learning nothing
+    assert "stopped at step 5 of 30: health warning [reward_plateau] reward still rising: smoothed accuracy rose" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "plateaued" and summary["stop_reason"].startswith("health warning [reward_plateau]")
+    assert Checkpointer(run_dir, keep=2).newest_verified()[0] == run_dir / "checkpoints/step_5"
+
+
+def test_a_run_that_learns_does_not_stop_early(warm_model, tmp_path):
+    run_dir = tmp_path / "learns"
+    run = run_cli([f"model.path={warm_model}", f"run.output_dir={tmp_path}", "run.name=learns", "train.steps=24",
+                   "reward.workers=1", "log.curves_at_end=false", "train.stop_on_plateau=true",
+                   "health.plateau_window=8", "health.plateau_min_rise=0.01", "checkpoint.every_steps=100"])
+    out, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, out
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 25))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_an_evaluation_that_stops_improving_stops_the_run(warm_model, tmp_path, aime_dir):
+    run_dir = tmp_path / "evalflat"
+    run = run_cli(overrides(warm_model, run_dir, "train.steps=30", "train.stop_on_plateau=true",
+                            "eval.every_steps=1", "eval.benchmarks=[aime24]", f"eval.data_dir={aime_dir}", "eval.n=1",
+                            "eval.max_tokens=2", "health.eval_patience=2", "checkpoint.every_steps=100"))
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, out
+    # Two tokens never hold an answer: eval/overall/avg is 0 at steps 1-3, and at step 3 the last two
+    # evaluations have not beaten the first.
+    assert [m["step"] for m in read_metrics(run_dir)] == [1, 2, 3]
+    assert "stopped at step 3 of 30: health warning [eval_plateau]" in out
+
+
+def test_stop_on_plateau_needs_the_health_checks():
+    with pytest.raises(ConfigError, match="train.stop_on_plateau: needs log.health=true"):
+        load_recipe(TINY, ["train.stop_on_plateau=true", "log.health=false"])
