@@ -469,14 +469,14 @@ _RULES = {
 """Each rule's test; a NaN fails every one of them."""
 _RANGES = {  # rule: the numeric keys whose values must satisfy it (every numeric key is in one;
     # reward.overlong_buffer's range names another key, rollout.max_response_length, and is checked after)
-    "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch", "train.lr",
+    "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch",
             "train.grad_clip", "rollout.temperature", "rollout.max_response_length", "rollout.cpu_kv_cache_gib",
             "rollout.hf_batch_size", "data.max_prompt_length", "data.tiny_problems", "algorithm.adv_eps",
             "algorithm.adaptive_kl_horizon", "critic.lr", "critic.grad_clip", "critic.value_coef",
             "reward.timeout_s", "reward.function_timeout_s", "reward.model_batch_size", "model.lora.alpha",
             "model.logprob_chunk_tokens", "run.dist_timeout_s", "eval.max_tokens", "checkpoint.every_steps",
             "health.entropy_collapse_ratio", "health.spike_factor"),
-    ">= 0": ("run.seed", "train.steps", "train.warmup_steps", "train.weight_decay", "rollout.tis_cap",
+    ">= 0": ("run.seed", "train.steps", "train.lr", "train.warmup_steps", "train.weight_decay", "rollout.tis_cap",
              "algorithm.clip_low", "algorithm.clip_high", "algorithm.kl_coef", "algorithm.entropy_coef",
              "algorithm.adaptive_kl_target", "algorithm.target_kl", "critic.weight_decay", "critic.warmup_steps",
              "reward.workers", "reward.overlong_penalty", "reward.length_target", "reward.length_coef",
