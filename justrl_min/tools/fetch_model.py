@@ -102,7 +102,12 @@ def convert_gguf(gguf_path: Path, out: Path) -> dict:
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     # A model loaded from GGUF refuses save_pretrained: the same architecture, given its weights, does not.
-    model = type(loaded)(loaded.config)
+    config = loaded.config
+    # The weights are saved dequantized: a config still naming the GGUF quantization would make vLLM and
+    # transformers look for a quantized checkpoint.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:  # a tied head is the embedding itself
         raise ConfigError(f"{gguf_path}: weights do not fit {type(loaded).__name__}: missing {missing}, "

@@ -96,6 +96,7 @@ def test_a_gguf_model_becomes_a_folder_with_the_same_logits_tokenizer_and_templa
         assert torch.equal(back(ids).logits, original(ids).logits)  # float32 both ways: exactly
     assert back.lm_head.weight.data_ptr() == back.model.embed_tokens.weight.data_ptr()  # tied, as it was
     assert back.generation_config.eos_token_id == 2
+    assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())  # saved dequantized
 
 
 def test_a_known_model_is_taken_from_its_installed_package_checked_and_described(tiny_gguf, tmp_path, monkeypatch):
