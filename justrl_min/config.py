@@ -415,7 +415,7 @@ class Config:
             for key in keys:
                 value = self._get(key)
                 _require(all(map(_RULES[rule], value if isinstance(value, tuple) else (value,))), key,
-                         f"must be {rule}, got {value!r}")
+                         f"must be {rule}, got {value!r}{_WHY.get(key, '')}")
         t, r, a, c, rw, lora = self.train, self.rollout, self.algorithm, self.critic, self.reward, self.model.lora
         _require(t.prompts_per_step % t.mini_batch_prompts == 0, "train.mini_batch_prompts",
                  f"train.prompts_per_step={t.prompts_per_step} must be divisible by "
@@ -467,6 +467,8 @@ _RULES = {
     "finite": math.isfinite,
 }
 """Each rule's test; a NaN fails every one of them."""
+_WHY = {"rollout.temperature": " (log-probs are taken at it)"}
+"""Why a range is what it is, where the key's name does not say."""
 _RANGES = {  # rule: the numeric keys whose values must satisfy it (every numeric key is in one;
     # reward.overlong_buffer's range names another key, rollout.max_response_length, and is checked after)
     "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch",
