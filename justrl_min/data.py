@@ -1,6 +1,6 @@
 """Problem sets: loading, schema adapters, prompt building and a seeded, resumable sampler.
 
-Sources: `tiny` or `tiny_mixed` (the synthetic tasks, justrl_min.tiny.TASKS), a hub id
+Sources: `tiny`, `tiny_mixed` or `times_tables` (the synthetic tasks, `SYNTHETIC_TASKS`), a hub id
 (`datasets.load_dataset`), or a local parquet / jsonl / json file or a folder of them. Schemas, detected per row set:
 
 - verl (DAPO-Math-17k, the JustRL benchmark files): `prompt` = chat messages, gold in
@@ -16,9 +16,11 @@ boxed suffix; `strip_dapo_instruction` removes it so the prompt is problem + suf
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,10 @@ class DataError(ValueError):
     """A data source or row that cannot be used, with the file / row named."""
 
 
+SYNTHETIC_TASKS = {"tiny": "justrl_min.tiny", "tiny_mixed": "justrl_min.tiny", "times_tables": "justrl_min.arithmetic"}
+"""`data.train` names generated locally -> the module whose TASKS make them (imported when named)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     uid: str
@@ -57,11 +63,13 @@ def load_problems(source: str, *, split: str = "train", strip_dapo_instruction: 
     """All problems of a source, in file order. Rows without a gold answer are errors.
 
     ``revision`` pins a hub dataset to a commit (ignored for local files)."""
-    from justrl_min.tiny import TASKS
-
-    if source in TASKS:
-        return [Problem(f"{source}-{i}", p.question, p.answer, p.source)
-                for i, p in enumerate(TASKS[source](tiny_problems, seed=seed))]
+    if source in SYNTHETIC_TASKS:
+        task = importlib.import_module(SYNTHETIC_TASKS[source]).TASKS[source]
+        try:
+            generated = task(tiny_problems, seed=seed, split=split)
+        except ValueError as e:
+            raise DataError(f"data.train={source}: {e}") from None
+        return [Problem(f"{source}-{i}", p.question, p.answer, p.source) for i, p in enumerate(generated)]
     rows, origin = _read_rows(source, split, revision)
     problems = [_to_problem(row, f"{origin} row {i}", i, strip_dapo_instruction) for i, row in enumerate(rows)]
     if not problems:
@@ -190,13 +198,17 @@ def strip_dapo_wrapper(problem: str) -> str:
 # Prompts
 
 
-def build_prompt_ids(tokenizer, problem: str, suffix: str) -> list[int]:
-    """Token ids of the chat-formatted user turn `problem + suffix`, ready for generation."""
-    messages = [{"role": "user", "content": problem + suffix}]
+def build_prompt_ids(tokenizer, problem: str, suffix: str, example: Sequence[str] = ()) -> list[int]:
+    """Token ids of the chat-formatted user turn `problem + suffix`, ready for generation. `example`,
+    empty or (question, answer), is one solved problem shown before it: a user turn asking the question
+    with the same suffix and the assistant's turn answering it."""
+    shown = [{"role": "user", "content": example[0] + suffix}, {"role": "assistant", "content": example[1]}] \
+        if example else []
+    messages = [*shown, {"role": "user", "content": problem + suffix}]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
-        text = problem + suffix
+        text = "\n".join(m["content"] for m in messages)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -207,9 +219,10 @@ class PromptSet:
     dropped_too_long: int
 
 
-def tokenize_problems(problems: list[Problem], tokenizer, suffix: str, max_prompt_length: int) -> PromptSet:
+def tokenize_problems(problems: list[Problem], tokenizer, suffix: str, max_prompt_length: int,
+                      example: Sequence[str] = ()) -> PromptSet:
     """Tokenize every prompt; prompts over `max_prompt_length` tokens are dropped and counted."""
-    ids = [build_prompt_ids(tokenizer, p.problem, suffix) for p in problems]
+    ids = [build_prompt_ids(tokenizer, p.problem, suffix, example) for p in problems]
     kept = [i for i, prompt_ids in enumerate(ids) if len(prompt_ids) <= max_prompt_length]
     if not kept:
         raise DataError(f"every prompt is longer than data.max_prompt_length={max_prompt_length}")

@@ -108,8 +108,16 @@ def make_mixed_problems(count: int, seed: int = 0, max_operand: int = 9) -> list
             for i, (a, b) in enumerate(_operands(count, seed, max_operand))]
 
 
-TASKS = {"tiny": make_problems, "tiny_mixed": make_mixed_problems}
-"""`data.train` names of the synthetic tasks -> fn(count, seed) -> problems."""
+def _train_only(task):
+    def problems(count: int, seed: int = 0, split: str = "train") -> list[TinyProblem]:
+        if split != "train":
+            raise ValueError(f"split {split!r}: this task has only `train` (the warm start saw all its sums)")
+        return task(count, seed=seed)
+    return problems
+
+
+TASKS = {"tiny": _train_only(make_problems), "tiny_mixed": _train_only(make_mixed_problems)}
+"""`data.train` names of the tiny model's tasks -> fn(count, seed, split) -> problems."""
 
 
 def within_one(response: str, gold: str) -> float:

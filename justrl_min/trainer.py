@@ -421,7 +421,7 @@ def load_prompt_set(data: DataConfig, seed: int, tokenizer) -> PromptSet:
     """`data.train` read, cleaned and tokenized with the chat template, as the run samples it."""
     problems = load_problems(data.train, split=data.split, seed=seed, dedup=data.dedup,
                              strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
-    return tokenize_problems(problems, tokenizer, data.prompt_suffix, data.max_prompt_length)
+    return tokenize_problems(problems, tokenizer, data.prompt_suffix, data.max_prompt_length, data.worked_example)
 
 
 def sample_records(tokenizer, rollouts: Rollouts, texts: list[str], golds: list[str], rewards: torch.Tensor,

@@ -5,12 +5,15 @@
 
     justrl eval --model M --protocol justrl-table --judge PATH/CompassVerifier-3B --judge-prompt FILE
     justrl eval --model M --protocol justrl-val
+    justrl eval --model runs/smollm2_cpu/checkpoints/latest --recipe recipes/smollm2_cpu.yaml --split test
 
 Defaults are the paper's: avg@32 (AIME24/25, AMC23, HMMT25, BRUMO25, CMIMC25) or avg@4 (MATH-500,
 Minerva, OlympiadBench), temperature 0.7, top-p 0.9, up to 31,744 new tokens. `--protocol` grades as
 one of the paper's two pipelines (justrl_min.eval.protocols: its table, or its Fig. 1 curve); `--grader`
 and `--judge` choose the parts by hand. Writes results.json and samples.jsonl to --out and prints the
-table. The work is done by justrl_min.eval.evaluate.
+table. `--recipe` evaluates on a split of the recipe's own task instead (a synthetic task's held-out
+products), prompted as the recipe trains (its suffix and worked example), `rollout.n` samples each.
+The work is done by justrl_min.eval.evaluate.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argp
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face folder, hub id, or `tiny`")
-    p.add_argument("--benchmarks", default="aime24,aime25,amc23,math500",
-                   help="comma-separated names, or `all`")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated names, or `all` (default: aime24,aime25,amc23,math500)")
+    p.add_argument("--recipe", default=None,
+                   help="evaluate on this recipe's data.train at --split, with its prompt, instead of benchmarks")
+    p.add_argument("--split", default="test", help="with --recipe: the split of its data")
     p.add_argument("--n", type=int, default=None, help="samples per problem (default: the paper's per benchmark)")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -71,6 +77,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "justrl eval") -> argp
     for flag, value in (("--n", args.n), ("--max-problems", args.max_problems)):
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1")
+    if args.recipe:
+        given = [flag for flag, value in (("--benchmarks", args.benchmarks), ("--data-dir", args.data_dir),
+                                          ("--protocol", args.protocol)) if value is not None]
+        if given:
+            p.error(f"--recipe evaluates the recipe's own task with its prompt: drop {', '.join(given)}")
+    args.benchmarks = args.benchmarks or "aime24,aime25,amc23,math500"
     return args
 
 
@@ -103,11 +115,15 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
         gpu_memory_utilization=args.gpu_memory_utilization, enable_sleep_mode=False, dtype=dtype, seed=args.seed,
         enforce_eager=not cuda, cpu_kv_cache_gib=args.cpu_kv_cache_gib))
     try:
-        names = evaluate.resolve_benchmarks(args.benchmarks)
-        problem_sets = {name: evaluate.load_benchmark(name, args.data_dir, args.max_problems) for name in names}
+        if args.recipe:
+            names, problem_sets, n, suffix, example, max_tokens = _recipe_task(args)
+        else:
+            names = evaluate.resolve_benchmarks(args.benchmarks)
+            problem_sets = {name: evaluate.load_benchmark(name, args.data_dir, args.max_problems) for name in names}
+            n, suffix, example, max_tokens = args.n, grading.prompt_suffix, (), grading.max_tokens
         judge = (protocols.Judge(grading.judge, load_template(grading.judge_prompt), spec, args.seed)  # checks the file
                  if grading.judge else None)
-    except (ValueError, DataError) as e:
+    except (ValueError, DataError, ConfigError) as e:
         sys.exit(f"{prog}: error: {e}")
 
     try:
@@ -116,24 +132,39 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
         sys.exit(f"{prog}: error: {e}")
     tokenizer = load_tokenizer(model_path)
     out = Path(args.out) if args.out else Path("runs/eval") / _model_tag(args.model)
-    sampling = Sampling(args.temperature, args.top_p, grading.max_tokens, seed=args.seed)
-    print(f"evaluating {args.model} ({engine_kind}) on {', '.join(names)}; "
-          f"n={args.n or 'paper default'} T={args.temperature} top-p={args.top_p} max_tokens={grading.max_tokens}; "
+    sampling = Sampling(args.temperature, args.top_p, max_tokens, seed=args.seed)
+    print(f"evaluating {args.model} ({engine_kind}) on {', '.join(problem_sets)}; "
+          f"n={n or 'paper default'} T={args.temperature} top-p={args.top_p} max_tokens={max_tokens}; "
           f"protocol {grading.protocol or 'none'}: grader {grading.grader}, judge {grading.judge or 'none'}",
           flush=True)
-    context = evaluate.longest_prompt(problem_sets, tokenizer, grading.prompt_suffix) + grading.max_tokens
+    context = evaluate.longest_prompt(problem_sets, tokenizer, suffix, example) + max_tokens
     with VerifierPool(workers=args.workers or None, timeout_s=args.verifier_timeout,
                       mode=GRADERS[grading.grader]) as pool:
         # The policy's engine is open while it generates only: closed before the judge's opens.
         results = evaluate.evaluate_benchmarks(
-            None, tokenizer, names, n=args.n, sampling=sampling, data_dir=args.data_dir, pool=pool, out_dir=out,
+            None, tokenizer, names, n=n, sampling=sampling, data_dir=args.data_dir, pool=pool, out_dir=out,
             max_problems=args.max_problems, problem_sets=problem_sets, grader=grading.grader, judge=judge,
-            prompt_suffix=grading.prompt_suffix, generating=lambda: spec.open(model_path, context),
+            prompt_suffix=suffix, prompt_example=example, generating=lambda: spec.open(model_path, context),
             meta={"model": args.model, "engine": engine_kind, "dtype": dtype, "protocol": grading.protocol,
-                  "judge_prompt": grading.judge_prompt})
+                  "judge_prompt": grading.judge_prompt, "recipe": args.recipe,
+                  "split": args.split if args.recipe else None})
     print(evaluate.format_table(results, label=_model_tag(args.model)))
     print(f"results: {out / 'results.json'}   samples: {out / 'samples.jsonl'}")
     return 0
+
+
+def _recipe_task(args: argparse.Namespace):
+    """--recipe: (None, {name: problems}, n, suffix, worked example, max tokens) of its data at --split."""
+    from justrl_min.config import load_recipe
+    from justrl_min.data import load_problems
+
+    cfg = load_recipe(args.recipe)
+    data = cfg.data
+    problems = load_problems(data.train, split=args.split, seed=cfg.run.seed, dedup=data.dedup,
+                             strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
+    name = f"{Path(data.train).name}:{args.split}"
+    return (None, {name: problems[:args.max_problems or None]}, args.n or cfg.rollout.n, data.prompt_suffix,
+            tuple(data.worked_example), args.max_tokens or cfg.rollout.max_response_length)
 
 
 def _model_tag(model: str) -> str:

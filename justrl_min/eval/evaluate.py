@@ -238,18 +238,20 @@ def benchmark_seed(seed: int | None, name: str) -> int | None:
 
 
 def generate_and_grade(engine, tokenizer, problem_sets: dict[str, list[Problem]], *, n: int | None,
-                       sampling: Sampling, pool, prompt_suffix: str = EVAL_SUFFIX) -> list[BenchmarkRun]:
+                       sampling: Sampling, pool, prompt_suffix: str = EVAL_SUFFIX,
+                       prompt_example: Sequence[str] = ()) -> list[BenchmarkRun]:
     """Generate n samples per problem (None: each benchmark's paper default) and grade them with `pool`
-    (a `reward.VerifierPool`, whose mode is the grader)."""
+    (a `reward.VerifierPool`, whose mode is the grader). `prompt_example`: `data.build_prompt_ids`'s."""
     return [_generate_one(engine, tokenizer, name, problems, n or BENCHMARKS[name].n,
-                          dataclasses.replace(sampling, seed=benchmark_seed(sampling.seed, name)), pool, prompt_suffix)
+                          dataclasses.replace(sampling, seed=benchmark_seed(sampling.seed, name)), pool,
+                          prompt_suffix, prompt_example)
             for name, problems in problem_sets.items()]
 
 
 def _generate_one(engine, tokenizer, name: str, problems: list[Problem], n: int, sampling: Sampling, pool,
-                  prompt_suffix: str) -> BenchmarkRun:
+                  prompt_suffix: str, prompt_example: Sequence[str]) -> BenchmarkRun:
     started = time.monotonic()
-    prompt_ids = [build_prompt_ids(tokenizer, p.problem, prompt_suffix) for p in problems]
+    prompt_ids = [build_prompt_ids(tokenizer, p.problem, prompt_suffix, prompt_example) for p in problems]
     # Generated in prompt-length order, so that a batch of left-padded HF generate pads little
     # (all nine sets at n=2 on 2 CPU cores: 11 min unsorted, 1.3 min sorted); each prompt's n samples
     # come back contiguous.
@@ -302,34 +304,36 @@ def grader_pool(grader: str | None, pool: VerifierPool) -> Iterator[VerifierPool
         yield own
 
 
-def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str], *, n: int | None = None,
+def evaluate_benchmarks(engine, tokenizer, names: str | Sequence[str] | None, *, n: int | None = None,
                         sampling: Sampling, data_dir: str | Path | None = None, pool,
                         out_dir: str | Path | None = None, max_problems: int | None = None,
                         problem_sets: dict[str, list[Problem]] | None = None,
                         meta: dict[str, Any] | None = None, grader: str | None = None, judge=None,
-                        prompt_suffix: str = EVAL_SUFFIX,
+                        prompt_suffix: str = EVAL_SUFFIX, prompt_example: Sequence[str] = (),
                         generating: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, Any]:
     """`generate_and_grade` then `finish`, in one call.
 
     `n` None uses each benchmark's paper default. `pool` is a `reward.VerifierPool`; `grader` (a
     `reward.GRADERS` name) grades with that mode instead, in a pool of its own when `pool`'s mode
     differs; None grades with `pool`. `judge` (`protocols.Judge`) asks a model about every rejected
-    response. `problem_sets` (already loaded problems by name) skips loading. `meta` (e.g. the
+    response. `problem_sets` (already loaded problems by name) skips loading; with `names` None they
+    are the sets evaluated, whatever their names (a synthetic task's held-out split). `meta` (e.g. the
     model's name) is recorded first in `results["config"]`. `generating()` is held around generation
     only, so the judge runs after it: the trainer's `engine.generating` (the policy's engine sleeps),
     or eval.py's opening of the engine, which it yields in place of `engine` (None) and closes.
     """
-    names = resolve_benchmarks(names)
+    names = list(problem_sets or {}) if names is None else resolve_benchmarks(names)
     problem_sets = {name: ((problem_sets or {}).get(name) or load_benchmark(name, data_dir, max_problems))
                     [:max_problems or None] for name in names}
     with generating() as opened, grader_pool(grader, pool) as graded_by:
         runs = generate_and_grade(opened or engine, tokenizer, problem_sets, n=n, sampling=sampling, pool=graded_by,
-                                  prompt_suffix=prompt_suffix)
+                                  prompt_suffix=prompt_suffix, prompt_example=prompt_example)
         mode = graded_by.mode
         del opened  # an engine opened here is freed with its closing, before the judge's opens
     config = {**(meta or {}), "n": n, "temperature": sampling.temperature, "top_p": sampling.top_p,
               "max_tokens": sampling.max_tokens, "seed": sampling.seed, "max_problems": max_problems,
-              "prompt_suffix": prompt_suffix, "grader": grader, "verifier_mode": mode,
+              "prompt_suffix": prompt_suffix, "prompt_example": list(prompt_example), "grader": grader,
+              "verifier_mode": mode,
               "data": str(data_dir) if data_dir else "hub"}
     return finish(runs, config=config, judge=judge, out_dir=out_dir)
 
@@ -438,7 +442,8 @@ def format_table(results: dict[str, Any], label: str | None = None) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer, suffix: str = EVAL_SUFFIX) -> int:
+def longest_prompt(problem_sets: dict[str, list[Problem]], tokenizer, suffix: str = EVAL_SUFFIX,
+                   example: Sequence[str] = ()) -> int:
     """Token count of the longest eval prompt (sizes a vLLM engine's context)."""
-    return max((len(build_prompt_ids(tokenizer, p.problem, suffix)) for ps in problem_sets.values() for p in ps),
-               default=0)
+    return max((len(build_prompt_ids(tokenizer, p.problem, suffix, example))
+                for problems in problem_sets.values() for p in problems), default=0)

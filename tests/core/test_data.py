@@ -127,3 +127,30 @@ def test_sampler_is_seeded_covers_epochs_and_resumes():
     assert b.next_batch(7) == continued
     with pytest.raises(DataError, match="checkpoint sampler was built for 10 problems"):
         EpochSampler(11, seed=1).load_state_dict(state)
+
+
+def test_a_worked_example_is_one_solved_turn_before_the_question():
+    tokenizer = tiny.build_tokenizer()
+    ids = build_prompt_ids(tokenizer, "What is 6 * 7?", " Box it.", ("What is 2 + 3?", "\\boxed{5}"))
+    assert tokenizer.decode(ids) == ("<|user|>What is 2 + 3? Box it.<|assistant|>\\boxed{5}"
+                                     "<|user|>What is 6 * 7? Box it.<|assistant|>")
+    problems = load_problems("tiny", tiny_problems=3)
+    with_example = tokenize_problems(problems, tokenizer, "", 64, example=("Q", "A")).prompt_ids
+    without = tokenize_problems(problems, tokenizer, "", 64).prompt_ids
+    shown = len(tokenizer("<|user|>Q<|assistant|>A")["input_ids"])
+    assert [len(a) - len(b) for a, b in zip(with_example, without, strict=True)] == [shown] * 3
+
+
+def test_times_tables_hold_out_whole_unordered_pairs():
+    train = load_problems("times_tables", tiny_problems=3000, seed=1)
+    test = load_problems("times_tables", split="test")
+    pairs = {split: {frozenset(map(int, p.problem.removeprefix("What is ").removesuffix("?").split(" * ")))
+                     for p in problems} for split, problems in (("train", train), ("test", test))}
+    assert not pairs["train"] & pairs["test"]                  # 3 * 4 and 4 * 3 are on one side
+    assert len(pairs["train"]) + len(pairs["test"]) == 66      # every product of 2..12, once over both
+    assert len(test) == len({p.problem for p in test})         # the held-out split lists each problem once
+    assert all(int(p.answer) == eval(p.problem.removeprefix("What is ").removesuffix("?")) for p in train[:50])
+    assert [p.problem for p in load_problems("times_tables", tiny_problems=50, seed=1)] == \
+        [p.problem for p in train[:50]]                        # seeded: a resumed run draws the same problems
+    with pytest.raises(DataError, match="data.train=tiny: split 'test': this task has only `train`"):
+        load_problems("tiny", split="test")

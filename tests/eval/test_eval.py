@@ -343,3 +343,27 @@ def test_cli_vllm_without_vllm_says_how_to_install_it(tmp_path):
         pytest.skip("vLLM is installed (tests/variants/test_vllm_engine.py runs eval.py --engine vllm)")
     done = run_eval_cli("--model", str(tmp_path / "m"), "--benchmarks", "aime24", "--engine", "vllm")
     assert done.returncode != 0 and "--engine vllm needs vLLM" in done.stderr and "make install-vllm" in done.stderr
+
+
+def test_cli_evaluates_a_recipes_held_out_split_with_its_prompt(random_model, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{path: {random_model}}}\ndata:\n  train: times_tables\n  prompt_suffix: ' Box it.'\n"
+                      "  worked_example: ['What is 2 * 3?', '\\boxed{6}']\nrollout: {n: 2, max_response_length: 4}\n")
+    out = tmp_path / "out"
+    done = run_eval_cli("--model", str(random_model), "--recipe", str(recipe), "--engine", "hf", "--max-problems", "3",
+                        "--workers", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["benchmarks"]) == ["times_tables:test"]
+    config = results["config"]
+    assert (config["n"], config["max_tokens"], config["split"]) == (2, 4, "test")      # the recipe's n and length
+    assert (config["prompt_suffix"], config["prompt_example"]) == (" Box it.", ["What is 2 * 3?", "\\boxed{6}"])
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    products = {str(a * b) for a in range(2, 13) for b in range(2, 13)}
+    assert len(rows) == 3 * 2 and {row["gold"] for row in rows} <= products
+
+
+def test_cli_recipe_excludes_benchmark_flags():
+    done = run_eval_cli("--model", "m", "--recipe", "r.yaml", "--benchmarks", "aime24", "--protocol", "justrl-val")
+    assert done.returncode != 0 and "--recipe evaluates the recipe's own task with its prompt: drop --benchmarks, " \
+        "--protocol" in done.stderr
