@@ -237,6 +237,13 @@ class TrainConfig:
     health.plateau_min_rise within health.plateau_window steps) or eval_plateau does (the in-training
     evaluation's overall average has not beaten its best for health.eval_patience evaluations).
     Needs log.health. Off in the JustRL recipe, which runs its fixed number of steps."""
+    replay_steps: int = 0
+    """Each step also trains on the responses of the previous k steps, with the behaviour log-probs and
+    group advantages they had when sampled, the PPO ratio against the policy at the update's start,
+    and truncated importance weights (replay_is_cap); justrl_min/variants/replay.py. 0, the JustRL
+    recipe: every response is used in its own step only. Needs algorithm.advantage=grpo."""
+    replay_is_cap: float = 2.0
+    """The cap of a replayed token's importance weight min(pi_proximal / pi_behaviour, cap)."""
     mask_truncated: bool = False
     """Overlong filtering (DAPO section 3.4, TRL's `mask_truncated_completions`): responses cut at
     rollout.max_response_length keep their reward but contribute no token to the loss."""
@@ -440,6 +447,9 @@ class Config:
                  f"got {rw.overlong_buffer}")
         for source, grader in rw.by_source.items():
             check_grader_name(grader, f"reward.by_source.{source}")
+        _require(not t.replay_steps or a.advantage == "grpo", "train.replay_steps",
+                 "needs algorithm.advantage=grpo (a replayed response keeps the group advantage it was scored "
+                 "with; GAE's would need the critic's values of the old step)")
         _require(not t.stop_on_plateau or self.log.health, "train.stop_on_plateau",
                  "needs log.health=true (it stops on the health checks reward_plateau and eval_plateau)")
         _require(bool(self.eval.judge) or not self.eval.judge_prompt, "eval.judge_prompt",
@@ -478,14 +488,16 @@ _WHY = {"rollout.temperature": " (log-probs are taken at it)"}
 _RANGES = {  # rule: the numeric keys whose values must satisfy it (every numeric key is in one;
     # reward.overlong_buffer's range names another key, rollout.max_response_length, and is checked after)
     "> 0": ("train.prompts_per_step", "train.mini_batch_prompts", "train.max_tokens_per_microbatch",
-            "train.grad_clip", "rollout.temperature", "rollout.max_response_length", "rollout.cpu_kv_cache_gib",
+            "train.grad_clip", "train.replay_is_cap", "rollout.temperature", "rollout.max_response_length",
+            "rollout.cpu_kv_cache_gib",
             "rollout.hf_batch_size", "data.max_prompt_length", "data.tiny_problems", "algorithm.adv_eps",
             "algorithm.adaptive_kl_horizon", "critic.lr", "critic.grad_clip", "critic.value_coef",
             "reward.timeout_s", "reward.function_timeout_s", "reward.model_batch_size", "model.lora.alpha",
             "model.logprob_chunk_tokens", "run.dist_timeout_s", "eval.max_tokens", "checkpoint.every_steps",
             "health.entropy_collapse_ratio", "health.spike_factor"),
     ">= 0": ("run.seed", "train.steps", "train.lr", "train.warmup_steps", "train.weight_decay", "rollout.tis_cap",
-             "algorithm.clip_low", "algorithm.clip_high", "algorithm.kl_coef", "algorithm.entropy_coef",
+             "train.replay_steps", "algorithm.clip_low", "algorithm.clip_high", "algorithm.kl_coef",
+             "algorithm.entropy_coef",
              "algorithm.adaptive_kl_target", "algorithm.target_kl", "critic.weight_decay", "critic.warmup_steps",
              "reward.workers", "reward.overlong_penalty", "reward.length_target", "reward.length_coef",
              "model.lora.rank", "eval.every_steps", "eval.n", "eval.temperature", "log.samples_per_step",

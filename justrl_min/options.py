@@ -12,6 +12,7 @@ variants only through the imports inside these functions (tests/test_layout.py c
     reward sources         step_reward.VerifierReward           variants/reward_sources.py, variants/shaping.py
     grader per source      OneGrader (below: reward.mode)       variants/by_source.py (reward.by_source, mixed data)
     rollout engine         rollout.build_hf_engine              variants/vllm_engine.py (rollout.engine=vllm)
+    rollout reuse          NoReplay (below: each step once)     variants/replay.py (train.replay_steps > 0)
     in-training eval       (none)                               eval/ (eval.every_steps, eval.benchmarks)
     curves at the end      (none)                               tools/curves.py (log.curves_at_end)
 
@@ -87,6 +88,33 @@ def advantage_estimator(cfg: Config, resume_from: Path | None, microbatches: Mic
     from justrl_min.variants.critic import build_critic_estimator
 
     return build_critic_estimator(cfg, resume_from, microbatches, load, compute_dtype, autocast)
+
+
+class NoReplay:
+    """train.replay_steps=0, the JustRL recipe: a step trains on its own responses only. The interface:
+    `extend(batch, microbatches, scorer, reference) -> batch` before the update, `remember(step, fresh,
+    updated) -> the fresh batch, completed` after it, `metrics()`, `state_writer() -> write(folder) | None`."""
+
+    def extend(self, batch, _microbatches, _scorer, _reference=None):
+        return batch
+
+    def remember(self, _step: int, _fresh, updated):
+        return updated
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_writer(self) -> Callable[[Path], None] | None:
+        return None
+
+
+def replay(cfg: Config, resume_from: Path | None, info):
+    """Each step alone, or with the previous `train.replay_steps` steps' responses (restored on resume)."""
+    if not cfg.train.replay_steps:
+        return NoReplay()
+    from justrl_min.variants.replay import load_buffer
+
+    return load_buffer(resume_from, cfg.train.replay_steps, cfg.train.replay_is_cap, info)
 
 
 def step_reward(cfg: Config, tokenizer, device: torch.device) -> StepReward:

@@ -164,6 +164,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     microbatches: MicroBatcher
     estimator: object                         # options.advantage_estimator
+    replay: object                            # options.replay
     update_policy: PolicyUpdate
     step_reward: StepReward
     grading: object                           # options.source_grading
@@ -205,12 +206,14 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
                 batch = prepare_batch(rollouts, run.microbatches, run.scorer, run.reference,
                                       run.update_policy.fresh_rows(len(rollouts)) if trains else 0,
                                       cfg.rollout.tis_cap, t.mask_truncated)
-                batch = run.estimator.with_advantages(scores.rewards, batch)
+                fresh = run.estimator.with_advantages(scores.rewards, batch)
+                batch = run.replay.extend(fresh, run.microbatches, run.scorer, run.reference)
 
             # ---- update
             lr = run.scheduler.get_last_lr()[0]  # the rate of this step's first update
             with phase("update"):
                 update, batch = run.update_policy(batch) if trains else (UpdateStats(), batch)
+                batch = run.replay.remember(step, fresh, batch)
                 critic_metrics = run.estimator.update(batch)
             run.training.skipped_total += update.skipped
             skips.count(step, update, scores.rewards)
@@ -221,8 +224,8 @@ def _train(cfg: Config, device: torch.device, info: dist.DistInfo) -> Path:
 
             # ---- log (and evaluate)
             metrics = {**step_metrics(rollouts, scores, batch, cfg.rollout.n, info), **update.metrics(),
-                       **critic_metrics, **run.grading.metrics(indices, cfg.rollout.n, scores.rewards,
-                                                               scores.correct, info),
+                       **critic_metrics, **run.replay.metrics(),
+                       **run.grading.metrics(indices, cfg.rollout.n, scores.rewards, scores.correct, info),
                        "train/lr": lr, "train/skipped_steps": run.training.skipped_total,
                        "train/reward_timeouts": dist.sum_scalar(scores.timeouts, info),
                        "train/reward_errors": dist.sum_scalar(scores.errors, info),
@@ -289,6 +292,7 @@ def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
     estimator = options.advantage_estimator(cfg, resume_from, microbatches, load, compute_dtype, autocast)
+    replay = options.replay(cfg, resume_from, info)
     update_policy = PolicyUpdate.from_config(cfg, scorer, optimizer, scheduler, microbatches,
                                              first_minibatch_scores_itself=not estimator.reads_old_logp)
     step_reward = options.step_reward(cfg, tokenizer, device)
@@ -328,7 +332,7 @@ def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
     tracker.message(f"micro-batch layout: {layout}; {prompt_layout}; AdamW: {adamw}")
     return Run(cfg, info, tokenizer, prompt_set, sampler, tuning, scorer, reference, scheduler, microbatches,
-               estimator, update_policy, step_reward, grading, engine, compute_dtype, checkpointer, training,
+               estimator, replay, update_policy, step_reward, grading, engine, compute_dtype, checkpointer, training,
                tracker, health, summary, start_step)
 
 
@@ -396,8 +400,9 @@ def log_step(run: Run, step: int, metrics: dict[str, float], rollouts: Rollouts,
 
 def save_checkpoint(run: Run, step: int) -> None:
     t0 = time.monotonic()
+    writers = [w for w in (run.estimator.state_writer(), run.replay.state_writer()) if w is not None]
     save_training_state(run.checkpointer, step, run.cfg, run.training, run.info,
-                        write_extra=run.estimator.state_writer())
+                        write_extra=lambda folder: [write(folder) for write in writers])
     run.tracker.message(f"checkpoint of step {step} saved in {time.monotonic() - t0:.1f} s")
     run.summary.write("running", run.checkpointer.latest())
 
