@@ -198,7 +198,7 @@ def problem_metrics(scores: Sequence[float], answers: Sequence[str | None]) -> d
 def metric_names(n: int) -> list[str]:
     """Keys every benchmark result has for n samples per problem, beyond the counts."""
     return [f"avg@{n}", *(f"pass@{k}" for k in pass_ks(n)), f"maj@{n}", f"grader_avg@{n}", "response_length_mean",
-            "truncated_frac"]
+            "truncated_frac", "boxed_frac"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +359,7 @@ def _benchmark_metrics(run: BenchmarkRun, verdicts: list | None) -> dict[str, An
         metrics["judge_labels"] = {label: sum(v.label == label for v in asked) for label in (*LABELS, "")}
     metrics["response_length_mean"] = sum(run.tokens) / len(run.tokens)
     metrics["truncated_frac"] = sum(run.truncated) / len(run.tokens)
+    metrics["boxed_frac"] = sum(answer is not None for answer in run.answers) / len(run.answers)
     metrics.update({"verifier_timeouts": run.verifier_timeouts, "verifier_errors": run.verifier_errors,
                     "generate_s": run.generate_s, "score_s": run.score_s})
     return metrics
@@ -393,12 +394,14 @@ def _overall(benchmarks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "samples": samples,
         "response_length_mean": sum(m["response_length_mean"] * m["samples"] for m in benchmarks.values()) / samples,
         "truncated_frac": sum(m["truncated_frac"] * m["samples"] for m in benchmarks.values()) / samples,
+        "boxed_frac": sum(m["boxed_frac"] * m["samples"] for m in benchmarks.values()) / samples,
     }
 
 
 def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
     """Namespaced scalars for the trainer's logger: `eval/<benchmark>/avg@n`, `.../pass@k`, `.../maj@n`,
-    `.../grader_avg@n` (the grader alone), `.../response_length_mean`, `.../truncated_frac`,
+    `.../grader_avg@n` (the grader alone), `.../response_length_mean`, `.../truncated_frac`, `.../boxed_frac`
+    (responses with a `\\boxed{}` answer),
     `.../judge_rescued` (with a judge), and `eval/overall/avg`."""
     flat = {}
     for name, m in results["benchmarks"].items():
@@ -430,6 +433,7 @@ def format_table(results: dict[str, Any], label: str | None = None) -> str:
         row("pass@n", lambda m: f"pass@{m['n']}"),
         row("length", lambda _m: "response_length_mean", scale=1.0, fmt="{:.0f}"),
         row("trunc %", lambda _m: "truncated_frac"),
+        row("boxed %", lambda _m: "boxed_frac"),
     ]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
 

@@ -277,7 +277,7 @@ def test_metrics_through_the_verifier_with_scripted_answers(tokenizer, pool, tmp
     for name in ("aime24", "hmmt25"):
         m = results["benchmarks"][name]
         assert (m["avg@2"], m["pass@1"], m["pass@2"], m["maj@2"]) == (0.5, 0.5, 1.0, 1.0), name
-        assert m["truncated_frac"] == 0.0 and m["verifier_timeouts"] == 0
+        assert m["truncated_frac"] == 0.0 and m["verifier_timeouts"] == 0 and m["boxed_frac"] == 1.0
     assert results["overall"]["avg"] == 0.5
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(s["answer"], s["score"]) for s in samples[:2]] == [("204", 1.0), ("-1", 0.0)]
@@ -358,6 +358,7 @@ def test_cli_evaluates_a_recipes_held_out_split_with_its_prompt(random_model, tm
     config = results["config"]
     assert (config["n"], config["max_tokens"], config["split"]) == (2, 4, "test")      # the recipe's n and length
     assert (config["prompt_suffix"], config["prompt_example"]) == (" Box it.", ["What is 2 * 3?", "\\boxed{6}"])
+    assert "boxed %" in done.stdout and 0.0 <= results["benchmarks"]["times_tables:test"]["boxed_frac"] <= 1.0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     products = {str(a * b) for a in range(2, 13) for b in range(2, 13)}
     assert len(rows) == 3 * 2 and {row["gold"] for row in rows} <= products
