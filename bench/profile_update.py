@@ -5,7 +5,7 @@ x 8 samples, one optimizer update per step) and profiles `prepare_batch` + `upda
 last step only, so start-up, the warm start and the first step's one-off costs stay out. Prints
 the step's time split and the top entries by own time (tottime) and by cumulative time.
 
-    python bench/profile_update.py [--steps 2] [--top 5] [key=value ...]
+    python bench/profile_update.py [--steps 2] [--top 5] [--recipe recipes/tiny_cpu.yaml] [key=value ...]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--recipe", default=str(ROOT / "recipes/tiny_cpu.yaml"),
+                        help="its sizes are replaced by the tiny shape's unless overridden")
     parser.add_argument("overrides", nargs="*", help="extra key=value recipe overrides")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes, seconds: the check CI runs (tests/tools/test_bench_smoke.py)")
@@ -63,7 +65,7 @@ def main(argv=None):
         overrides = [f"train.steps={args.steps}", "train.prompts_per_step=32", "train.mini_batch_prompts=32",
                      f"run.output_dir={out}", "run.name=profile", "log.curves_at_end=false", "log.tensorboard=false",
                      "log.samples_per_step=0", f"checkpoint.every_steps={args.steps + 1}", *args.overrides]
-        run_dir = trainer.train(load_recipe(str(ROOT / "recipes/tiny_cpu.yaml"), overrides))
+        run_dir = trainer.train(load_recipe(args.recipe, overrides))
         last = read_metrics(run_dir)[-1]
     print("last step: " + "  ".join(f"{k.removeprefix('time/')} {last[k]:.3f}"
                                     for k in ("time/step_s", "time/rollout_s", "time/reward_s", "time/old_logp_s",

@@ -48,9 +48,13 @@ def restart_with_preload(engine: str) -> None:
         return
     print(f"vLLM on CPU: restarting with LD_PRELOAD={':'.join(libraries)} ({SWITCH}=0 turns this off)",
           flush=True)
-    # tcmalloc keeps freed pages for reuse by default: a trainer that frees its gradients and buffers
-    # after each update would stay at its update peak through generation and sync (measured: two ranks
-    # of the stand-in held 11.2 GiB each where glibc returns to 7 GiB). Aggressive decommit returns them.
+    # tcmalloc keeps the pages a trainer frees and reuses them for its next allocations: one process
+    # stays near its update peak between updates, never above it. Handing them back on every free
+    # (TCMALLOC_AGGRESSIVE_DECOMMIT) faults them in again every micro-batch: SmolLM2-135M's update
+    # (recipes/smollm2_cpu.yaml, step 3, back to back) took 26.0 s with it against 8.8 s without, for an
+    # update peak 0.9 GiB lower. Ranks of torchrun share the machine's memory, and two stand-in ranks
+    # holding their peaks were killed for it (docs/rehearsal.md): there each rank hands pages back.
     env = dict(os.environ, LD_PRELOAD=":".join(filter(None, [*libraries, preloaded])))
-    env.setdefault(DECOMMIT, "true")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        env.setdefault(DECOMMIT, "true")
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
