@@ -120,7 +120,7 @@ def test_a_replaying_run_logs_its_share_and_resumes_exactly(warm_model, tmp_path
 
     # The same run, resumed from its step-2 checkpoint (as after a crash in step 3 or 4).
     resumed = tmp_path / "resumed"
-    shutil.copytree(straight, resumed)
+    shutil.copytree(straight, resumed, symlinks=True)
     shutil.rmtree(resumed / "checkpoints/step_4")
     (resumed / "checkpoints/latest").unlink()
     trainer.train(load_recipe(ROOT / "recipes/tiny_cpu.yaml", _overrides(warm_model, resumed, "run.resume=true")))
