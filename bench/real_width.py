@@ -5,8 +5,9 @@ update settings, on synthetic prompts and responses of a fixed shape.
 For each shape (PROMPTSxNxRESPONSE_TOKENS, prompts of --prompt-tokens) and each variant (recipe
 overrides and `env:NAME=VALUE` settings of the process's environment, e.g. `--variant before
 train.adamw=default model.compute_dtype=float32`), it prints per
-phase: wall time, tokens per second, achieved model FLOP/s beside this machine's measured matmul
-peak, and the optimizer's time per step (of the second update: the first pays one-off costs; the
+phase: wall time, tokens per second, achieved model FLOP/s of the update and of the old-log-prob pass
+as a share of this machine's measured matmul peak in the dtype the variant computes in (float32 or
+bfloat16), and the optimizer's time per step (of the second update: the first pays one-off costs; the
 loss printed is the first's, equal across variants). Every variant runs on the same tensors, one after the
 other, each in a fresh process (the allocator setting is process-wide): compare them side by side,
 not across invocations.
@@ -28,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stand-in: {shape.params / 1e6:.0f}M parameters, {args.layers} layer(s), hidden {shape.hidden}, "
           f"vocabulary {shape.vocab:,}; {torch.get_num_threads()} threads; measured matmul peak "
           f"{fp32_peak * 1e3:.0f} GFLOP/s fp32, {bf16_peak * 1e3:.0f} bf16; memory {bandwidth * 1e3:.1f} GB/s")
+    # A share of the peak of the dtype the variant computes in (bf16 runs on AMX at ~5x fp32's).
+    peaks = {"float32": fp32_peak * 1e3, "bfloat16": bf16_peak * 1e3}
     size_overrides = ["train.prompts_per_step={p}", "train.mini_batch_prompts={m}", "rollout.n={n}",
                       "rollout.max_response_length={r}"]
     for text in args.shapes:
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nshape {text}: {len(rollouts)} responses, {tokens:,} tokens ({len(rollouts) * response_tokens:,} "
               f"trained), {max(1, prompts // max(1, prompts // 4))} mini-batches")
         print(f"{'variant':<10} {'adamw':<8} {'compute':<9} {'old-logp s':>10} {'update s':>9} {'optim s/step':>12} "
-              f"{'tok/s':>7} {'GFLOP/s':>8} {'% fp32 peak':>11} {'loss':>10}")
+              f"{'tok/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'old-logp GFLOP/s':>16} {'% peak':>7} {'loss':>10}")
         for name, *overrides in variants:
             job = {"shape": [prompts, n], "prompt_tokens": args.prompt_tokens, "response_tokens": response_tokens,
                    "standin": str(standin), "overrides": sizes + overrides, "profile": args.profile,
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(lines[-1].removeprefix("RESULT "))
             print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
                   f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
-                  f"{r['update_gflops'] / (fp32_peak * 1e3):>11.0%} {r['loss']:>10.6f}", flush=True)
+                  f"{r['update_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['old_logp_gflops']:>16.1f} "
+                  f"{r['old_logp_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['loss']:>10.6f}", flush=True)
             if "generate_s" in r:
                 print(f"{'':<10} rollout ({args.rollout}, {r['engine']}): engine start {r['engine_start_s']:.1f} s, "
                       f"{r['generated_tokens']} tokens in {r['generate_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
