@@ -15,11 +15,12 @@ PACKAGE = ROOT / "justrl_min"
 FOLDERS = ("variants", "eval", "tools")  # beside the core, which is the package's own modules
 CHOOSER = "justrl_min.options"
 """The one core module that imports variants (and the curves tool), inside the functions that choose them."""
-CORE_LINES_BUDGET = 6_480
+CORE_LINES_BUDGET = 6_520
 """What `python train.py recipes/tiny_cpu.yaml` loads by its end, in lines: 6,660 in 28 modules before the layout
 change, 6,129 after it, 6,378 in 29 with the run lock and checkpoint manifests (issue 32), the end-of-run
 curves' 350 included (2026-12-05); 6,465 with the plateau stop (issue 34) and the table of synthetic tasks and
-the worked example of a prompt (issue 31). A budget, so that the core does not grow silently: raise it in the change
+the worked example of a prompt (issue 31); 6,514 with the replay seam's default (`options.NoReplay`) and
+its two config fields (issue 34). A budget, so that the core does not grow silently: raise it in the change
 that adds to the core, saying why. Issue 35's goal of 3,000 is not met."""
 
 
