@@ -52,7 +52,7 @@ def one_run(out: Path, seed: int, replay: int, extra: list[str]) -> dict[str, fl
         ema = r if ema is None else ema + (r - ema) / 5
         if reached is None and ema >= ARGS.target:
             reached = i
-    return {"last10": statistics.mean(rewards[-tail:]), "late_fall": max(falls, default=0.0),
+    return {"last10": statistics.mean(rewards[-tail:]), "late_fall": max([0.0, *falls]),
             "tokens_to_target": sum(tokens[:reached + 1]) if reached is not None else float("nan"),
             "s_to_target": sum(step_s[:reached + 1]) if reached is not None else float("nan"),
             "tokens": sum(tokens), "wall_s": wall}
