@@ -15,11 +15,16 @@ not across invocations.
     python bench/real_width.py                          # 2 layers; 4x2x32 and 16x4x32 (8x the tokens)
     python bench/real_width.py --profile 12             # plus the update's top torch ops by self time
     python bench/real_width.py --rollout hf             # plus HF generation, per variant and shape
+    python bench/real_width.py --model models/smollm2-135m-instruct   # plus that model at make demo-real's shape
     python bench/real_width.py --smoke                  # narrow variant, tiny shape (CI)
 
-Model FLOPs count 2 per matmul parameter per token forward and 4 backward (backbone over prompt and
-response tokens, LM head over response tokens only, as the trainer scores them), not the gradient
-checkpointing recompute: the usual "model FLOPs utilisation" convention.
+`--model FOLDER` adds a real model (SmolLM2-135M-Instruct, from `make demo-real`'s fetch) under
+`recipes/smollm2_cpu.yaml`'s update settings at that demo's shape (8 prompts x 8 samples, 112-token prompts,
+responses of 24 tokens: its mean over the run), after the stand-in's shapes.
+
+Model FLOPs as `justrl_min.tools.calibrate.model_flops` counts them: 2 per matmul weight per token forward
+and 4 backward, the LM head over response tokens only, each distinct prompt once where the scorer shares
+it (train.share_prompts), no checkpoint recompute: the usual "model FLOPs utilisation" convention.
 """
 
 from __future__ import annotations
@@ -47,41 +52,25 @@ from justrl_min import dist  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
 from justrl_min.host_memory import huge_pages_status  # noqa: E402
 from justrl_min.model import (  # noqa: E402
-    DTYPES,
-    MicroBatcher,
-    TokenScorer,
-    choose_packing,
-    choose_prompt_sharing,
     load_causal_lm,
     load_tokenizer,
 )
 from justrl_min.optim import build_adamw  # noqa: E402
 from justrl_min.options import rollout_engine  # noqa: E402
 from justrl_min.rollout import Rollouts, Sampling  # noqa: E402
+from justrl_min.tools.calibrate import model_flops, synthetic_rollouts  # noqa: E402
 from justrl_min.tools.estimate import ModelShape, measure_cpu  # noqa: E402
-from justrl_min.trainer import PolicyUpdate, fast_compute_dtype, prepare_batch  # noqa: E402
+from justrl_min.trainer import PolicyUpdate, Scoring, fast_compute_dtype, prepare_batch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
+REAL_MODEL_RECIPE = ROOT / "recipes" / "smollm2_cpu.yaml"
+REAL_MODEL_SHAPE, REAL_MODEL_PROMPT_TOKENS = "8x8x24", 112
 DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0", "rollout.hf_copy=never"], ["after"]]
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     prompts, n, tokens = (int(x) for x in text.lower().split("x"))
     return prompts, n, tokens
-
-
-def synthetic_rollouts(prompts: int, n: int, prompt_tokens: int, response_tokens: int, vocab: int) -> Rollouts:
-    """Random token ids below the added tokens; responses all of full length (no EOS), prompts of
-    lengths spread over +-25% so micro-batch packing sees ragged rows."""
-    g = torch.Generator().manual_seed(0)
-    prompt_ids, response_ids = [], []
-    for p in range(prompts):
-        length = int(prompt_tokens * (0.75 + 0.5 * p / max(1, prompts - 1)))
-        prompt = torch.randint(0, vocab, (length,), generator=g).tolist()
-        for _ in range(n):
-            prompt_ids.append(prompt)
-            response_ids.append(torch.randint(0, vocab, (response_tokens,), generator=g).tolist())
-    return Rollouts(prompt_ids, response_ids, None, [True] * len(response_ids))
 
 
 class Timed:
@@ -100,29 +89,18 @@ class Timed:
             self.calls += 1
 
 
-def model_flops(shape: ModelShape, rollouts: Rollouts, rows: list[int], passes: int) -> float:
-    """`passes` = 1 for a forward, 3 for forward + backward."""
-    backbone = shape.layers * shape.layer_params
-    tokens = sum(len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i]) for i in rows)
-    scored = sum(len(rollouts.response_ids[i]) for i in rows)
-    return passes * 2 * (backbone * tokens + shape.vocab * shape.hidden * scored)
-
-
-def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, shape: ModelShape,
-                  profile_top: int) -> dict[str, float]:
-    cfg = load_recipe(RECIPE, [f"model.path={standin}", "run.device=cpu", *overrides])
+def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, profile_top: int,
+                  recipe: Path = RECIPE) -> dict[str, float]:
+    cfg = load_recipe(recipe, [f"model.path={standin}", "run.device=cpu", *overrides])
     info, device = dist.DistInfo(), torch.device("cpu")
     cfg = fast_compute_dtype(cfg, device, info)
     t = cfg.train
     tokenizer = load_tokenizer(str(standin))
     policy = load_causal_lm(str(standin), dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                             device=device, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
-    autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] else None
-    packed, _ = choose_packing(t.packing, cfg.model.attn_implementation, device)
-    share, _ = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
-    microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
-    scorer = TokenScorer(policy, autocast, share, cfg.rollout.temperature, cfg.model.logprob_chunk_tokens)
+    scoring = Scoring.from_config(cfg, device, info, tokenizer.pad_token_id)
+    microbatches, compute_dtype = scoring.microbatches, scoring.compute_dtype
+    scorer = scoring.scorer(policy)
     optimizer, adamw = build_adamw(scorer.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -130,15 +108,20 @@ def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, shape
     optimizer_step = Timed(optimizer, "step")
     fresh = update.fresh_rows(len(rollouts))
 
-    start = time.perf_counter()
-    batch = prepare_batch(rollouts, microbatches, scorer, fresh_rows=fresh)
-    old_logp_s = time.perf_counter() - start
-    g = torch.Generator().manual_seed(1)
-    batch = dataclasses.replace(batch, advantages=torch.randn(len(rollouts), generator=g, dtype=torch.float64))
+    batch = dataclasses.replace(prepare_batch(rollouts, microbatches, scorer, fresh_rows=fresh),
+                                advantages=torch.randn(len(rollouts), generator=torch.Generator().manual_seed(1),
+                                                       dtype=torch.float64))
     # The first update pays one-off costs (kernel set-up, first-touch of the optimizer state); a run
-    # pays them once, so the second update, on the same batch from the moved weights, is the one timed.
+    # pays them once, so the old-log-prob pass and the second update, on the same batch from the moved
+    # weights, are the ones timed. The pass covers every row, even where the recipe's update scores its
+    # first mini-batch itself (a run then skips it for those rows).
     stats, _ = update(batch)
     optimizer_step.seconds = optimizer_step.calls = 0
+    start = time.perf_counter()
+    prepare_batch(rollouts, microbatches, scorer)
+    old_logp_s = time.perf_counter() - start
+    _, first_micro = next(microbatches(rollouts.prompt_ids, rollouts.response_ids, list(range(len(rollouts)))))
+    shared = scorer.shares_prompts(first_micro)
     profiler = (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile_top
                 else None)
     start = time.perf_counter()
@@ -146,15 +129,15 @@ def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, shape
         update(batch)
     update_s = time.perf_counter() - start
     rows = list(range(len(rollouts)))
-    update_flops = model_flops(shape, rollouts, rows, passes=3)
-    old_logp_flops = model_flops(shape, rollouts, rows[fresh:], passes=1)
+    update_flops = model_flops(policy, rollouts, rows, passes=3, shared_prompts=shared)
+    old_logp_flops = model_flops(policy, rollouts, rows, passes=1, shared_prompts=shared)
     tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
     result = {"host_memory": huge_pages_status(), "adamw": adamw,
-              "compute": str(compute_dtype).removeprefix("torch."), "old_logp_s": old_logp_s,
+              "compute": str(compute_dtype).removeprefix("torch."), "shared": shared, "old_logp_s": old_logp_s,
               "update_s": update_s, "optimizer_s": optimizer_step.seconds / max(1, optimizer_step.calls),
               "optimizer_steps": optimizer_step.calls, "update_tokens_per_s": tokens / update_s,
               "update_gflops": update_flops / update_s / 1e9,
-              "old_logp_gflops": old_logp_flops / old_logp_s / 1e9 if old_logp_s and fresh < len(rows) else 0.0,
+              "old_logp_gflops": old_logp_flops / old_logp_s / 1e9,
               "loss": stats.loss}
     if profiler:
         result["profile"] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_top)
@@ -199,16 +182,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="print the update's top ops")
     parser.add_argument("--rollout", choices=["none", "hf", "vllm"], default="none")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "justrl-real-width")
+    parser.add_argument("--model", type=Path, help="a real model's folder (SmolLM2-135M-Instruct), benched at "
+                        f"{REAL_MODEL_SHAPE} under {REAL_MODEL_RECIPE.name} after the stand-in's shapes")
     parser.add_argument("--smoke", action="store_true", help="the narrow variant, one tiny shape (CI)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one variant's measurement, as JSON
     args = parser.parse_args(argv)
     if args.child:
         job = json.loads(args.child)
-        rollouts = synthetic_rollouts(*job["shape"], job["prompt_tokens"], job["response_tokens"], 151_643)
-        shape = ModelShape.from_config(json.loads((Path(job["standin"]) / "config.json").read_text()))
-        result = bench_variant(Path(job["standin"]), job["overrides"], rollouts, shape, job["profile"])
+        folder = Path(job["model"])
+        shape = ModelShape.from_config(json.loads((folder / "config.json").read_text()))
+        rollouts = synthetic_rollouts(*job["shape"], job["prompt_tokens"], job["response_tokens"],
+                                      min(shape.vocab, 151_643))
+        result = bench_variant(folder, job["overrides"], rollouts, job["profile"], Path(job["recipe"]))
         if job["rollout"] != "none":
-            result.update(bench_rollout(Path(job["standin"]), job["overrides"], rollouts, job["rollout"]))
+            result.update(bench_rollout(folder, job["overrides"], rollouts, job["rollout"]))
         print("RESULT " + json.dumps(result))
         return
     variants = args.variant or DEFAULT_VARIANTS
@@ -224,39 +211,49 @@ def main(argv: list[str] | None = None) -> None:
           f"{fp32_peak * 1e3:.0f} GFLOP/s fp32, {bf16_peak * 1e3:.0f} bf16; memory {bandwidth * 1e3:.1f} GB/s")
     # A share of the peak of the dtype the variant computes in (bf16 runs on AMX at ~5x fp32's).
     peaks = {"float32": fp32_peak * 1e3, "bfloat16": bf16_peak * 1e3}
-    size_overrides = ["train.prompts_per_step={p}", "train.mini_batch_prompts={m}", "rollout.n={n}",
-                      "rollout.max_response_length={r}"]
     for text in args.shapes:
-        prompts, n, response_tokens = parse_shape(text)
-        sizes = [o.format(p=prompts, m=max(1, prompts // 4), n=n, r=response_tokens) for o in size_overrides]
-        rollouts = synthetic_rollouts(prompts, n, args.prompt_tokens, response_tokens, 151_643)
-        tokens = sum(len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids))
-        print(f"\nshape {text}: {len(rollouts)} responses, {tokens:,} tokens ({len(rollouts) * response_tokens:,} "
-              f"trained), {max(1, prompts // max(1, prompts // 4))} mini-batches")
-        print(f"{'variant':<10} {'adamw':<8} {'compute':<9} {'old-logp s':>10} {'update s':>9} {'optim s/step':>12} "
-              f"{'tok/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'old-logp GFLOP/s':>16} {'% peak':>7} {'loss':>10}")
-        for name, *overrides in variants:
-            job = {"shape": [prompts, n], "prompt_tokens": args.prompt_tokens, "response_tokens": response_tokens,
-                   "standin": str(standin), "overrides": sizes + overrides, "profile": args.profile,
-                   "rollout": args.rollout}
-            environment = dict(os.environ, **dict(o.removeprefix("env:").split("=", 1) for o in overrides
-                                                  if o.startswith("env:")))
-            job["overrides"] = [o for o in job["overrides"] if not o.startswith("env:")]
-            child = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True,
-                                   text=True, cwd=ROOT, env=environment)
-            lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
-            if child.returncode or not lines:
-                raise SystemExit(f"variant {name} failed:\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
-            r = json.loads(lines[-1].removeprefix("RESULT "))
-            print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
-                  f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
-                  f"{r['update_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['old_logp_gflops']:>16.1f} "
-                  f"{r['old_logp_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['loss']:>10.6f}", flush=True)
-            if "generate_s" in r:
-                print(f"{'':<10} rollout ({args.rollout}, {r['engine']}): engine start {r['engine_start_s']:.1f} s, "
-                      f"{r['generated_tokens']} tokens in {r['generate_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
-            if "profile" in r:
-                print(r["profile"])
+        prompts, _, _ = parse_shape(text)
+        bench_shape(f"stand-in {text}", standin, RECIPE, text, args.prompt_tokens, max(1, prompts // 4), variants,
+                    args, peaks)
+    if args.model:
+        prompts, _, _ = parse_shape(REAL_MODEL_SHAPE)
+        bench_shape(f"{args.model.name} {REAL_MODEL_SHAPE}", args.model.resolve(), REAL_MODEL_RECIPE,
+                    REAL_MODEL_SHAPE, REAL_MODEL_PROMPT_TOKENS, prompts, variants, args, peaks)
+
+
+def bench_shape(label: str, folder: Path, recipe: Path, text: str, prompt_tokens: int, mini_batch_prompts: int,
+                variants: list[list[str]], args: argparse.Namespace, peaks: dict[str, float]) -> None:
+    """Every variant on one model and shape, each in a fresh process; prints a table."""
+    prompts, n, response_tokens = parse_shape(text)
+    sizes = [f"train.prompts_per_step={prompts}", f"train.mini_batch_prompts={mini_batch_prompts}", f"rollout.n={n}",
+             f"rollout.max_response_length={response_tokens}"]
+    tokens = prompts * n * (prompt_tokens + response_tokens)
+    print(f"\n{label}: {prompts * n} responses, ~{tokens:,} tokens ({prompts * n * response_tokens:,} trained), "
+          f"{prompts // mini_batch_prompts} mini-batches, {recipe.name}")
+    print(f"{'variant':<10} {'adamw':<8} {'compute':<9} {'old-logp s':>10} {'update s':>9} {'optim s/step':>12} "
+          f"{'tok/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'old-logp GFLOP/s':>16} {'% peak':>7} {'loss':>10}")
+    for name, *overrides in variants:
+        job = {"shape": [prompts, n], "prompt_tokens": prompt_tokens, "response_tokens": response_tokens,
+               "model": str(folder), "recipe": str(recipe), "profile": args.profile, "rollout": args.rollout,
+               "overrides": sizes + [o for o in overrides if not o.startswith("env:")]}
+        environment = dict(os.environ, **dict(o.removeprefix("env:").split("=", 1) for o in overrides
+                                              if o.startswith("env:")))
+        child = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True,
+                               text=True, cwd=ROOT, env=environment)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode or not lines:
+            raise SystemExit(f"variant {name} failed:\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
+        r = json.loads(lines[-1].removeprefix("RESULT "))
+        print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
+              f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
+              f"{r['update_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['old_logp_gflops']:>16.1f} "
+              f"{r['old_logp_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['loss']:>10.6f}"
+              f"{'  (prompts shared)' if r['shared'] else ''}", flush=True)
+        if "generate_s" in r:
+            print(f"{'':<10} rollout ({args.rollout}, {r['engine']}): engine start {r['engine_start_s']:.1f} s, "
+                  f"{r['generated_tokens']} tokens in {r['generate_s']:.2f} s = {r['tokens_per_s']:.1f} tokens/s")
+        if "profile" in r:
+            print(r["profile"])
 
 
 if __name__ == "__main__":

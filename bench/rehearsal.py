@@ -10,6 +10,7 @@ checkpoint save and load times and size, and whether the resumed steps equal an 
     python bench/rehearsal.py --smoke         # 1 layer, 1 step each, no torchrun, no kill (CI)
     python bench/rehearsal.py --engine hf     # the same with HF generate only
     python bench/rehearsal.py --table-only    # the table of the runs already in --out
+    python bench/rehearsal.py --calibrate     # one-process predictions from measured update and decode times
 
 Everything but the sizes stays as the recipe: fp32 master weights, gradient checkpointing, the chunked
 LM head at 151,936 rows, four mini-batches per step, the +-1 verifier reward, checkpoints. The compute
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from justrl_min.checkpoint import Checkpointer  # noqa: E402
 from justrl_min.config import load_recipe  # noqa: E402
+from justrl_min.tools.calibrate import Calibration  # noqa: E402
 from justrl_min.tools.estimate import (  # noqa: E402
     GiB,
     Hardware,
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only-torchrun", action="store_true",
                         help="run the two-rank part only; the table also shows earlier runs in --out")
     parser.add_argument("--table-only", action="store_true", help="run nothing: print the table of the runs in --out")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="predict the one-process runs from times measured here after the runs "
+                        "(justrl_min.tools.calibrate) instead of an assumed utilisation")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="further overrides for every run (after SIZE_KNOBS)")
     args = parser.parse_args(argv)
@@ -341,6 +346,16 @@ def main(argv: list[str] | None = None) -> None:
     print_table(args, results, standin, build_s, sizes)
 
 
+def measured_calibration(overrides: list[str], work: Workload) -> Calibration:
+    """justrl_min.tools.calibrate in a process of its own, preloaded as the trainer's (vLLM on CPU)."""
+    out = subprocess.run([sys.executable, "-m", "justrl_min.tools.calibrate", str(RECIPE), *overrides,
+                          f"--prompt-tokens={work.prompt_tokens}", f"--response-tokens={work.response_tokens}"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"calibration failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+    return Calibration(**json.loads(out.stdout.splitlines()[-1]))
+
+
 def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> None:
     cfg = load_recipe(RECIPE, sizes(1, "vllm"))
     shape = ModelShape.from_config(json.loads((standin / "config.json").read_text()))
@@ -356,7 +371,7 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
     print(f"\nstand-in: {shape.params / 1e6:.0f}M parameters ({args.layers} layers at {width}), built in "
           f"{build_s:.0f} s{' (cached)' if not build_s else ''}; matmul {tflops * 1e3:.0f} GFLOP/s in "
           f"{compute_dtype(cfg, cpu=cpu)} (all cores), memory {bandwidth * 1e3:.1f} GB/s")
-    columns, cells = [], {}
+    columns, cells, calibrations = [], {}, {}
 
     def add(row: str, predicted: str, measured: str) -> None:
         cells.setdefault(row, []).extend([predicted, measured])
@@ -371,11 +386,15 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
         responses = run_cfg.train.prompts_per_step * run_cfg.rollout.n
         response_tokens = sum(r["train/response_length_mean"] for r in rows) / len(rows)
         computed = sum(r["throughput/tokens_per_s"] * r["time/step_s"] for r in rows) / len(rows)
+        longest = sorted(r["train/response_length_max"] for r in rows)[len(rows) // 2]
         work = Workload(prompt_tokens=round(computed / responses - response_tokens),
-                        response_tokens=round(response_tokens))
-        predicted = estimate(run_cfg, shape, hardware, work)
+                        response_tokens=round(response_tokens), longest_tokens=round(longest))
+        calibration = None
+        if args.calibrate and ranks == 1:
+            calibrations[work] = calibration = calibrations.get(work) or measured_calibration(sizes(1, "vllm"), work)
+        predicted = estimate(run_cfg, shape, hardware, work, calibration)
         measured = medians(rows)
-        columns += [f"{label}: predicted", f"{label}: measured"]
+        columns += [f"{label}: predicted{' (calibrated)' if calibration else ''}", f"{label}: measured"]
         for phase in PHASES:
             guess = predicted.times.get(phase)
             add(f"{phase} (s)", f"{guess:.1f}" if guess is not None else "-",

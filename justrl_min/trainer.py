@@ -273,21 +273,12 @@ def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
     weights_load_s = time.monotonic() - load_started
     if info.is_main:
         check_disk(run_dir, estimate_checkpoint_bytes(policy, cfg.checkpoint.save_optimizer), cfg.checkpoint.keep)
-    compute_dtype = DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
-    # FSDP's mixed-precision policy casts for the forward; a single process uses autocast instead.
-    autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] and not info.enabled else None
-    packed, layout = choose_packing(t.packing, cfg.model.attn_implementation, device)
-    share_prompts, prompt_layout = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
-    microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, tokenizer.pad_token_id, info)
-
-    def token_scorer(causal_lm: torch.nn.Module, scorer_class=TokenScorer) -> torch.nn.Module:
-        return shard(scorer_class(causal_lm, autocast, share_prompts, cfg.rollout.temperature,
-                                  cfg.model.logprob_chunk_tokens), info, compute_dtype)
-
-    scorer = token_scorer(policy, options.policy_scorer_class(cfg, resume_from))  # with the value head if shared
+    scoring = Scoring.from_config(cfg, device, info, tokenizer.pad_token_id)
+    compute_dtype, autocast, microbatches = scoring.compute_dtype, scoring.autocast, scoring.microbatches
+    scorer = scoring.scorer(policy, options.policy_scorer_class(cfg, resume_from))  # with the value head if shared
     reference = None
     if a.kl_coef > 0:  # JustRL uses no KL, so by default no reference model is even loaded
-        reference = tuning.reference(scorer, lambda: token_scorer(load(cfg.model.path, trainable=False)))
+        reference = tuning.reference(scorer, lambda: scoring.scorer(load(cfg.model.path, trainable=False)))
     optimizer, adamw = build_adamw(trainable_parameters(scorer), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
                                    implementation=t.adamw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, t.warmup_steps)))
@@ -330,10 +321,40 @@ def setup(cfg: Config, device: torch.device, info: dist.DistInfo) -> Run:
     if prompt_set.dropped_too_long:
         tracker.message(f"data: dropped {prompt_set.dropped_too_long} prompts longer than "
                         f"data.max_prompt_length={cfg.data.max_prompt_length}")
-    tracker.message(f"micro-batch layout: {layout}; {prompt_layout}; AdamW: {adamw}")
+    tracker.message(f"micro-batch layout: {scoring.layout}; AdamW: {adamw}")
     return Run(cfg, info, tokenizer, prompt_set, sampler, tuning, scorer, reference, scheduler, microbatches,
                estimator, replay, update_policy, step_reward, grading, engine, compute_dtype, checkpointer, training,
                tracker, health, summary, start_step)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the policy's tokens are scored, decided once from the config: the compute dtype, the
+    micro-batch layout and the scorer's settings (the trainer, the estimator's calibration and the
+    benches build their scorers here)."""
+    cfg: Config
+    info: dist.DistInfo
+    compute_dtype: torch.dtype
+    autocast: torch.dtype | None
+    """The compute dtype where it differs from the weights' and no FSDP policy casts for the forward."""
+    share_prompts: str
+    microbatches: MicroBatcher
+    layout: str
+    """Why the micro-batches are laid out as they are, for the run's log."""
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device, info: dist.DistInfo, pad_id: int) -> Scoring:
+        t, compute_dtype = cfg.train, DTYPES[cfg.model.compute_dtype or cfg.model.dtype]
+        autocast = compute_dtype if compute_dtype != DTYPES[cfg.model.dtype] and not info.enabled else None
+        packed, layout = choose_packing(t.packing, cfg.model.attn_implementation, device)
+        share_prompts, prompt_layout = choose_prompt_sharing(t.share_prompts, packed, cfg.model.gradient_checkpointing)
+        microbatches = MicroBatcher(t.max_tokens_per_microbatch, packed, device, pad_id, info)
+        return cls(cfg, info, compute_dtype, autocast, share_prompts, microbatches, f"{layout}; {prompt_layout}")
+
+    def scorer(self, causal_lm: torch.nn.Module, scorer_class=TokenScorer) -> torch.nn.Module:
+        """`causal_lm` wrapped to return per-token log-probs (sharded under FSDP2)."""
+        return shard(scorer_class(causal_lm, self.autocast, self.share_prompts, self.cfg.rollout.temperature,
+                                  self.cfg.model.logprob_chunk_tokens), self.info, self.compute_dtype)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,11 @@ vLLM engine holds (full compute-dtype weights and its KV cache). Time counts tra
 assumed model-FLOP utilisation, decoding as memory-bandwidth-bound (every decode step reads the
 weights and the live KV cache, and the step waits for its longest response), and the weight sync.
 Communication that FSDP2 overlaps with compute (per-layer all-gathers, reduce-scatters) is not
-counted. `--cpu` swaps the GPU figures for this machine's: fp32 compute, its measured matmul peak and
-memory bandwidth, and the process's resident memory instead of device memory.
+counted. `--cpu` swaps the GPU figures for this machine's: the compute dtype the trainer would pick,
+its measured matmul peak and memory bandwidth, and the process's resident memory instead of device
+memory. `--calibrate` replaces the assumed utilisation by time measured on this device: the recipe's
+own update, no-grad pass, prefill and decode step on a synthetic mini-batch of the workload's lengths
+(justrl_min/tools/calibrate.py; needs model.path as a local folder, and the memory to train it).
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from justrl_min.config import Config, load_recipe
 from justrl_min.dtypes import DTYPES, fast_cpu_dtype
+from justrl_min.tools.cpu_preload import restart_with_preload
 from justrl_min.tools.recipe_files import find_recipe
+
+if TYPE_CHECKING:
+    from justrl_min.tools.calibrate import Calibration
 
 GiB = 2**30
 
@@ -111,6 +119,9 @@ class Workload:
     """Mean prompt length: the DAPO-Math-17k median with the chat template and boxed suffix is ~100-200."""
     response_tokens: int = 7500
     """Mean response length: the paper's curve starts at 7-8k tokens and settles at 4-5k."""
+    longest_tokens: int = 0
+    """The longest response of a step, which generation waits for; 0: rollout.max_response_length (a
+    reasoning run hits the cap in most steps; a short-answer task's longest is a few times its mean)."""
 
 
 @dataclass
@@ -126,10 +137,13 @@ class Estimate:
     assumptions: list[str] = field(default_factory=list)
 
 
-def estimate(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload) -> Estimate:
+def estimate(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload,
+             calibration: Calibration | None = None) -> Estimate:
     est = Estimate()
     _memory(cfg, shape, hw, est)
     _times(cfg, shape, hw, work, est)
+    if calibration:
+        _measured_times(cfg, hw, work, calibration, est)
     return est
 
 
@@ -227,7 +241,7 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     bandwidth = hw.bandwidth_tbs * 1e12 * hw.decode_bw_efficiency
     # A decode step reads the weights once for the whole batch; the step lasts as long as its longest
     # response (the cap is hit by some response in most steps of a reasoning run).
-    longest = r.max_response_length
+    longest = work.longest_tokens or r.max_response_length
     kv_reads = per_rank * (work.prompt_tokens * work.response_tokens + work.response_tokens ** 2 / 2) * kv_token
     memory_time = (longest * weight_bytes + kv_reads) / bandwidth
     compute_time = 2 * shape.matmul_params * per_rank * work.response_tokens / (hw.tflops * 1e12 * hw.train_mfu)
@@ -238,14 +252,16 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     est.assumptions += [
         f"{responses:,} responses per step ({t.prompts_per_step} prompts x n={r.n}), {per_rank:,} per rank",
         f"mean prompt {work.prompt_tokens:,} and response {work.response_tokens:,} tokens "
-        "(--prompt-tokens, --response-tokens); the longest response runs to the "
-        f"{longest:,}-token cap",
-        f"training at {hw.train_mfu:.0%} of {hw.tflops:g} TFLOP/s per rank; forward = 2 FLOPs per matmul "
+        "(--prompt-tokens, --response-tokens); the longest response runs to "
+        + (f"{longest:,} tokens (--longest-tokens)" if work.longest_tokens else f"the {longest:,}-token cap"),
+        f"training at {hw.train_mfu:.0%} (assumed: --mfu) of {hw.tflops:g} TFLOP/s per rank "
+        f"({'measured here' if hw.cpu else 'the GPU datasheet: --gpu-tflops'}); forward = 2 FLOPs per matmul "
         f"parameter per token + causal attention; update = {passes} forward-equivalents "
         f"({'with' if cfg.model.gradient_checkpointing else 'without'} checkpoint recompute)",
         f"old log-probs for {old_logp_share:.0%} of the responses (the first mini-batch scores itself)",
         f"decoding reads the weights ({weight_bytes / GiB:.1f} GiB) per step and each response's KV cache "
-        f"({kv_token / 1024:.0f} KiB/token) at {hw.decode_bw_efficiency:.0%} of {hw.bandwidth_tbs:g} TB/s",
+        f"({kv_token / 1024:.0f} KiB/token) at {hw.decode_bw_efficiency:.0%} (assumed) of {hw.bandwidth_tbs:g} "
+        f"TB/s ({'a large copy, measured here' if hw.cpu else 'the datasheet: --gpu-bw'})",
         f"weight sync: all-gather at {hw.link_gbs:g} GB/s, then one write into the engine; FSDP2's "
         "overlapped per-layer collectives are not counted",
     ]
@@ -256,6 +272,32 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
             est.assumptions.append(f"WARNING: {per_rank:,} responses x {seq:,} tokens need {resident:,.0f} KV "
                                    f"slots per rank, vLLM has ~{kv_capacity:,.0f}: it will preempt and "
                                    "generation will take longer than shown")
+
+
+def _measured_times(cfg: Config, hw: Hardware, work: Workload, cal: Calibration, est: Estimate) -> None:
+    """Replace the utilisation-based phase times by the calibration's, scaled to the step's work per rank."""
+    t, r = cfg.train, cfg.rollout
+    minibatches = t.prompts_per_step // t.mini_batch_prompts
+    passes = minibatches * cfg.algorithm.ppo_epochs
+    old_logp_share = min((passes - 1) / minibatches, 1.0) if minibatches > 1 else 0.0
+    est.times["old log-probs"] = old_logp_share * minibatches * cal.minibatch_forward_s
+    est.times["update"] = passes * cal.minibatch_update_s
+    if "reference log-probs" in est.times:
+        est.times["reference log-probs"] = minibatches * cal.minibatch_forward_s
+    longest = work.longest_tokens or r.max_response_length
+    est.times["generation"] = cal.prefill_s + longest * cal.decode_step_s
+    est.times["step"] = sum(v for k, v in est.times.items() if k != "step")
+    utilisation = cal.minibatch_flops / cal.minibatch_update_s / 1e12 / hw.tflops
+    est.assumptions = [a for a in est.assumptions if not a.startswith(("training at", "decoding reads"))] + [
+        f"measured on {cal.device} (--calibrate): one rank's mini-batch of {cal.rows} responses "
+        f"{cal.minibatch_update_s:.2f} s to update (forward, backward, optimizer step), "
+        f"{cal.minibatch_forward_s:.2f} s without gradients; {passes} update(s) per step",
+        f"generation = prefill {cal.prefill_s:.2f} s + {longest:,} decode steps x {cal.decode_step_s * 1e3:.1f} ms "
+        "(measured with the model's own forward and KV cache in the compute dtype; a vLLM engine's kernels and "
+        "scheduling differ)",
+        f"the timed update ran {cal.minibatch_flops / cal.minibatch_update_s / 1e9:,.0f} GFLOP/s of model math "
+        f"({utilisation:.0%} of {hw.tflops * 1e3:,.0f} GFLOP/s; justrl_min.tools.calibrate.model_flops)",
+    ]
 
 
 def _calls_per_s(call, seconds: float) -> float:
@@ -326,9 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-config", help="config.json of the model (default: model.path/config.json)")
     parser.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)
     parser.add_argument("--response-tokens", type=int, default=Workload.response_tokens)
+    parser.add_argument("--longest-tokens", type=int, default=0,
+                        help="a step's longest response (default: rollout.max_response_length)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="time the recipe's update, no-grad pass and decoding on this device (a GPU, or with "
+                        "--cpu this CPU) instead of assuming --mfu: loads model.path and trains one mini-batch")
     args = parser.parse_args(argv)
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     shape = model_shape(cfg, args.model_config)
+    if args.calibrate and args.cpu:
+        restart_with_preload(cfg.rollout.engine)  # calibrate under the allocator the trainer runs with
     if args.cpu:
         dtype = compute_dtype(cfg, cpu=True)
         tflops, bandwidth = measure_cpu(dtype)
@@ -338,8 +387,27 @@ def main(argv: list[str] | None = None) -> None:
     else:
         hw = Hardware(ranks=args.gpus, mem_gib=args.gpu_mem, tflops=args.gpu_tflops, bandwidth_tbs=args.gpu_bw,
                       link_gbs=args.link_gbs, train_mfu=args.mfu)
-    work = Workload(prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens)
-    print(format_report(cfg, shape, hw, estimate(cfg, shape, hw, work)))
+    work = Workload(prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens,
+                    longest_tokens=args.longest_tokens)
+    calibration = None
+    if args.calibrate:
+        calibration = _calibrate(cfg, work, cpu=args.cpu, ranks=args.gpus)
+    print(format_report(cfg, shape, hw, estimate(cfg, shape, hw, work, calibration)))
+
+
+def _calibrate(cfg: Config, work: Workload, cpu: bool, ranks: int) -> Calibration:
+    from justrl_min import dist
+    from justrl_min.tools.calibrate import calibrate
+    from justrl_min.trainer import fast_compute_dtype
+
+    if not cpu and not torch.cuda.is_available():
+        raise SystemExit("--calibrate measures on the device the estimate is for: no GPU here (add --cpu)")
+    device = torch.device("cpu" if cpu else "cuda")
+    started = time.perf_counter()
+    calibration = calibrate(fast_compute_dtype(cfg, device, dist.DistInfo()), work.prompt_tokens,
+                            work.response_tokens, device, ranks=ranks)
+    print(f"calibrated on {device} in {time.perf_counter() - started:.0f} s")
+    return calibration
 
 
 if __name__ == "__main__":
