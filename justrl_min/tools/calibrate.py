@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     the calibration as one JSON line, measured in a process set up as the trainer's would be."""
     import argparse
     import json
+    import sys
 
     from justrl_min.config import load_recipe
     from justrl_min.tools.cpu_preload import restart_with_preload
@@ -159,9 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, required=True)
     parser.add_argument("--response-tokens", type=int, required=True)
     parser.add_argument("--ranks", type=int, default=1)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     cfg = load_recipe(args.recipe, args.overrides)
-    restart_with_preload(cfg.rollout.engine)  # the allocator the trainer runs under
+    restart_with_preload(cfg.rollout.engine, argv)  # the allocator the trainer runs under
     device = resolve_device(cfg)
     cfg = fast_compute_dtype(cfg, device, dist.DistInfo())
     print(json.dumps(dataclasses.asdict(calibrate(cfg, args.prompt_tokens, args.response_tokens, device,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,11 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="time the recipe's update, no-grad pass and decoding on this device (a GPU, or with "
                         "--cpu this CPU) instead of assuming --mfu: loads model.path and trains one mini-batch")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     cfg = load_recipe(find_recipe(args.recipe), args.overrides)
     shape = model_shape(cfg, args.model_config)
     if args.calibrate and args.cpu:
-        restart_with_preload(cfg.rollout.engine)  # calibrate under the allocator the trainer runs with
+        restart_with_preload(cfg.rollout.engine, argv)  # calibrate under the allocator the trainer runs with
     if args.cpu:
         dtype = compute_dtype(cfg, cpu=True)
         tflops, bandwidth = measure_cpu(dtype)

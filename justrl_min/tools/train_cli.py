@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_recipe(argv: list[str]) -> int:
     try:
         cfg = load_recipe(find_recipe(argv[0]), argv[1:])
-        restart_with_preload(cfg.rollout.engine)
+        restart_with_preload(cfg.rollout.engine, argv)
         from justrl_min.dist import RankLost
         from justrl_min.trainer import TrainingAborted, train
 
