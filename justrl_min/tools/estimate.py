@@ -225,9 +225,7 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
     attention = 2 * shape.layers * shape.hidden * seq * seq       # causal QK^T and AV, per sequence
     forward = 2 * shape.matmul_params * tokens + responses * attention
     passes = 4 if cfg.model.gradient_checkpointing else 3         # forward + backward (2x) [+ recompute]
-    minibatches = t.prompts_per_step // t.mini_batch_prompts
-    # The first mini-batch takes its old log-probs from its own update forward (trainer.fresh_row_count).
-    old_logp_share = min((minibatches * cfg.algorithm.ppo_epochs - 1) / minibatches, 1.0) if minibatches > 1 else 0.0
+    old_logp_share = _old_logp_share(cfg)
     est.flops["old log-probs"] = old_logp_share * forward
     est.flops["update"] = passes * forward * cfg.algorithm.ppo_epochs
     if cfg.algorithm.kl_coef > 0:
@@ -275,13 +273,19 @@ def _times(cfg: Config, shape: ModelShape, hw: Hardware, work: Workload, est: Es
                                    "generation will take longer than shown")
 
 
+def _old_logp_share(cfg: Config) -> float:
+    """The share of a step's responses that take a separate old-log-prob pass: all but the first mini-batch,
+    which takes them from its own update forward (trainer.PolicyUpdate.fresh_rows)."""
+    minibatches = cfg.train.prompts_per_step // cfg.train.mini_batch_prompts
+    return min((minibatches * cfg.algorithm.ppo_epochs - 1) / minibatches, 1.0) if minibatches > 1 else 0.0
+
+
 def _measured_times(cfg: Config, hw: Hardware, work: Workload, cal: Calibration, est: Estimate) -> None:
     """Replace the utilisation-based phase times by the calibration's, scaled to the step's work per rank."""
     t, r = cfg.train, cfg.rollout
     minibatches = t.prompts_per_step // t.mini_batch_prompts
     passes = minibatches * cfg.algorithm.ppo_epochs
-    old_logp_share = min((passes - 1) / minibatches, 1.0) if minibatches > 1 else 0.0
-    est.times["old log-probs"] = old_logp_share * minibatches * cal.minibatch_forward_s
+    est.times["old log-probs"] = _old_logp_share(cfg) * minibatches * cal.minibatch_forward_s
     est.times["update"] = passes * cal.minibatch_update_s
     if "reference log-probs" in est.times:
         est.times["reference log-probs"] = minibatches * cal.minibatch_forward_s
