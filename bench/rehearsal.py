@@ -391,7 +391,9 @@ def print_table(args, results: dict, standin: Path, build_s: float, sizes) -> No
                         response_tokens=round(response_tokens), longest_tokens=round(longest))
         calibration = None
         if args.calibrate and ranks == 1:
-            calibrations[work] = calibration = calibrations.get(work) or measured_calibration(sizes(1, "vllm"), work)
+            key = (work, result["engine"])
+            calibrations[key] = calibration = calibrations.get(key) or measured_calibration(
+                sizes(1, result["engine"]), work)
         predicted = estimate(run_cfg, shape, hardware, work, calibration)
         measured = medians(rows)
         columns += [f"{label}: predicted{' (calibrated)' if calibration else ''}", f"{label}: measured"]

@@ -1,5 +1,6 @@
 """The estimator's measured figures: the recipe's own update, old-log-prob pass, prefill and decode
-step, timed on this device at the recipe's shapes (`justrl estimate RECIPE --calibrate`).
+step (HF generate itself for rollout.engine=hf), timed on this device at the recipe's shapes
+(`justrl estimate RECIPE --calibrate`).
 
 A model-FLOP utilisation assumed for every model and machine was 4-5x off on CPU (docs/rehearsal.md):
 small matrices, casts, attention and elementwise work cost more than FLOPs say. Timing the trainer's
@@ -20,7 +21,7 @@ from justrl_min import dist
 from justrl_min.config import Config
 from justrl_min.model import DTYPES, load_causal_lm, load_tokenizer, trainable_parameters
 from justrl_min.optim import build_adamw
-from justrl_min.rollout import Rollouts
+from justrl_min.rollout import HFEngine, Rollouts, Sampling
 from justrl_min.trainer import PolicyUpdate, Scoring, prepare_batch
 
 
@@ -40,6 +41,9 @@ class Calibration:
     device: str
     minibatch_flops: float = 0.0
     """Model FLOPs of the timed update (`model_flops`)."""
+    decode_timed_with: str = "the model's forward"
+    """What the decode step was timed with: HF generate itself for rollout.engine=hf (its sampling loop
+    costs more per token than a forward), else the bare forward with a KV cache."""
 
 
 def synthetic_rollouts(prompts: int, n: int, prompt_tokens: int, response_tokens: int, vocab: int,
@@ -100,8 +104,13 @@ def calibrate(cfg: Config, prompt_tokens: int, response_tokens: int, device: tor
     step = synthetic_rollouts(max(1, t.prompts_per_step // ranks), cfg.rollout.n, prompt_tokens, 1, vocab, spread=0)
     decoder = copy.deepcopy(policy).to(DTYPES[m.compute_dtype or m.dtype]).eval()
     del policy  # the trainer's weights and optimizer state go before the decoding copy runs
-    prefill_s, decode_step_s = _decode_times(decoder, step, response_tokens // 2, device, repeats)
-    return Calibration(len(mini), update_s, forward_s, prefill_s, decode_step_s, str(device), flops)
+    if cfg.rollout.engine == "hf":
+        engine = HFEngine(decoder, tokenizer, batch_size=cfg.rollout.hf_batch_size)
+        prefill_s, decode_step_s = _hf_generate_times(engine, step, cfg, min(response_tokens, 16), repeats)
+    else:
+        prefill_s, decode_step_s = _decode_times(decoder, step, response_tokens // 2, device, repeats)
+    return Calibration(len(mini), update_s, forward_s, prefill_s, decode_step_s, str(device), flops,
+                       "HF generate" if cfg.rollout.engine == "hf" else "the model's forward")
 
 
 def _training_times(cfg: Config, policy: torch.nn.Module, scoring: Scoring, mini: Rollouts,
@@ -141,6 +150,20 @@ def _decode_times(model: torch.nn.Module, step: Rollouts, context: int, device: 
         model(input_ids=token, position_ids=position, past_key_values=cache, use_cache=True)
         cache.crop(-1)  # back to the same context for the next repeat
     return prefill_s, _fastest(decode_step, max(3, repeats))
+
+
+def _hf_generate_times(engine: HFEngine, step: Rollouts, cfg: Config, tokens: int,
+                       repeats: int) -> tuple[float, float]:
+    """(one-token generate: the prefill, and each further token's cost) of the rank's prompts x n, with
+    HF generate itself; a response that stops early is counted by the length it reached."""
+    prompts = list({id(p): p for p in step.prompt_ids}.values())
+    n = len(step.prompt_ids) // len(prompts)
+
+    def generate(length: int) -> Rollouts:
+        return engine.generate(prompts, n, Sampling(cfg.rollout.temperature, cfg.rollout.top_p, length, seed=0))
+    prefill_s = _fastest(lambda: generate(1), repeats)
+    longest = max(len(r) for r in generate(tokens).response_ids)
+    return prefill_s, max(_fastest(lambda: generate(tokens), repeats) - prefill_s, 0.0) / max(longest - 1, 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -298,8 +298,8 @@ def _measured_times(cfg: Config, hw: Hardware, work: Workload, cal: Calibration,
         f"{cal.minibatch_update_s:.2f} s to update (forward, backward, optimizer step), "
         f"{cal.minibatch_forward_s:.2f} s without gradients; {passes} update(s) per step",
         f"generation = prefill {cal.prefill_s:.2f} s + {longest:,} decode steps x {cal.decode_step_s * 1e3:.1f} ms "
-        "(measured with the model's own forward and KV cache in the compute dtype; a vLLM engine's kernels and "
-        "scheduling differ)",
+        f"(measured with {cal.decode_timed_with} in the compute dtype"
+        + ("; a vLLM engine's kernels and scheduling differ)" if r.engine == "vllm" else ")"),
         f"the timed update ran {cal.minibatch_flops / cal.minibatch_update_s / 1e9:,.0f} GFLOP/s of model math "
         f"({utilisation:.0%} of {hw.tflops * 1e3:,.0f} GFLOP/s; justrl_min.tools.calibrate.model_flops)",
     ]

@@ -72,6 +72,7 @@ def test_calibrate_times_the_trainers_update_on_a_tiny_model(tiny_folder):
 
     cal = calibrate(cfg, prompt_tokens=12, response_tokens=6, device=torch.device("cpu"), repeats=1)
     assert cal.rows == 4 and cal.device == "cpu"
+    assert cal.decode_timed_with == "HF generate"      # the tiny recipe samples with rollout.engine=hf
     assert all(x > 0 for x in (cal.minibatch_update_s, cal.minibatch_forward_s, cal.prefill_s, cal.decode_step_s))
     assert cal.minibatch_flops > 0
 
